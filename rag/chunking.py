@@ -1,0 +1,174 @@
+"""Document -> Chunk.
+
+Splits at markdown headings first (outside ``` code fences), then at Chinese
+and Western sentence ends (。！？；!?) and line breaks, and packs sentences
+into chunks of at most `size` characters, repeating up to `overlap`
+characters of trailing sentences at the start of the next chunk. Each chunk
+is an exact slice of the document text, so its span maps back to the file.
+
+Example: a section "## A\\n甲。乙。丙。" with size=5, overlap=2 gives chunks
+"## A\\n甲。" ... each no longer than 5 characters (a too-long sentence is cut
+at the size limit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from rag.schema import Chunk, Document
+
+_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.M)
+_FENCE = re.compile(r"^[ \t]*(```|~~~)", re.M)
+# A sentence ends after a terminal mark (plus closing quotes/brackets) or a newline.
+_SENTENCE_END = re.compile(r"[。！？；!?]+[”’」』）)\]】]*|\n")
+_MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+_SUPERSCRIPTS = re.compile(r"[⁰¹²³⁴⁵⁶⁷⁸⁹]+")
+_EMPHASIS = re.compile(r"\*\*|__")
+_SPACES = re.compile(r"[ \t\u3000]+")
+_BLANK_LINES = re.compile(r"\n\s*\n+")
+
+# A section shorter than this (e.g. a heading followed directly by a sub-heading)
+# is merged into the next one, so no chunk is only a heading.
+_MIN_SECTION = 40
+
+
+@dataclass(frozen=True)
+class ChunkerSettings:
+    size: int
+    overlap: int
+
+    def as_dict(self) -> dict[str, int | str]:
+        return {"strategy": "headings+sentences", "size": self.size, "overlap": self.overlap}
+
+
+def clean_heading(raw: str) -> str:
+    return _EMPHASIS.sub("", _MD_LINK.sub(r"\1", raw)).strip()
+
+
+def clean_text(text: str) -> str:
+    """What the embedder, BM25 and the model read: markup and PDF footnote digits removed."""
+    text = _SUPERSCRIPTS.sub("", text)
+    text = _MD_LINK.sub(r"\1", text)
+    text = _EMPHASIS.sub("", text)
+    text = _SPACES.sub(" ", text)
+    return _BLANK_LINES.sub("\n", text).strip()
+
+
+def search_text(chunk: Chunk) -> str:
+    """The chunk as indexed: document title and heading path give the passage its context."""
+    context = " > ".join([chunk.title, *chunk.headings]) if chunk.headings else chunk.title
+    return f"{context}\n{clean_text(chunk.text)}"
+
+
+def _fenced_ranges(text: str) -> list[tuple[int, int]]:
+    marks = [m.start() for m in _FENCE.finditer(text)]
+    return [(marks[i], marks[i + 1]) for i in range(0, len(marks) - 1, 2)]
+
+
+def _sections(doc: Document) -> list[tuple[tuple[str, ...], int, int]]:
+    """(heading path, start, end) for each heading-delimited section of the body."""
+    text, start = doc.text, doc.body_start
+    fences = _fenced_ranges(text)
+    headings = [
+        m
+        for m in _HEADING.finditer(text, start)
+        if not any(a <= m.start() < b for a, b in fences)
+    ]
+    sections: list[tuple[tuple[str, ...], int, int]] = []
+    stack: list[tuple[int, str]] = []
+    cursor, path = start, ()
+    for m in headings:
+        if m.start() > cursor:
+            sections.append((path, cursor, m.start()))
+        level = len(m.group(1))
+        stack = [(lvl, title) for lvl, title in stack if lvl < level] + [(level, clean_heading(m.group(2)))]
+        path = tuple(title for _, title in stack)
+        cursor = m.start()
+    sections.append((path, cursor, len(text)))
+
+    merged: list[tuple[tuple[str, ...], int, int]] = []
+    carry: int | None = None
+    for i, (path, a, b) in enumerate(sections):
+        a = carry if carry is not None else a
+        if len(text[a:b].strip()) < _MIN_SECTION and i + 1 < len(sections):
+            carry = a
+            continue
+        carry = None
+        merged.append((path, a, b))
+    return [s for s in merged if text[s[1] : s[2]].strip()]
+
+
+def _sentences(text: str, start: int, end: int, size: int) -> list[tuple[int, int]]:
+    spans, cursor = [], start
+    for m in _SENTENCE_END.finditer(text, start, end):
+        spans.append((cursor, m.end()))
+        cursor = m.end()
+    if cursor < end:
+        spans.append((cursor, end))
+    out = []
+    for a, b in spans:  # a sentence longer than a chunk is cut at the size limit
+        while b - a > size:
+            out.append((a, a + size))
+            a += size
+        if b > a:
+            out.append((a, b))
+    return out
+
+
+def _trim(text: str, a: int, b: int) -> tuple[int, int]:
+    while a < b and text[a].isspace():
+        a += 1
+    while b > a and text[b - 1].isspace():
+        b -= 1
+    return a, b
+
+
+def chunk_id(path: str, start: int, end: int, text: str) -> str:
+    return hashlib.sha1(f"{path}\0{start}\0{end}\0{text}".encode()).hexdigest()[:16]
+
+
+def chunk_document(doc: Document, settings: ChunkerSettings) -> list[Chunk]:
+    text, chunks = doc.text, []
+    for headings, s_start, s_end in _sections(doc):
+        sentences = _sentences(text, s_start, s_end, settings.size)
+        i = 0
+        while i < len(sentences):
+            j, length = i, 0
+            while j < len(sentences) and (j == i or length + sentences[j][1] - sentences[j][0] <= settings.size):
+                length += sentences[j][1] - sentences[j][0]
+                j += 1
+            a, b = _trim(text, sentences[i][0], sentences[j - 1][1])
+            if b > a:
+                body = text[a:b]
+                chunks.append(
+                    Chunk(
+                        id=chunk_id(doc.path, a, b, body),
+                        path=doc.path,
+                        title=doc.title,
+                        headings=headings,
+                        start=a,
+                        end=b,
+                        text=body,
+                        page=doc.page_at(a),
+                    )
+                )
+            if j >= len(sentences):
+                break
+            # Step back over trailing sentences that fit in the overlap, always advancing.
+            back, k = 0, j
+            while k - 1 > i and back + sentences[k - 1][1] - sentences[k - 1][0] <= settings.overlap:
+                k -= 1
+                back += sentences[k][1] - sentences[k][0]
+            i = k
+    return _drop_duplicates(chunks)
+
+
+def _drop_duplicates(chunks: list[Chunk]) -> list[Chunk]:
+    seen, out = set(), []
+    for c in chunks:
+        if c.id not in seen and clean_text(c.text):
+            seen.add(c.id)
+            out.append(c)
+    return out

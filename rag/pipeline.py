@@ -1,0 +1,183 @@
+"""ask(question, history) -> events ending in an Answer. The one entry point of UI and CLI."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rag import citations, prompting
+from rag.errors import QuestionError
+from rag.schema import Answer, Hit
+
+if TYPE_CHECKING:
+    from rag.config import Settings
+    from rag.embedding import Embedder
+    from rag.generation import Generator
+    from rag.index import Index
+    from rag.retrieval import Retriever
+
+MAX_QUESTION_CHARS = 2000
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Words that point back into the conversation ("它是哪家公司发布的？").
+_FOLLOW_UP = re.compile(r"它|他们|她|其|该|这个|那个|这款|这些|上述|前者|后者|\b(it|its|they|them|this|that|these)\b", re.I)
+
+
+@dataclass(frozen=True)
+class Turn:
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    query: str
+    hits: list[Hit]
+
+
+@dataclass(frozen=True)
+class Token:
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    answer: Answer
+
+
+Event = Retrieved | Token | Done
+
+
+def clean_question(question: str) -> str:
+    question = _CONTROL.sub(" ", question or "").strip()
+    if not question:
+        raise QuestionError("The question is empty.", "Type a question about the documents.")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise QuestionError(
+            f"The question is {len(question)} characters long; the limit is {MAX_QUESTION_CHARS}.",
+            "Ask a shorter question; paste only the part you want answered.",
+        )
+    return question
+
+
+def standalone_query(question: str, history: Sequence[Turn]) -> str:
+    """A search query that makes sense without the chat.
+
+    A follow-up that refers back ('它是哪家公司发布的？') or is very short is
+    searched together with the previous question, which names the subject.
+    """
+    if not history:
+        return question
+    if _FOLLOW_UP.search(question) or len(question) <= 8:
+        return f"{history[-1].question} {question}"
+    return question
+
+
+@dataclass
+class Pipeline:
+    """Holds the loaded index and models; loads each lazily, once per process."""
+
+    settings: Settings
+    embedder: Embedder | None = None
+    generator: Generator | None = None
+    _index: Index | None = None
+    _index_target: Path | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # ------------------------------------------------------------ parts
+
+    def get_embedder(self) -> Embedder:
+        with self._lock:
+            if self.embedder is None:
+                from rag.embedding import load_embedder
+
+                self.embedder = load_embedder(self.settings.embed_model, self.settings.models_dir)
+            return self.embedder
+
+    def get_generator(self) -> Generator:
+        with self._lock:
+            if self.generator is None:
+                from rag.generation import load_generator
+
+                s = self.settings
+                self.generator = load_generator(s.chat_model, s.models_dir, s.n_ctx, s.n_threads, s.n_batch, s.temperature)
+            return self.generator
+
+    def get_index(self) -> Index:
+        """The live index, reloaded when a rebuild has swapped in a new one."""
+        from rag.index import Index
+        from rag.models import get_spec
+
+        root = Path(self.settings.index_dir)
+        link = root / "current"
+        target = link.resolve() if link.exists() else None
+        if self._index is None or target != self._index_target:
+            spec = get_spec(self.settings.embed_model)
+            self._index = Index.load(root, self.settings.embed_model, spec.sha256)
+            self._index_target = target
+        return self._index
+
+    def retriever(self) -> Retriever:
+        from rag.retrieval import RetrievalParams, Retriever
+
+        return Retriever(self.get_index(), self.get_embedder(), RetrievalParams.from_settings(self.settings))
+
+    # ------------------------------------------------------------ actions
+
+    def search(self, query: str, k: int) -> list[Hit]:
+        return self.retriever().rank(clean_question(query), k)
+
+    def ask(
+        self,
+        question: str,
+        history: Sequence[Turn] = (),
+        k: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[Event]:
+        t0 = time.perf_counter()
+        question = clean_question(question)
+        k = k or self.settings.top_k
+        lang = prompting.language_of(question)
+        query = standalone_query(question, history)
+
+        retriever = self.retriever()
+        ranked = retriever.rank(query, max(k, 3))
+        hits = ranked[:k] if retriever.has_evidence(ranked) else []
+        timings = {"retrieval": time.perf_counter() - t0}
+        yield Retrieved(query, hits)
+
+        if not hits:
+            text = prompting.REFUSAL[lang]
+            yield Token(text)
+            timings["total"] = time.perf_counter() - t0
+            yield Done(Answer(question, query, text, [], [], refused=True, related=ranked[:3], timings=timings))
+            return
+
+        generator = self.get_generator()
+        prompt = prompting.build_prompt(question, hits, generator.count_tokens, self.settings.prompt_token_budget)
+        pieces: list[str] = []
+        t_gen = time.perf_counter()
+        for piece in generator.stream(prompt.messages(), self.settings.max_answer_tokens, stop):
+            if not pieces:
+                timings["first_token"] = time.perf_counter() - t0
+            pieces.append(piece)
+            yield Token(piece)
+        timings["generation"] = time.perf_counter() - t_gen
+        raw = "".join(pieces).strip()
+
+        if prompting.is_refusal(raw) or not raw:
+            text = prompting.REFUSAL[lang]
+            answer = Answer(question, query, text, [], prompt.hits, refused=True, related=prompt.hits)
+        else:
+            checked = citations.check(raw, prompt.hits)
+            answer = Answer(question, query, checked.text, checked.citations, prompt.hits, unsupported=checked.unsupported)
+        answer.raw_text = raw
+        answer.prompt_tokens = generator.usage.prompt_tokens
+        answer.completion_tokens = generator.usage.completion_tokens
+        timings["total"] = time.perf_counter() - t0
+        answer.timings = timings
+        yield Done(answer)

@@ -1,0 +1,105 @@
+"""Prompt templates and the numbered-passage builder. Pure functions.
+
+The system prompt comes first and never changes, so llama.cpp can keep its
+KV cache for it across questions; the passages and the question follow.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from rag.chunking import clean_text
+from rag.schema import Hit
+
+SYSTEM_PROMPT = (
+    "你是一个严谨的文档问答助手。只根据用户给出的编号资料回答问题，不使用资料以外的知识。\n"
+    "规则：\n"
+    "1. 每句陈述事实的话末尾用方括号标注资料编号，例如：训练成本为557.6万美元[1]。\n"
+    "2. 资料中没有答案时，只回答：资料中没有相关信息。不要编造。\n"
+    "3. 不同资料说法不一致时，说明来源说法不同，并分别标注编号。\n"
+    "4. 用提问的语言回答：中文问题用中文回答，English questions get English answers。"
+    "保留资料中的术语、名称和数字原样。回答简洁。"
+)
+
+REFUSAL = {
+    "zh": "资料中没有相关信息。",
+    "en": "The documents do not contain information about this.",
+}
+
+# Phrases by which a model says the passages do not answer the question.
+_REFUSAL_PATTERNS = re.compile(
+    r"资料中没有|没有相关信息|未提及|没有提及|没有提到|未提供|无法回答|无法从资料|不包含|找不到|"
+    r"do(?:es)? not (?:contain|cover|mention|provide|say)|no information|not mentioned|cannot answer|"
+    r"can't answer|not in the (?:documents|passages)",
+    re.I,
+)
+
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def language_of(text: str) -> str:
+    """'zh' if the text has any Chinese characters, else 'en'."""
+    return "zh" if _CJK.search(text) else "en"
+
+
+def is_refusal(answer: str) -> bool:
+    return bool(_REFUSAL_PATTERNS.search(answer[:200]))
+
+
+@dataclass(frozen=True)
+class Prompt:
+    system: str
+    user: str
+    hits: list[Hit]  # the passages included; passage n is hits[n-1]
+
+    def messages(self) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": self.user}]
+
+
+def passage_header(number: int, hit: Hit) -> str:
+    where = " > ".join(hit.chunk.headings[-2:]) if hit.chunk.headings else hit.chunk.title
+    return f"[{number}] 《{hit.chunk.title}》 {where}".rstrip()
+
+
+def _trim_to_tokens(text: str, limit: int, count_tokens: Callable[[str], int]) -> str:
+    """Cut at a sentence end so the passage fits `limit` tokens ('' if nothing fits)."""
+    if count_tokens(text) <= limit:
+        return text
+    pieces = re.split(r"(?<=[。！？；!?\n])", text)
+    out = ""
+    for piece in pieces:
+        if count_tokens(out + piece) > limit:
+            break
+        out += piece
+    return out.strip()
+
+
+def build_prompt(
+    question: str,
+    hits: Sequence[Hit],
+    count_tokens: Callable[[str], int],
+    budget: int,
+) -> Prompt:
+    """Number the passages [1..n] within `budget` tokens (measured with the model's tokenizer).
+
+    A passage that does not fit whole is cut at a sentence end; one that does
+    not fit at all is left out, so the runtime never truncates mid-passage.
+    """
+    blocks: list[str] = []
+    used: list[Hit] = []
+    remaining = budget
+    for hit in hits:
+        header = passage_header(len(used) + 1, hit)
+        body = clean_text(hit.chunk.text)
+        cost = count_tokens(header) + 2
+        body = _trim_to_tokens(body, remaining - cost, count_tokens) if remaining > cost else ""
+        if not body:
+            break
+        blocks.append(f"{header}\n{body}")
+        used.append(hit)
+        remaining -= cost + count_tokens(body)
+    label = "Question" if language_of(question) == "en" else "问题"
+    user = "资料：\n\n" + "\n\n".join(blocks) + f"\n\n{label}：{question.strip()}"
+    return Prompt(SYSTEM_PROMPT, user, used)

@@ -1,0 +1,91 @@
+"""The small typed records that flow between stages."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Document:
+    """One source file, decoded. `text` is what spans index into.
+
+    For .txt/.md it is the file's full text (front matter included, so spans
+    are offsets in the file); for PDFs it is the extracted pages joined by
+    blank lines, and `page_starts[i]` is where page i+1 begins.
+    """
+
+    path: str  # relative to the corpus directory, '/'-separated
+    title: str
+    text: str
+    sha256: str
+    body_start: int = 0  # first character after any YAML front matter
+    page_starts: tuple[int, ...] = ()
+
+    def page_at(self, offset: int) -> int | None:
+        if not self.page_starts:
+            return None
+        page = 0
+        for i, start in enumerate(self.page_starts):
+            if start <= offset:
+                page = i + 1
+        return page
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A passage. `text` is exactly `document.text[start:end]`."""
+
+    id: str
+    path: str
+    title: str
+    headings: tuple[str, ...]
+    start: int
+    end: int
+    text: str
+    page: int | None = None
+
+    @property
+    def heading(self) -> str:
+        return " > ".join(self.headings)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["headings"] = list(self.headings)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Chunk:
+        return cls(**{**d, "headings": tuple(d["headings"])})
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A retrieved chunk with the scores that ranked it (None = not in that list)."""
+
+    chunk: Chunk
+    score: float  # fused (RRF) score
+    dense_score: float | None = None
+    lexical_score: float | None = None
+
+
+@dataclass(frozen=True)
+class Citation:
+    number: int  # the [n] shown in the answer; n-th passage given to the model
+    chunk: Chunk
+
+
+@dataclass
+class Answer:
+    question: str
+    query: str  # what was searched (the question, or its standalone rewrite)
+    text: str
+    citations: list[Citation]
+    hits: list[Hit]  # every passage given to the model, in prompt order
+    refused: bool = False  # the documents do not cover the question
+    unsupported: list[str] = field(default_factory=list)  # sentences no passage supports
+    related: list[Hit] = field(default_factory=list)  # closest passages shown with a refusal
+    raw_text: str = ""  # what the model wrote, before citation checking
+    timings: dict[str, float] = field(default_factory=dict)  # seconds
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
