@@ -6,9 +6,10 @@ into chunks of at most `size` characters, repeating up to `overlap`
 characters of trailing sentences at the start of the next chunk. Each chunk
 is an exact slice of the document text, so its span maps back to the file.
 
-Example: a section "## A\\n甲。乙。丙。" with size=5, overlap=2 gives chunks
-"## A\\n甲。" ... each no longer than 5 characters (a too-long sentence is cut
-at the size limit).
+Example: a section "## A\\n甲。乙。丙。" with size=5, overlap=2 gives the chunks
+"## A", "甲。乙。", "乙。丙。": each at most 5 characters, the second starting
+again at the sentence that ended the first (a too-long sentence is cut at the
+size limit).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rag.schema import Chunk, Document
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.M)
 _FENCE = re.compile(r"^[ \t]*(```|~~~)", re.M)
 # A sentence ends after a terminal mark (plus closing quotes/brackets) or a newline.
-_SENTENCE_END = re.compile(r"[。！？；!?]+[”’」』）)\]】]*|\n")
+_SENTENCE_END = re.compile(r"[。！？；!?]+[”’」』）)\]】]*|\.(?=\s)|\n")
 _MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 _SUPERSCRIPTS = re.compile(r"[⁰¹²³⁴⁵⁶⁷⁸⁹]+")
 _EMPHASIS = re.compile(r"\*\*|__")
@@ -32,6 +33,8 @@ _BLANK_LINES = re.compile(r"\n\s*\n+")
 # A section shorter than this (e.g. a heading followed directly by a sub-heading)
 # is merged into the next one, so no chunk is only a heading.
 _MIN_SECTION = 40
+# Once a chunk holds this share of the size, it ends at the next paragraph break.
+_PARAGRAPH_CUT = 0.5
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,8 @@ class ChunkerSettings:
     overlap: int
 
     def as_dict(self) -> dict[str, int | str]:
-        return {"strategy": "headings+sentences", "size": self.size, "overlap": self.overlap}
+        # Bump the strategy name when the algorithm changes, so old indexes are rebuilt.
+        return {"strategy": "headings+paragraphs+sentences/2", "size": self.size, "overlap": self.overlap}
 
 
 def clean_heading(raw: str) -> str:
@@ -65,6 +69,15 @@ def search_text(chunk: Chunk) -> str:
 def _fenced_ranges(text: str) -> list[tuple[int, int]]:
     marks = [m.start() for m in _FENCE.finditer(text)]
     return [(marks[i], marks[i + 1]) for i in range(0, len(marks) - 1, 2)]
+
+
+def first_heading(text: str, start: int = 0) -> str | None:
+    """The first markdown heading at or after `start`, ignoring '#' lines inside code fences."""
+    fences = _fenced_ranges(text)
+    for m in _HEADING.finditer(text, start):
+        if not any(a <= m.start() < b for a, b in fences):
+            return clean_heading(m.group(2))
+    return None
 
 
 def _sections(doc: Document) -> list[tuple[tuple[str, ...], int, int]]:
@@ -133,10 +146,15 @@ def chunk_document(doc: Document, settings: ChunkerSettings) -> list[Chunk]:
     text, chunks = doc.text, []
     for headings, s_start, s_end in _sections(doc):
         sentences = _sentences(text, s_start, s_end, settings.size)
+        # A blank line ends a paragraph; cutting there keeps facts whole and needs no overlap.
+        blank = [not text[a:b].strip() for a, b in sentences]
         i = 0
         while i < len(sentences):
-            j, length = i, 0
+            j, length, at_paragraph = i, 0, False
             while j < len(sentences) and (j == i or length + sentences[j][1] - sentences[j][0] <= settings.size):
+                if j > i and blank[j] and length >= settings.size * _PARAGRAPH_CUT:
+                    at_paragraph = True
+                    break
                 length += sentences[j][1] - sentences[j][0]
                 j += 1
             a, b = _trim(text, sentences[i][0], sentences[j - 1][1])
@@ -156,9 +174,14 @@ def chunk_document(doc: Document, settings: ChunkerSettings) -> list[Chunk]:
                 )
             if j >= len(sentences):
                 break
+            if at_paragraph:
+                i = j
+                continue
             # Step back over trailing sentences that fit in the overlap, always advancing.
             back, k = 0, j
-            while k - 1 > i and back + sentences[k - 1][1] - sentences[k - 1][0] <= settings.overlap:
+            # The next chunk must still reach past this one: overlap plus sentence j must fit.
+            room = settings.size - (sentences[j][1] - sentences[j][0])
+            while k - 1 > i and back + sentences[k - 1][1] - sentences[k - 1][0] <= min(settings.overlap, room):
                 k -= 1
                 back += sentences[k][1] - sentences[k][0]
             i = k

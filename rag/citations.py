@@ -23,7 +23,8 @@ from rag.schema import Citation, Hit
 
 _MARKER = re.compile(r"\s?[\[【]\s*(\d{1,2}(?:\s*[,，、]\s*\d{1,2})*)\s*[\]】]")
 _SENTENCE = re.compile(r"[^。！？!?\n]*?(?:[。！？!?]+|\.(?=\s|$)|\n|$)")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+# A number that stands alone: not the "3" of "DeepSeek-V3" or the "4" of "GPT-4o".
+_NUMBER = re.compile(r"(?<![a-z0-9.\-])\d+(?:\.\d+)?(?![a-z0-9])")
 
 SUPPORTS = 0.5  # share of key terms a passage must contain to support a sentence
 ATTACH = 0.6  # stricter bar for adding a marker the model did not write
@@ -46,7 +47,8 @@ def _norm(text: str) -> str:
 
 
 def key_terms(sentence: str) -> set[str]:
-    return set(tokenize(_MARKER.sub("", sentence))) | set(_NUMBER.findall(_norm(sentence)))
+    sentence = _MARKER.sub("", sentence)
+    return set(tokenize(sentence)) | set(_NUMBER.findall(_norm(sentence)))
 
 
 def support(sentence_terms: set[str], passage: str) -> float:
@@ -63,9 +65,12 @@ def _sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE.findall(text) if s]
 
 
+# Words of connective phrases ("根据资料：", "总结如下：") that carry no checkable fact.
+_META = frozenset("根据 资料 总结 如下 以下 综上 所述 回答 问题 来看 可知 according documents passages sources answer following summary".split())
+
+
 def _is_factual(body: str) -> bool:
-    # Short connective phrases ("根据资料：") and headings carry no checkable fact.
-    return len(key_terms(body)) >= 2
+    return len(key_terms(body) - _META) >= 2
 
 
 def check(answer: str, hits: Sequence[Hit]) -> CheckedAnswer:

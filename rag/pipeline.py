@@ -158,7 +158,16 @@ class Pipeline:
             return
 
         generator = self.get_generator()
-        prompt = prompting.build_prompt(question, hits, generator.count_tokens, self.settings.prompt_token_budget)
+        from rag.lexical import tokenize
+
+        prompt = prompting.build_prompt(
+            question,
+            hits,
+            generator.count_tokens,
+            self.settings.prompt_token_budget,
+            self.settings.passage_chars,
+            set(tokenize(query)),
+        )
         pieces: list[str] = []
         t_gen = time.perf_counter()
         for piece in generator.stream(prompt.messages(), self.settings.max_answer_tokens, stop):

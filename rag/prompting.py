@@ -30,11 +30,12 @@ REFUSAL = {
 
 # Phrases by which a model says the passages do not answer the question.
 _REFUSAL_PATTERNS = re.compile(
-    r"资料中没有|没有相关信息|未提及|没有提及|没有提到|未提供|无法回答|无法从资料|不包含|找不到|"
-    r"do(?:es)? not (?:contain|cover|mention|provide|say)|no information|not mentioned|cannot answer|"
-    r"can't answer|not in the (?:documents|passages)",
+    r"资料中?(?:并)?(?:没有|未)(?:相关|提及|提到|提供|包含|说明|涉及)|没有相关信息|无法(?:从资料中?)?(?:回答|确定)|"
+    r"(?:documents|passages|sources) do(?:es)? not (?:contain|cover|mention|provide|say)|no information|"
+    r"not mentioned in the|cannot answer|can't answer|not in the (?:documents|passages)",
     re.I,
 )
+_FIRST_SENTENCE = re.compile(r"^[^。！？!?\n]*(?:[。！？!?]|\.(?=\s|$)|\n|$)")
 
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
@@ -45,7 +46,9 @@ def language_of(text: str) -> str:
 
 
 def is_refusal(answer: str) -> bool:
-    return bool(_REFUSAL_PATTERNS.search(answer[:200]))
+    """The answer opens by saying the documents do not answer (a later caveat is not a refusal)."""
+    first = _FIRST_SENTENCE.match(answer.strip())
+    return bool(first and _REFUSAL_PATTERNS.search(first.group(0)))
 
 
 @dataclass(frozen=True)
@@ -76,11 +79,38 @@ def _trim_to_tokens(text: str, limit: int, count_tokens: Callable[[str], int]) -
     return out.strip()
 
 
+def focus(text: str, terms: set[str], limit: int) -> str:
+    """The contiguous run of sentences around the one matching most query terms, within `limit` chars.
+
+    Prompt tokens are the slowest part of answering on a CPU; the sentences far
+    from the matched terms rarely carry the answer.
+    """
+    if len(text) <= limit:
+        return text
+    sentences = [s for s in re.split(r"(?<=[。！？；!?\n])", text) if s]
+    lowered = [s.lower() for s in sentences]
+    scores = [sum(1 for t in terms if t in s) for s in lowered]
+    best = max(range(len(sentences)), key=lambda i: scores[i])
+    lo, hi, size = best, best + 1, len(sentences[best])
+    while True:  # grow forward first: a fact's details usually follow its subject
+        grew = False
+        for nxt in (hi, lo - 1):
+            if 0 <= nxt < len(sentences) and (nxt == hi or nxt == lo - 1) and size + len(sentences[nxt]) <= limit:
+                size += len(sentences[nxt])
+                lo, hi = (lo, hi + 1) if nxt == hi else (lo - 1, hi)
+                grew = True
+        if not grew:
+            break
+    return "".join(sentences[lo:hi]).strip()[:limit]
+
+
 def build_prompt(
     question: str,
     hits: Sequence[Hit],
     count_tokens: Callable[[str], int],
     budget: int,
+    passage_chars: int = 10_000,
+    terms: set[str] | None = None,
 ) -> Prompt:
     """Number the passages [1..n] within `budget` tokens (measured with the model's tokenizer).
 
@@ -92,7 +122,7 @@ def build_prompt(
     remaining = budget
     for hit in hits:
         header = passage_header(len(used) + 1, hit)
-        body = clean_text(hit.chunk.text)
+        body = focus(clean_text(hit.chunk.text), terms or set(), passage_chars)
         cost = count_tokens(header) + 2
         body = _trim_to_tokens(body, remaining - cost, count_tokens) if remaining > cost else ""
         if not body:

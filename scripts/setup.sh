@@ -8,7 +8,6 @@ cd "$(dirname "$0")/.."
 DEV=0
 [ "${1:-}" = "--dev" ] && DEV=1
 CACHE="${RAG_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rag-chat}"
-WHEELHOUSE="$CACHE/wheelhouse"
 PY="${PYTHON:-python3}"
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -25,17 +24,26 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 # llama-cpp-python ships only as source. Build it once into a cache outside the repo
-# (fresh clones and CI reuse it). A portable AVX2 build instead of -march=native:
-# native builds enable AMX kernels that crash on some Xeon CPUs, and a native wheel
-# can crash on another machine that shares the cache.
+# (fresh clones and CI reuse it). On x86_64 we name the CPU features ourselves instead
+# of -march=native: native builds turn on llama.cpp's AMX kernels, which crashed
+# (SIGSEGV on the first prompt) on this project's Xeon machines. The wheel goes into a
+# folder named after those features, so a cache shared with another CPU rebuilds.
 LLAMA_VERSION=0.3.36
+CMAKE_FLAGS="${CMAKE_ARGS:-}"
+if [ -z "$CMAKE_FLAGS" ] && [ "$(uname -m)" = "x86_64" ] && [ -r /proc/cpuinfo ]; then
+  CMAKE_FLAGS="-DGGML_NATIVE=OFF"
+  cpu_flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+  for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx512f:AVX512 avx512vbmi:AVX512_VBMI \
+              avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16 avx_vnni:AVX_VNNI; do
+    case "$cpu_flags" in *" ${pair%%:*} "*) CMAKE_FLAGS="$CMAKE_FLAGS -DGGML_${pair#*:}=ON" ;; esac
+  done
+fi
+WHEELHOUSE="$CACHE/wheelhouse/llama-$LLAMA_VERSION-$(printf '%s' "$CMAKE_FLAGS" | sha256sum | cut -c1-12)"
 if ! ls "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
-  step "Building llama-cpp-python $LLAMA_VERSION (about 6-10 minutes, once)"
+  step "Building llama-cpp-python $LLAMA_VERSION (about 5-10 minutes, once)"
+  echo "CMAKE_ARGS=$CMAKE_FLAGS"
   mkdir -p "$WHEELHOUSE"
-  if [ "$(uname -m)" = "x86_64" ]; then
-    export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON}"
-  fi
-  .venv/bin/python -m pip wheel --no-deps --no-cache-dir -w "$WHEELHOUSE" "llama-cpp-python==$LLAMA_VERSION"
+  CMAKE_ARGS="$CMAKE_FLAGS" .venv/bin/python -m pip wheel --no-deps --no-cache-dir -w "$WHEELHOUSE" "llama-cpp-python==$LLAMA_VERSION"
 fi
 
 EXTRAS=""
@@ -55,9 +63,10 @@ else
   .venv/bin/rag models fetch
 fi
 
-if [ "$DEV" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
-  step "Installing Chromium for the browser tests (Debian packages)"
+# Chromium for the browser tests; a TrueType CJK font so test PDFs and screenshots show Chinese.
+if [ "$DEV" = 1 ] && { ! command -v chromium >/dev/null 2>&1 || [ ! -e /usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf ]; }; then
+  step "Installing Chromium and a Chinese font for the tests (Debian packages)"
   if [ "$(id -u)" = 0 ]; then APT="apt-get"; else APT="sudo apt-get"; fi
   $APT update -qq
-  DEBIAN_FRONTEND=noninteractive $APT install -y -qq chromium fonts-noto-cjk >/dev/null
+  DEBIAN_FRONTEND=noninteractive $APT install -y -qq chromium fonts-droid-fallback >/dev/null
 fi

@@ -61,6 +61,10 @@ def sources_html(answer: Answer, show_details: bool = False) -> str:
     elif answer.related:
         parts.append("<h4>相关段落（资料未直接回答，非引用）</h4>")
         parts += [_passage_html(None, h.chunk, related=True) for h in answer.related]
+    elif answer.hits:
+        # The answer cites nothing: show what the model read, so the reader can still check.
+        parts.append("<h4>提供给模型的段落（回答未引用）</h4>")
+        parts += [_passage_html(i, h.chunk, related=True) for i, h in enumerate(answer.hits, start=1)]
     if answer.unsupported:
         items = "".join(f"<li>{html.escape(s)}</li>" for s in answer.unsupported)
         parts.append(f'<div class="unsupported"><b>未找到资料支持的句子：</b><ul>{items}</ul></div>')

@@ -1,0 +1,240 @@
+"""rag.citations: marker parsing and checking answers against the passages given."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from rag.citations import check, key_terms, parse_markers, support
+from rag.schema import Chunk, Hit
+
+P_COST = "DeepSeek-V3 的完整训练仅花费 557.6万美元，使用 FP8 混合精度训练。"
+P_TRANSFORMER = "Transformer 架构由谷歌在 2017 年提出，论文名为 Attention Is All You Need。"
+P_ENGLISH = "The Transformer architecture was introduced by Google in 2017. It relies entirely on self-attention."
+P_SOUP = "Simmer ripe tomatoes with onion and garlic for twenty minutes, then blend into a soup."
+
+
+def hit(n: int, text: str, path: str = "a.md") -> Hit:
+    return Hit(Chunk(id=f"chunk{n}", path=path, title="标题", headings=("节",), start=0, end=len(text), text=text), 0.5)
+
+
+TWO = [hit(1, P_COST), hit(2, P_TRANSFORMER, "b.txt")]
+FOUR = [hit(1, P_COST), hit(2, P_TRANSFORMER, "b.txt"), hit(3, P_ENGLISH, "c.md"), hit(4, P_SOUP, "d.md")]
+
+
+def numbers_of(result) -> list[int]:  # type: ignore[no-untyped-def]
+    return [c.number for c in result.citations]
+
+
+def assert_citations_from(result, hits: list[Hit]) -> None:  # type: ignore[no-untyped-def]
+    """Every citation points at a passage that was given, under its own number."""
+    for c in result.citations:
+        assert 1 <= c.number <= len(hits)
+        assert c.chunk is hits[c.number - 1].chunk
+    assert numbers_of(result) == sorted(set(numbers_of(result)))
+    assert set(parse_markers(result.text)) == set(numbers_of(result))
+
+
+# ---------------------------------------------------------------- parse_markers
+
+
+@pytest.mark.parametrize(
+    ("text", "numbers"),
+    [
+        ("[1][2]", [1, 2]),
+        ("[1, 3]", [1, 3]),
+        ("【2】", [2]),
+        ("[1，2]", [1, 2]),
+        ("[1、2、3]", [1, 2, 3]),
+        ("[ 4 ]", [4]),
+        ("成本为557.6万美元[1]。架构是MoE[2][3]。", [1, 2, 3]),
+        ("[1][2], [1, 3] and 【2】", [1, 2, 1, 3, 2]),  # the docstring example
+        ("没有引用。", []),
+        ("[a] [] [1.5] [123]", []),
+        ("见[12]", [12]),
+        ("链接[文字](http://x)", []),
+    ],
+)
+def test_parse_markers(text: str, numbers: list[int]) -> None:
+    assert parse_markers(text) == numbers
+
+
+# ---------------------------------------------------------------- support
+
+
+def test_key_terms_keep_names_words_and_numbers() -> None:
+    terms = key_terms("DeepSeek-V3 的训练成本为 557.6万美元。")
+    assert {"deepseek-v3", "557.6", "训练", "成本"} <= terms
+    assert "的" not in terms
+
+
+def test_support_share_of_terms() -> None:
+    terms = key_terms("DeepSeek-V3 使用 FP8 混合精度训练")
+    assert support(terms, P_COST) == pytest.approx(1.0)
+    assert support(terms, P_SOUP) == 0.0
+    assert support(set(), P_COST) == 0.0
+
+
+def test_support_needs_the_numbers_of_the_sentence() -> None:
+    assert support(key_terms("训练花费 600万美元"), P_COST) == 0.0
+    assert support(key_terms("训练花费 557.6万美元"), P_COST) > 0.5
+    assert support(key_terms("DeepSeek-V3 的训练花费 600万美元"), P_COST) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("sentence", "numbers"),
+    [("DeepSeek-V3 发布于 2024 年", {"2024"}), ("GPT-4o 和 Qwen2.5", set()), ("成本 557.6万美元[1]", {"557.6"})],
+)
+def test_key_terms_numbers_stand_alone(sentence: str, numbers: set[str]) -> None:
+    found = {t for t in key_terms(sentence) if re.fullmatch(r"\d+(?:\.\d+)?", t)}
+    assert found == numbers
+
+
+# ---------------------------------------------------------------- check
+
+
+def test_correct_marker_is_kept() -> None:
+    result = check("DeepSeek-V3 的训练花费了 557.6万美元[1]。", TWO)
+    assert result.text == "DeepSeek-V3 的训练花费了 557.6万美元[1]。"
+    assert numbers_of(result) == [1]
+    assert result.unsupported == []
+    assert_citations_from(result, TWO)
+
+
+@pytest.mark.parametrize("marker", ["[7]", "[3]", "[0]", "[99]"])
+def test_marker_to_missing_passage_is_dropped(marker: str) -> None:
+    result = check(f"DeepSeek-V3 的训练花费了 557.6万美元{marker}。", TWO)
+    assert marker not in result.text
+    assert all(1 <= n <= 2 for n in parse_markers(result.text))
+    assert_citations_from(result, TWO)
+
+
+def test_marker_to_missing_passage_on_unsupported_sentence_is_dropped() -> None:
+    result = check("火星上有液态水湖泊和大量冰川[7]。", TWO)
+    assert parse_markers(result.text) == []
+    assert result.citations == []
+    assert result.unsupported == ["火星上有液态水湖泊和大量冰川"]
+
+
+def test_wrong_number_is_repaired_to_supporting_passage() -> None:
+    result = check("Transformer 架构由谷歌在 2017 年提出[1]。", TWO)
+    assert result.text == "Transformer 架构由谷歌在 2017 年提出[2]。"
+    assert numbers_of(result) == [2]
+    assert result.citations[0].chunk.path == "b.txt"
+    assert_citations_from(result, TWO)
+
+
+def test_uncited_supported_sentence_gets_a_marker() -> None:
+    result = check("DeepSeek-V3 使用 FP8 混合精度训练。", TWO)
+    assert result.text == "DeepSeek-V3 使用 FP8 混合精度训练[1]。"
+    assert numbers_of(result) == [1]
+    assert result.unsupported == []
+
+
+def test_marker_after_the_full_stop_is_not_lost() -> None:
+    result = check("DeepSeek-V3 的训练花费了 557.6万美元。[1]", TWO)
+    assert numbers_of(result) == [1]
+    assert "[1]" in result.text
+
+
+def test_unsupported_factual_sentence_is_reported() -> None:
+    answer = "Transformer 由谷歌在 2017 年提出[2]。GPT-5 在 2030 年发布，参数达到一百万亿[1]。"
+    result = check(answer, TWO)
+    assert result.unsupported == ["GPT-5 在 2030 年发布，参数达到一百万亿"]
+    assert numbers_of(result) == [2]
+    assert result.text == "Transformer 由谷歌在 2017 年提出[2]。GPT-5 在 2030 年发布，参数达到一百万亿。"
+    assert_citations_from(result, TWO)
+
+
+def test_several_markers_keep_only_supporting_ones() -> None:
+    result = check("DeepSeek-V3 使用 FP8 混合精度训练[1][2]。", TWO)
+    assert result.text == "DeepSeek-V3 使用 FP8 混合精度训练[1]。"
+    duplicate = check("DeepSeek-V3 训练成本 557.6万美元[1][1]。", TWO)
+    assert duplicate.text == "DeepSeek-V3 训练成本 557.6万美元[1]。"
+
+
+def test_full_width_markers_are_normalized() -> None:
+    result = check("DeepSeek-V3 使用 FP8 混合精度训练【1】。", TWO)
+    assert result.text == "DeepSeek-V3 使用 FP8 混合精度训练[1]。"
+
+
+def test_english_sentences() -> None:
+    answer = "The Transformer was introduced by Google in 2017. It relies on self-attention [1]. Cook the soup [3]."
+    result = check(answer, FOUR)
+    assert result.text.startswith("The Transformer was introduced by Google in 2017[3].")
+    assert "self-attention[3]." in result.text
+    assert "2017." not in result.text
+    assert_citations_from(result, FOUR)
+    assert 3 in numbers_of(result)
+
+
+def test_english_unsupported_sentence() -> None:
+    result = check("GPT-5 was released by OpenAI in 2031 with ten trillion parameters.", FOUR)
+    assert result.unsupported == ["GPT-5 was released by OpenAI in 2031 with ten trillion parameters"]
+    assert result.citations == []
+
+
+def test_english_decimal_is_not_a_sentence_end() -> None:
+    hits = [hit(1, "The training cost 5.576 million US dollars using FP8 precision.")]
+    result = check("The training cost 5.576 million US dollars.", hits)
+    assert result.text == "The training cost 5.576 million US dollars[1]."
+
+
+@pytest.mark.parametrize("answer", ["", "好的。", "以下：", "\n\n"])
+def test_non_factual_text_is_left_alone(answer: str) -> None:
+    result = check(answer, TWO)
+    assert result.text == answer.strip()
+    assert result.citations == [] and result.unsupported == []
+
+
+def test_no_passages_means_nothing_is_cited() -> None:
+    result = check("DeepSeek-V3 使用 FP8 训练[1]。", [])
+    assert result.citations == []
+    assert parse_markers(result.text) == []
+    assert result.unsupported == ["DeepSeek-V3 使用 FP8 训练"]
+
+
+def test_multiline_answer_keeps_its_lines() -> None:
+    answer = "1. DeepSeek-V3 使用 FP8 训练[1]。\n2. Transformer 由谷歌提出[1]。"
+    result = check(answer, TWO)
+    assert result.text == "1. DeepSeek-V3 使用 FP8 训练[1]。\n2. Transformer 由谷歌提出[2]。"
+    assert numbers_of(result) == [1, 2]
+    assert_citations_from(result, TWO)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "DeepSeek-V3 的训练花费了 557.6万美元[7]。Transformer 在 2017 年提出[1]。",
+        "[1][2][3][4][5] 资料如下。",
+        "Cook tomatoes with garlic [4]. Google introduced the Transformer in 2017 [9]. 无关的句子[2]。",
+        "【3】【2】【1】",
+    ],
+)
+@pytest.mark.parametrize("hits", [TWO, FOUR, FOUR[:1]])
+def test_citations_only_reference_given_passages(answer: str, hits: list[Hit]) -> None:
+    result = check(answer, hits)
+    assert_citations_from(result, hits)
+    assert all(1 <= n <= len(hits) for n in parse_markers(result.text))
+
+
+# A wrong figure must not pass because some other digit (the "3" of "V3", the "8" of "FP8") is in the passage.
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "DeepSeek-V3 的训练成本是 600万美元[1]。",
+        "训练成本是 600万美元，使用 FP8 混合精度训练[1]。",
+        "GPT-4o 的训练成本是 600万美元[1]。",
+    ],
+)
+def test_wrong_figure_is_not_supported(answer: str) -> None:
+    result = check(answer, TWO)
+    assert result.citations == []
+    assert len(result.unsupported) == 1 and "600" in result.unsupported[0]
+
+
+@pytest.mark.parametrize("lead", ["根据资料：", "总结如下："])
+def test_connective_phrase_is_not_unsupported(lead: str) -> None:
+    result = check(f"{lead}\nDeepSeek-V3 使用 FP8 混合精度训练[1]。", TWO)
+    assert result.unsupported == []

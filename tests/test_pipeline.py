@@ -1,0 +1,257 @@
+"""rag.pipeline: ask() end to end with a fake embedder, a scripted generator and a tiny index."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from rag.errors import IndexStateError, QuestionError
+from rag.index import build
+from rag.models import get_spec
+from rag.pipeline import (
+    MAX_QUESTION_CHARS,
+    Done,
+    Pipeline,
+    Retrieved,
+    Token,
+    Turn,
+    clean_question,
+    standalone_query,
+)
+from rag.prompting import REFUSAL
+from rag.schema import Answer
+from tests.fakes import CountingFactory, FakeEmbedder, FakeGenerator, isolate, tiny_settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    isolate(monkeypatch, tmp_path)
+    s = tiny_settings(tmp_path, top_k=3, candidates=10)
+    build(s, CountingFactory(), get_spec(s.embed_model).sha256)
+    return s
+
+
+def make(settings, *replies: str, **kwargs) -> Pipeline:  # type: ignore[no-untyped-def]
+    return Pipeline(settings, embedder=FakeEmbedder(), generator=FakeGenerator(list(replies), **kwargs))
+
+
+def run(pipeline: Pipeline, question: str, **kwargs) -> tuple[list, Answer]:  # type: ignore[no-untyped-def]
+    events = list(pipeline.ask(question, **kwargs))
+    assert isinstance(events[-1], Done)
+    return events, events[-1].answer
+
+
+COST_REPLY = "DeepSeek-V3 的完整训练仅花费 557.6万美元[1]。它使用 FP8 混合精度训练[1]。"
+
+
+# ---------------------------------------------------------------- the happy path
+
+
+def test_ask_yields_retrieved_tokens_done(settings) -> None:  # type: ignore[no-untyped-def]
+    pipeline = make(settings, COST_REPLY)
+    events, answer = run(pipeline, "DeepSeek-V3 的训练成本是多少？")
+
+    assert isinstance(events[0], Retrieved)
+    tokens = events[1:-1]
+    assert len(tokens) > 1 and all(isinstance(e, Token) for e in tokens)
+    assert "".join(t.text for t in tokens) == COST_REPLY
+    assert sum(isinstance(e, Done) for e in events) == 1
+
+    retrieved = events[0]
+    assert retrieved.query == "DeepSeek-V3 的训练成本是多少？"
+    assert 1 <= len(retrieved.hits) <= settings.top_k
+    assert retrieved.hits[0].chunk.path == "deepseek.md"
+    assert "557.6" in retrieved.hits[0].chunk.text
+
+    assert not answer.refused
+    assert answer.question == answer.query == "DeepSeek-V3 的训练成本是多少？"
+    assert answer.raw_text == COST_REPLY
+    assert "557.6万美元[1]" in answer.text
+    assert answer.hits == retrieved.hits
+    assert [c.number for c in answer.citations] == [1]
+    assert answer.unsupported == []
+    assert answer.completion_tokens == len(tokens)
+    assert answer.prompt_tokens > 0
+    assert {"retrieval", "first_token", "generation", "total"} <= set(answer.timings)
+    assert all(v >= 0 for v in answer.timings.values())
+
+
+def test_prompt_holds_the_numbered_passages(settings) -> None:  # type: ignore[no-untyped-def]
+    pipeline = make(settings, COST_REPLY)
+    _, answer = run(pipeline, "DeepSeek-V3 的训练成本是多少？")
+    call = pipeline.generator.calls[0]  # type: ignore[union-attr]
+    assert call["max_tokens"] == settings.max_answer_tokens
+    system, user = call["messages"]
+    assert system["role"] == "system" and user["role"] == "user"
+    for n, h in enumerate(answer.hits, start=1):
+        assert f"[{n}] 《{h.chunk.title}》" in user["content"]
+    assert user["content"].endswith("问题：DeepSeek-V3 的训练成本是多少？")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        COST_REPLY,
+        "DeepSeek-V3 的完整训练仅花费 557.6万美元[7]。Transformer 由谷歌在 2017 年提出[2]。",
+        "【3】【2】【1】 DeepSeek-V3 采用混合专家架构[9]。",
+        "The training cost 557.6万美元 [1][2][3][4][5].",
+    ],
+)
+def test_citations_point_to_passages_given(settings, reply: str) -> None:  # type: ignore[no-untyped-def]
+    _, answer = run(make(settings, reply), "DeepSeek-V3 的训练成本和架构？")
+    assert answer.hits
+    for c in answer.citations:
+        assert 1 <= c.number <= len(answer.hits)
+        assert c.chunk == answer.hits[c.number - 1].chunk
+    from rag.citations import parse_markers
+
+    assert all(1 <= n <= len(answer.hits) for n in parse_markers(answer.text))
+
+
+def test_english_question_gets_english_label_and_refusal(settings) -> None:  # type: ignore[no-untyped-def]
+    pipeline = make(settings, "The documents do not contain information about this.")
+    _, answer = run(pipeline, "How do I make tomato soup?")
+    assert answer.refused
+    assert answer.text == REFUSAL["en"]
+    user = pipeline.generator.calls[0]["messages"][1]["content"]  # type: ignore[union-attr]
+    assert user.endswith("Question：How do I make tomato soup?")
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def test_model_refusal_gives_refused_and_related(settings) -> None:  # type: ignore[no-untyped-def]
+    _, answer = run(make(settings, "资料中没有相关信息。"), "DeepSeek-V3 的训练成本是多少？")
+    assert answer.refused
+    assert answer.text == REFUSAL["zh"]
+    assert answer.citations == []
+    assert answer.related and answer.related == answer.hits
+    assert answer.raw_text == "资料中没有相关信息。"
+
+
+def test_empty_model_reply_is_a_refusal(settings) -> None:  # type: ignore[no-untyped-def]
+    _, answer = run(make(settings, "   "), "DeepSeek-V3 的训练成本是多少？")
+    assert answer.refused and answer.text == REFUSAL["zh"]
+
+
+def test_no_evidence_refuses_without_calling_the_model(settings) -> None:  # type: ignore[no-untyped-def]
+    strict = replace(settings, min_dense_score=0.999)
+    generator = FakeGenerator(["不应被调用"])
+    pipeline = Pipeline(strict, embedder=FakeEmbedder(), generator=generator)
+    events, answer = run(pipeline, "量子计算机的冷却系统")
+    assert isinstance(events[0], Retrieved) and events[0].hits == []
+    assert [e.text for e in events if isinstance(e, Token)] == [REFUSAL["zh"]]
+    assert answer.refused and answer.text == REFUSAL["zh"]
+    assert answer.hits == [] and answer.citations == []
+    assert 1 <= len(answer.related) <= 3
+    assert generator.calls == []
+
+
+# ---------------------------------------------------------------- questions
+
+
+@pytest.mark.parametrize("question", ["", "   ", "\n\t  \n", "\x00\x01\x02", "\x7f \x1b"])
+def test_empty_questions_are_refused(settings, question: str) -> None:  # type: ignore[no-untyped-def]
+    pipeline = make(settings, COST_REPLY)
+    with pytest.raises(QuestionError) as info:
+        list(pipeline.ask(question))
+    assert info.value.hint
+    assert pipeline.generator.calls == []  # type: ignore[union-attr]
+
+
+def test_too_long_question(settings) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(QuestionError, match=str(MAX_QUESTION_CHARS)):
+        list(make(settings).ask("问" * 20000))
+    assert clean_question("问" * MAX_QUESTION_CHARS) == "问" * MAX_QUESTION_CHARS
+    with pytest.raises(QuestionError):
+        clean_question("问" * (MAX_QUESTION_CHARS + 1))
+
+
+def test_control_characters_are_cleaned(settings) -> None:  # type: ignore[no-untyped-def]
+    assert clean_question("  DeepSeek\x00-V3\x1b 的\x07成本？\n") == "DeepSeek -V3  的 成本？"
+    assert clean_question("第一行\n第二行\t结束") == "第一行\n第二行\t结束"
+    events, answer = run(make(settings, COST_REPLY), "\x00DeepSeek-V3 的训练成本是多少？\x7f")
+    assert answer.question == "DeepSeek-V3 的训练成本是多少？"
+    assert "\x00" not in events[0].query
+
+
+def test_standalone_query_uses_previous_question() -> None:
+    history = [Turn("DeepSeek-V3 的训练成本是多少？", "557.6万美元[1]。")]
+    assert standalone_query("它是哪家公司发布的？", history) == "DeepSeek-V3 的训练成本是多少？ 它是哪家公司发布的？"
+    assert standalone_query("它是哪家公司发布的？", []) == "它是哪家公司发布的？"
+    assert standalone_query("为什么？", history).startswith("DeepSeek-V3")  # very short follow-up
+    assert standalone_query("What about its architecture?", history).startswith("DeepSeek-V3")
+    alone = "Transformer 架构是哪一年由谷歌提出的呢？"
+    assert standalone_query(alone, history) == alone
+
+
+def test_standalone_query_uses_the_latest_turn() -> None:
+    history = [Turn("Transformer 是什么？", "…"), Turn("DeepSeek-V3 的训练成本是多少？", "…")]
+    assert standalone_query("它是哪家公司发布的？", history).startswith("DeepSeek-V3")
+
+
+def test_follow_up_is_searched_with_history(settings) -> None:  # type: ignore[no-untyped-def]
+    history = [Turn("DeepSeek-V3 采用什么架构？", "混合专家架构[1]。")]
+    events, answer = run(make(settings, "总参数 6710 亿[1]。"), "它有多少参数？", history=history)
+    assert events[0].query == "DeepSeek-V3 采用什么架构？ 它有多少参数？"
+    assert answer.query == events[0].query
+    assert answer.question == "它有多少参数？"
+    assert events[0].hits[0].chunk.path == "deepseek.md"
+
+
+# ---------------------------------------------------------------- control
+
+
+def test_stop_event_ends_generation_early(settings) -> None:  # type: ignore[no-untyped-def]
+    stop = threading.Event()
+    pipeline = make(settings, COST_REPLY, piece_chars=2)
+    tokens = []
+    for event in pipeline.ask("DeepSeek-V3 的训练成本是多少？", stop=stop):
+        if isinstance(event, Token):
+            tokens.append(event.text)
+            if len(tokens) == 3:
+                stop.set()
+        if isinstance(event, Done):
+            answer = event.answer
+    assert len(tokens) == 3
+    assert answer.raw_text == "".join(tokens).strip()
+
+
+def test_k_limits_the_passages(settings) -> None:  # type: ignore[no-untyped-def]
+    events, answer = run(make(settings, COST_REPLY), "DeepSeek-V3 的训练成本是多少？", k=1)
+    assert len(events[0].hits) == 1 and len(answer.hits) <= 1
+
+
+def test_search(settings) -> None:  # type: ignore[no-untyped-def]
+    hits = make(settings).search("  tomato soup \x00", 2)
+    assert len(hits) == 2
+    assert hits[0].chunk.path == "cooking.md"
+
+
+def test_index_is_loaded_once_and_reloaded_after_a_rebuild(settings) -> None:  # type: ignore[no-untyped-def]
+    pipeline = make(settings, COST_REPLY, COST_REPLY)
+    first = pipeline.get_index()
+    assert pipeline.get_index() is first
+    (Path(settings.corpus_dir) / "new.md").write_text("# 新\n\nRLHF 用人类反馈训练奖励模型。\n", encoding="utf-8")
+    build(settings, CountingFactory(), get_spec(settings.embed_model).sha256)
+    second = pipeline.get_index()
+    assert second is not first
+    assert any(c.path == "new.md" for c in second.chunks)
+
+
+def test_index_for_another_embedder_is_refused(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    other = replace(settings, index_dir=tmp_path / "other-index")
+    build(other, CountingFactory(), "0" * 64)  # not the registry's hash for the configured model
+    with pytest.raises(IndexStateError) as info:
+        list(make(other, COST_REPLY).ask("DeepSeek-V3 的训练成本是多少？"))
+    assert "rag index" in info.value.hint
+
+
+def test_missing_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    isolate(monkeypatch, tmp_path)
+    s = tiny_settings(tmp_path)
+    with pytest.raises(IndexStateError, match="No index"):
+        list(make(s, COST_REPLY).ask("问题？"))

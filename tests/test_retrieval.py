@@ -1,0 +1,181 @@
+"""rag.retrieval: reciprocal rank fusion and the hybrid retriever over a tiny index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rag.index import Index, build
+from rag.retrieval import RetrievalParams, Retriever, rrf
+from rag.schema import Chunk, Hit
+from tests.fakes import CountingFactory, FakeEmbedder, isolate, tiny_settings
+
+# ---------------------------------------------------------------- rrf
+
+
+def test_rrf_docstring_example() -> None:
+    fused = rrf([[7, 3], [3, 9]], k=1)
+    assert [item for item, _ in fused] == [3, 7, 9]
+    assert [score for _, score in fused] == pytest.approx([1 / 3 + 1 / 2, 1 / 2, 1 / 3])
+
+
+def test_rrf_default_k_is_60() -> None:
+    fused = dict(rrf([[1, 2], [2]]))
+    assert fused[1] == pytest.approx(1 / 61)
+    assert fused[2] == pytest.approx(1 / 62 + 1 / 61)
+
+
+def test_rrf_single_list_keeps_its_order() -> None:
+    assert [i for i, _ in rrf([[5, 1, 9, 2]])] == [5, 1, 9, 2]
+
+
+def test_rrf_ties_keep_first_seen_order() -> None:
+    # 4 and 8 are each first in one list: equal scores, 4 was seen first.
+    assert [i for i, _ in rrf([[4], [8]], k=10)] == [4, 8]
+    assert [i for i, _ in rrf([[8], [4]], k=10)] == [8, 4]
+    # Mirrored lists: 1 and 3 tie exactly (1/6 + 1/8 each, above 2's 2/7); 1 was seen first.
+    fused = rrf([[1, 2, 3], [3, 2, 1]], k=5)
+    assert [i for i, _ in fused] == [1, 3, 2]
+    assert fused[0][1] == fused[1][1]
+    assert [i for i, _ in rrf([[3, 2, 1], [1, 2, 3]], k=5)] == [3, 1, 2]
+
+
+def test_rrf_is_deterministic() -> None:
+    rankings = [[3, 1, 4, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8], [5, 9, 3]]
+    assert rrf(rankings, k=2) == rrf(rankings, k=2)
+
+
+def test_rrf_weights() -> None:
+    assert [i for i, _ in rrf([[1], [2]], k=1, weights=[1.0, 2.0])] == [2, 1]
+    assert [i for i, _ in rrf([[1], [2]], k=1, weights=[3.0, 2.0])] == [1, 2]
+    fused = dict(rrf([[1, 2], [2, 1]], k=1, weights=[2.0, 0.5]))
+    assert fused[1] == pytest.approx(2 / 2 + 0.5 / 3)
+    assert fused[2] == pytest.approx(2 / 3 + 0.5 / 2)
+
+
+def test_rrf_zero_weight_ignores_a_list_but_keeps_its_items() -> None:
+    fused = rrf([[1, 2], [3]], k=1, weights=[1.0, 0.0])
+    assert [i for i, _ in fused] == [1, 2, 3]
+    assert fused[-1][1] == 0.0
+
+
+@pytest.mark.parametrize("rankings", [[], [[]], [[], []]])
+def test_rrf_empty(rankings: list[list[int]]) -> None:
+    assert rrf(rankings) == []
+
+
+def test_rrf_item_in_both_lists_beats_top_of_one() -> None:
+    fused = rrf([[10, 20], [30, 20]], k=60)
+    assert fused[0][0] == 20
+
+
+# ---------------------------------------------------------------- the retriever
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    isolate(monkeypatch, tmp_path)
+    settings = tiny_settings(tmp_path)
+    build(settings, CountingFactory(), "e" * 64)
+    index = Index.load(Path(settings.index_dir))
+    return settings, index
+
+
+def _retriever(index: Index, **params: float) -> Retriever:
+    return Retriever(index, FakeEmbedder(), RetrievalParams(**params))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("query", "path", "needle"),
+    [
+        ("DeepSeek-V3 的训练花了多少钱？", "deepseek.md", "557.6"),
+        ("DeepSeek-V3 采用什么架构？", "deepseek.md", "MoE"),
+        ("Transformer 是谁提出的？", "transformer.txt", "谷歌"),
+        ("How do I make tomato soup?", "cooking.md", "tomatoes"),
+    ],
+)
+def test_right_chunk_first(world, query: str, path: str, needle: str) -> None:  # type: ignore[no-untyped-def]
+    _, index = world
+    hits = _retriever(index).search(query, 3)
+    assert hits
+    assert hits[0].chunk.path == path
+    assert needle in hits[0].chunk.text
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_hits_carry_both_scores(world) -> None:  # type: ignore[no-untyped-def]
+    _, index = world
+    hits = _retriever(index).rank("DeepSeek-V3 训练成本", 10)
+    assert len(hits) == len(index.chunks)  # every chunk is a dense candidate in a tiny index
+    assert all(h.dense_score is not None for h in hits)
+    assert hits[0].lexical_score is not None and hits[0].lexical_score > 0
+    assert any(h.lexical_score is None for h in hits)  # the soup recipe shares no words
+    assert all(isinstance(h.chunk, Chunk) for h in hits)
+
+
+def test_rank_respects_k_and_candidates(world) -> None:  # type: ignore[no-untyped-def]
+    _, index = world
+    assert len(_retriever(index).rank("模型", 2)) == 2
+    narrow = _retriever(index, candidates=1).rank("DeepSeek-V3 训练成本", 10)
+    assert 1 <= len(narrow) <= 2  # at most one from each list
+
+
+def test_search_k_zero(world) -> None:  # type: ignore[no-untyped-def]
+    _, index = world
+    assert _retriever(index).search("DeepSeek-V3", 0) == []
+
+
+def test_no_evidence_gives_no_hits(world) -> None:  # type: ignore[no-untyped-def]
+    _, index = world
+    retriever = _retriever(index, min_dense_score=0.99)
+    query = "量子计算机的冷却系统"  # no shared word, no close vector
+    ranked = retriever.rank(query, 3)
+    assert ranked, "rank always returns the closest passages"
+    assert all(h.lexical_score is None for h in ranked)
+    assert not retriever.has_evidence(ranked)
+    assert retriever.search(query, 3) == []
+
+
+def test_lexical_match_is_evidence_even_with_low_dense_scores(world) -> None:  # type: ignore[no-untyped-def]
+    _, index = world
+    retriever = _retriever(index, min_dense_score=0.99)
+    hits = retriever.search("garlic", 3)
+    assert hits and hits[0].chunk.path == "cooking.md"
+
+
+def _hit(dense: float | None, lexical: float | None) -> Hit:
+    return Hit(Chunk("id", "a.md", "t", (), 0, 1, "x"), 0.1, dense, lexical)
+
+
+@pytest.mark.parametrize(
+    ("hits", "expected"),
+    [
+        ([], False),
+        ([_hit(0.3, None)], True),
+        ([_hit(0.25, None)], True),  # the threshold itself counts
+        ([_hit(0.2, None), _hit(0.1, None)], False),
+        ([_hit(0.1, None), _hit(None, 2.5)], True),
+        ([_hit(None, None)], False),
+        ([_hit(0.1, 0.0)], False),
+    ],
+)
+def test_has_evidence(hits: list[Hit], expected: bool, world) -> None:  # type: ignore[no-untyped-def]
+    _, index = world
+    assert _retriever(index, min_dense_score=0.25).has_evidence(hits) is expected
+
+
+def test_params_from_settings(world) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    settings, _ = world
+    s = replace(settings, candidates=12, rrf_k=7, dense_weight=0.5, lexical_weight=2.0, min_dense_score=0.4)
+    assert RetrievalParams.from_settings(s) == RetrievalParams(12, 7, 0.5, 2.0, 0.4)
+
+
+def test_weights_change_the_order(world) -> None:  # type: ignore[no-untyped-def]
+    _, index = world
+    query = "Transformer 2017"
+    lexical_only = _retriever(index, dense_weight=0.0).rank(query, 3)
+    assert lexical_only[0].chunk.path == "transformer.txt"
+    assert lexical_only[0].lexical_score is not None
