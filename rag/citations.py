@@ -35,6 +35,7 @@ class CheckedAnswer:
     text: str
     citations: list[Citation]
     unsupported: list[str]
+    factual_sentences: int = 0  # sentences that carry a checkable fact
 
 
 def parse_markers(text: str) -> list[int]:
@@ -65,6 +66,11 @@ def _sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE.findall(text) if s]
 
 
+def sentences_citing(text: str, number: int) -> list[str]:
+    """The sentences of an answer that carry the marker [number]."""
+    return [s for s in _sentences(text) if number in parse_markers(s)]
+
+
 # Words of connective phrases ("根据资料：", "总结如下：") that carry no checkable fact.
 _META = frozenset("根据 资料 总结 如下 以下 综上 所述 回答 问题 来看 可知 according documents passages sources answer following summary".split())
 
@@ -78,6 +84,7 @@ def check(answer: str, hits: Sequence[Hit]) -> CheckedAnswer:
     out_parts: list[str] = []
     unsupported: list[str] = []
     cited: list[int] = []
+    factual = 0
 
     for sentence in _sentences(answer):
         numbers = [n for n in parse_markers(sentence) if 1 <= n <= len(passages)]
@@ -88,6 +95,7 @@ def check(answer: str, hits: Sequence[Hit]) -> CheckedAnswer:
         if not core.strip() or not _is_factual(core):
             out_parts.append(body)
             continue
+        factual += 1
         terms = key_terms(core)
         scores = [support(terms, p) for p in passages]
         best = max(range(len(scores)), key=lambda i: scores[i]) if scores else -1
@@ -103,4 +111,4 @@ def check(answer: str, hits: Sequence[Hit]) -> CheckedAnswer:
 
     order = list(dict.fromkeys(cited))
     citations = [Citation(number=n, chunk=hits[n - 1].chunk) for n in sorted(order)]
-    return CheckedAnswer("".join(out_parts).strip(), citations, unsupported)
+    return CheckedAnswer("".join(out_parts).strip(), citations, unsupported, factual)

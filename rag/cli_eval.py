@@ -102,3 +102,58 @@ def retrieval_cmd(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         typer.echo(f"\nFull report: {json_out}", err=True)
+
+
+@eval_app.command("answers")
+def answers_cmd(
+    ctx: typer.Context,
+    eval_file: Annotated[Path, typer.Argument(help="Question file, one JSON object a line.", metavar="EVAL.jsonl")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Chat model (default: the configured one).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N questions.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every answer, citation and passage here.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+) -> None:
+    """Answer every question with the full pipeline; print key-term, refusal and citation metrics and timings."""
+    from dataclasses import replace
+
+    from rag.evaluation import evaluate_answers, format_answer_table, load_questions
+    from rag.pipeline import Done, Pipeline
+
+    try:
+        questions = load_questions(eval_file)[:limit]
+        settings = _settings(ctx)
+        if model:
+            settings = replace(settings, chat_model=model)
+        pipeline = Pipeline(settings)
+        pipeline.get_generator()  # load time is not part of any question's timings
+
+        def ask(question: str):  # type: ignore[no-untyped-def]
+            for event in pipeline.ask(question):
+                if isinstance(event, Done):
+                    return event.answer
+            raise RuntimeError("the pipeline ended without an answer")
+
+        def progress(i: int, n: int, r) -> None:  # type: ignore[no-untyped-def]
+            if not quiet:
+                mark = ("REFUSED" if r.refused else "ok") if not r.answerable else ("ok" if r.has_terms else "MISS")
+                sys.stderr.write(f"[{i}/{n}] {r.id} {mark:<7} {r.timings.get('total', 0):5.1f}s {r.answer[:60]!r}\n")
+                sys.stderr.flush()
+
+        report = evaluate_answers(questions, ask, on_progress=progress)
+    except RagError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"Answers on {eval_file} ({len(questions)} questions; chat model {settings.chat_model}, "
+               f"embedder {settings.embed_model}, top_k {settings.top_k})\n")  # fmt: skip
+    typer.echo(format_answer_table(report))
+    missed = [r for r in report.results if r.answerable and not r.has_terms]
+    if missed:
+        typer.echo(f"\nAnswerable questions missing a key term ({len(missed)}):")
+        for r in missed:
+            typer.echo(f"  {r.id} [{r.type}] needs {r.must_include}: {' '.join(r.answer.split())[:100]}")
+    if json_out is not None:
+        data = report.to_dict()
+        data.update(eval_file=str(eval_file), chat_model=settings.chat_model, embed_model=settings.embed_model)
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        typer.echo(f"\nFull report: {json_out}", err=True)

@@ -475,3 +475,200 @@ def _ljust(s: str, w: int) -> str:
 
 def _rjust(s: str, w: int) -> str:
     return " " * (w - _display_width(s)) + s
+
+
+# ================================================================ answers
+#
+# Answer metrics (shared/eval/README.md), over the full pipeline:
+# - key-term accuracy: answerable questions whose answer contains every
+#   `must_include` term after NFKC normalization;
+# - refusal accuracy: unanswerable questions answered with a refusal;
+# - false-refusal rate: answerable questions answered with a refusal;
+# - citation precision: shown citations whose passage covers an evidence quote
+#   of the question, or contains the key terms of the sentence that cites it;
+# - cited share: answerable, non-refused answers with at least one citation;
+# - unsupported-sentence rate: unsupported / checked sentences, over all answers.
+
+
+def _nfkc(text: str) -> str:
+    import unicodedata
+
+    return unicodedata.normalize("NFKC", text).lower()
+
+
+def contains_terms(answer: str, terms: Sequence[str]) -> bool:
+    text = squash(_nfkc(answer))
+    return all(squash(_nfkc(t)) in text for t in terms)
+
+
+def citation_is_precise(answer_text: str, number: int, passage: str, quotes: Sequence[str]) -> bool:
+    """The cited passage covers an evidence quote, or holds the key terms of a sentence citing it."""
+    from rag.citations import SUPPORTS, key_terms, sentences_citing, support
+
+    if any(covers(passage, q) for q in quotes):
+        return True
+    return any(support(key_terms(s), passage) >= SUPPORTS for s in sentences_citing(answer_text, number))
+
+
+@dataclass
+class AnswerResult:
+    id: str
+    type: str
+    question: str
+    answerable: bool
+    answer: str
+    refused: bool
+    must_include: list[str]
+    has_terms: bool
+    citations: list[dict[str, Any]]  # number, file, start, end, text, precise
+    passages: list[dict[str, Any]]  # what the model was given
+    query: str
+    unsupported: list[str]
+    factual_sentences: int
+    timings: dict[str, float]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    raw_answer: str = ""
+
+
+def _median_p90(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    ordered = sorted(values)
+    median = ordered[len(ordered) // 2] if len(ordered) % 2 else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+    return median, p90
+
+
+@dataclass
+class AnswerMetrics:
+    questions: int
+    answerable: int
+    key_term_accuracy: float | None
+    refusal_accuracy: float | None
+    false_refusal_rate: float | None
+    citation_precision: float | None
+    cited_share: float | None
+    unsupported_rate: float | None
+    ttft_median: float | None
+    ttft_p90: float | None
+    total_median: float | None
+    total_p90: float | None
+    prompt_tokens_median: float | None
+
+    @classmethod
+    def of(cls, results: Sequence[AnswerResult]) -> AnswerMetrics:
+        def share(items: list[bool]) -> float | None:
+            return sum(items) / len(items) if items else None
+
+        answerable = [r for r in results if r.answerable]
+        unanswerable = [r for r in results if not r.answerable]
+        shown = [c["precise"] for r in results for c in r.citations]
+        factual = sum(r.factual_sentences for r in results)
+        ttft = [r.timings["first_token"] for r in results if "first_token" in r.timings]
+        total = [r.timings["total"] for r in results if "total" in r.timings]
+        tokens = [float(r.prompt_tokens) for r in results if r.prompt_tokens]
+        return cls(
+            questions=len(results),
+            answerable=len(answerable),
+            key_term_accuracy=share([r.has_terms for r in answerable]),
+            refusal_accuracy=share([r.refused for r in unanswerable]),
+            false_refusal_rate=share([r.refused for r in answerable]),
+            citation_precision=share(shown),
+            cited_share=share([bool(r.citations) for r in answerable if not r.refused]),
+            unsupported_rate=(sum(len(r.unsupported) for r in results) / factual) if factual else None,
+            ttft_median=_median_p90(ttft)[0],
+            ttft_p90=_median_p90(ttft)[1],
+            total_median=_median_p90(total)[0],
+            total_p90=_median_p90(total)[1],
+            prompt_tokens_median=_median_p90(tokens)[0],
+        )
+
+
+@dataclass
+class AnswerReport:
+    overall: AnswerMetrics
+    by_type: dict[str, AnswerMetrics]
+    results: list[AnswerResult]
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seconds": self.seconds,
+            "overall": asdict(self.overall),
+            "by_type": {t: asdict(m) for t, m in self.by_type.items()},
+            "questions": [asdict(r) for r in self.results],
+        }
+
+
+AskFn = Callable[[str], Any]  # question -> rag.schema.Answer
+
+
+def evaluate_answers(
+    questions: Sequence[EvalQuestion],
+    ask_fn: AskFn,
+    on_progress: Callable[[int, int, AnswerResult], None] | None = None,
+) -> AnswerReport:
+    t0 = time.perf_counter()
+    results: list[AnswerResult] = []
+    for i, q in enumerate(questions, start=1):
+        answer = ask_fn(q.question)
+        quotes = [e.quote for e in q.evidence]
+        citations = [
+            {
+                "number": c.number, "file": c.chunk.path, "start": c.chunk.start, "end": c.chunk.end,
+                "text": c.chunk.text, "precise": citation_is_precise(answer.text, c.number, c.chunk.text, quotes),
+            }  # fmt: skip
+            for c in answer.citations
+        ]
+        passages = [
+            {"number": n, "file": h.chunk.path, "start": h.chunk.start, "end": h.chunk.end, "text": h.chunk.text}
+            for n, h in enumerate(answer.hits, start=1)
+        ]
+        result = AnswerResult(
+            id=q.id, type=q.type, question=q.question, answerable=bool(q.evidence), answer=answer.text,
+            refused=answer.refused, must_include=list(q.must_include),
+            has_terms=contains_terms(answer.text, q.must_include), citations=citations, passages=passages,
+            query=answer.query, unsupported=list(answer.unsupported), factual_sentences=answer.factual_sentences,
+            timings=dict(answer.timings), prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens, raw_answer=answer.raw_text,
+        )  # fmt: skip
+        results.append(result)
+        if on_progress:
+            on_progress(i, len(questions), result)
+    by_type: dict[str, list[AnswerResult]] = {}
+    for r in results:
+        by_type.setdefault(r.type, []).append(r)
+    return AnswerReport(
+        overall=AnswerMetrics.of(results),
+        by_type={t: AnswerMetrics.of(rs) for t, rs in by_type.items()},
+        results=results,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def format_answer_table(report: AnswerReport) -> str:
+    cols = [
+        ("n", lambda m: str(m.questions)),
+        ("key-terms", lambda m: _fmt(m.key_term_accuracy)),
+        ("refusal", lambda m: _fmt(m.refusal_accuracy)),
+        ("false-ref", lambda m: _fmt(m.false_refusal_rate)),
+        ("cite-prec", lambda m: _fmt(m.citation_precision)),
+        ("cited", lambda m: _fmt(m.cited_share)),
+        ("unsupp", lambda m: _fmt(m.unsupported_rate)),
+        ("ttft p50", lambda m: "-" if m.ttft_median is None else f"{m.ttft_median:.1f}s"),
+        ("ttft p90", lambda m: "-" if m.ttft_p90 is None else f"{m.ttft_p90:.1f}s"),
+        ("total p50", lambda m: "-" if m.total_median is None else f"{m.total_median:.1f}s"),
+        ("total p90", lambda m: "-" if m.total_p90 is None else f"{m.total_p90:.1f}s"),
+        ("prompt tok", lambda m: "-" if m.prompt_tokens_median is None else f"{m.prompt_tokens_median:.0f}"),
+    ]
+    rows = [[""] + [c[0] for c in cols]]
+    rows.append(["overall"] + [f(report.overall) for _, f in cols])
+    rows += [[t] + [f(m) for _, f in cols] for t, m in report.by_type.items()]
+    widths = [max(_display_width(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for j, r in enumerate(rows):
+        lines.append("  ".join([_ljust(r[0], widths[0])] + [_rjust(c, w) for c, w in zip(r[1:], widths[1:])]).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)

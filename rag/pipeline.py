@@ -183,7 +183,15 @@ class Pipeline:
             answer = Answer(question, query, text, [], prompt.hits, refused=True, related=prompt.hits)
         else:
             checked = citations.check(raw, prompt.hits)
-            answer = Answer(question, query, checked.text, checked.citations, prompt.hits, unsupported=checked.unsupported)
+            answer = Answer(
+                question,
+                query,
+                checked.text,
+                checked.citations,
+                prompt.hits,
+                unsupported=checked.unsupported,
+                factual_sentences=checked.factual_sentences,
+            )
         answer.raw_text = raw
         answer.prompt_tokens = generator.usage.prompt_tokens
         answer.completion_tokens = generator.usage.completion_tokens

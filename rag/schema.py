@@ -84,6 +84,7 @@ class Answer:
     hits: list[Hit]  # every passage given to the model, in prompt order
     refused: bool = False  # the documents do not cover the question
     unsupported: list[str] = field(default_factory=list)  # sentences no passage supports
+    factual_sentences: int = 0  # sentences the citation checker examined
     related: list[Hit] = field(default_factory=list)  # closest passages shown with a refusal
     raw_text: str = ""  # what the model wrote, before citation checking
     timings: dict[str, float] = field(default_factory=dict)  # seconds

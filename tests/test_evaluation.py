@@ -250,3 +250,58 @@ def test_missing_file_and_bad_ks(tmp_path: Path) -> None:
         with pytest.raises(EvalFileError):
             parse_ks(bad)
 
+
+
+# ---------------------------------------------------------------- answers
+
+
+def _answer(text: str, chunks: list[Chunk], cited: list[int], refused: bool = False, **kw):  # type: ignore[no-untyped-def]
+    from rag.schema import Answer, Citation
+
+    hits = [Hit(c, score=1.0) for c in chunks]
+    return Answer(
+        question="q", query="q", text=text, hits=hits, refused=refused,
+        citations=[Citation(n, hits[n - 1].chunk) for n in cited],
+        timings={"first_token": kw.get("ttft", 1.0), "total": kw.get("total", 2.0)},
+        factual_sentences=kw.get("factual", 1), unsupported=kw.get("unsupported", []),
+    )  # fmt: skip
+
+
+def test_answer_metrics_on_hand_made_answers() -> None:
+    from rag.evaluation import evaluate_answers
+
+    cost = chunk("DeepSeek-V3 训练成本仅557.6万美元。")
+    other = chunk("Transformer 于 2017 年提出。", "b.md")
+    questions = [
+        EvalQuestion("a1", "成本？", "", ("557.6万美元",), (Evidence("x", "训练成本仅557.6万美元"),), "factoid"),
+        EvalQuestion("a2", "年份？", "", ("2017",), (Evidence("x", "于 2017 年提出"),), "factoid"),
+        EvalQuestion("u1", "不知道？", "", (), (), "unanswerable"),
+        EvalQuestion("u2", "也不知道？", "", (), (), "unanswerable"),
+    ]
+    answers = {
+        "成本？": _answer("训练成本为５５７.６万美元[1]。", [cost, other], [1], ttft=1.0),
+        # wrong citation: passage 2 neither covers the quote nor holds the sentence's terms
+        "年份？": _answer("资料中没有相关信息。", [cost, other], [], refused=True, ttft=3.0),
+        "不知道？": _answer("资料中没有相关信息。", [cost], [], refused=True),
+        "也不知道？": _answer("GPT-4 有 1.8 万亿参数[1]。", [cost], [1], unsupported=["GPT-4 有 1.8 万亿参数"]),
+    }
+    report = evaluate_answers(questions, lambda question: answers[question])
+    m = report.overall
+    assert m.key_term_accuracy == 0.5  # NFKC: full-width digits count
+    assert m.refusal_accuracy == 0.5
+    assert m.false_refusal_rate == 0.5
+    assert m.citation_precision == 0.5  # [1] of a1 precise, [1] of u2 not
+    assert m.cited_share == 1.0  # the only non-refused answerable answer has a citation
+    assert m.unsupported_rate == 1 / 4
+    assert m.ttft_median == 1.0
+    assert report.by_type["unanswerable"].refusal_accuracy == 0.5
+    data = report.to_dict()
+    assert data["questions"][0]["citations"][0]["text"] == cost.text
+
+
+def test_contains_terms_is_nfkc_and_whitespace_insensitive() -> None:
+    from rag.evaluation import contains_terms
+
+    assert contains_terms("成本 557.6 万美元", ["557.6万美元"])
+    assert contains_terms("ＭｏＥ 架构", ["MoE"])
+    assert not contains_terms("560万美元", ["557.6万美元"])
