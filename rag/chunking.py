@@ -24,6 +24,7 @@ _HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.M)
 _FENCE = re.compile(r"^[ \t]*(```|~~~)", re.M)
 # A sentence ends after a terminal mark (plus closing quotes/brackets) or a newline.
 _SENTENCE_END = re.compile(r"[。！？；!?]+[”’」』）)\]】]*|\.(?=\s)|\n")
+_MD_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
 _MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 _SUPERSCRIPTS = re.compile(r"[⁰¹²³⁴⁵⁶⁷⁸⁹]+")
 _EMPHASIS = re.compile(r"\*\*|__")
@@ -44,7 +45,7 @@ class ChunkerSettings:
 
     def as_dict(self) -> dict[str, int | str]:
         # Bump the strategy name when the algorithm changes, so old indexes are rebuilt.
-        return {"strategy": "headings+paragraphs+sentences/2", "size": self.size, "overlap": self.overlap}
+        return {"strategy": "headings+paragraphs+sentences/3", "size": self.size, "overlap": self.overlap}
 
 
 def clean_heading(raw: str) -> str:
@@ -54,6 +55,7 @@ def clean_heading(raw: str) -> str:
 def clean_text(text: str) -> str:
     """What the embedder, BM25 and the model read: markup and PDF footnote digits removed."""
     text = _SUPERSCRIPTS.sub("", text)
+    text = _MD_IMAGE.sub("", text)  # image names are noise to every reader
     text = _MD_LINK.sub(r"\1", text)
     text = _EMPHASIS.sub("", text)
     text = _SPACES.sub(" ", text)

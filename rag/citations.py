@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rag.chunking import clean_text
-from rag.lexical import tokenize
+from rag.lexical import words
 from rag.schema import Citation, Hit
 
 _MARKER = re.compile(r"\s?[\[【]\s*(\d{1,2}(?:\s*[,，、]\s*\d{1,2})*)\s*[\]】]")
@@ -49,7 +49,7 @@ def _norm(text: str) -> str:
 
 def key_terms(sentence: str) -> set[str]:
     sentence = _MARKER.sub("", sentence)
-    return set(tokenize(sentence)) | set(_NUMBER.findall(_norm(sentence)))
+    return set(words(sentence)) | set(_NUMBER.findall(_norm(sentence)))
 
 
 def support(sentence_terms: set[str], passage: str) -> float:

@@ -137,27 +137,64 @@ def index_cmd(
     ctx: typer.Context,
     full: Annotated[bool, typer.Option("--full", help="Rebuild everything instead of updating.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for another running build instead of exiting.")] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep running: update whenever the corpus changes.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (a line per update with --watch).")] = False,
 ) -> None:
-    """Build or update the index from the corpus folder."""
+    """Build or update the index from the corpus folder: only new and changed files are read and embedded."""
+    import time
+
+    from rag.errors import IndexStateError
+    from rag.index import lock_holder
+
+    settings = _settings(ctx)
+    corpus, root = Path(settings.corpus_dir), Path(settings.index_dir)
+    holder = lock_holder(root) if wait or watch else None  # without --wait, build() itself names the holder
+    if holder:
+        typer.echo(f"Another index build is running ({holder}); waiting for it to finish…", err=True)
+
+    def update(full_now: bool, always_show: bool) -> None:
+        report = run_index(settings, full=full_now, wait=wait or watch, quiet=as_json)
+        if not (report.wrote or always_show):
+            return  # --watch: an event that changed nothing the index holds
+        if as_json:
+            sys.stdout.write(json.dumps(asdict(report), ensure_ascii=False, indent=None if watch else 1) + "\n")
+            sys.stdout.flush()
+            return
+        lines = report.summary()
+        if watch:
+            lines[0] = f"[{time.strftime('%H:%M:%S')}] {lines[0]}"
+        typer.echo("\n".join(lines))
+        for path, reason in report.skipped.items():
+            typer.secho(f"Skipped {path}: {reason}", fg="yellow", err=True)
+        for note in report.notes:
+            typer.secho(f"Note: {note}", fg="yellow", err=True)
+
+    if not watch:
+        try:
+            update(full, always_show=True)
+        except RagError as exc:
+            _fail(exc)
+        return
+
+    from rag.watch import watch as watch_corpus
+
+    if not corpus.is_dir():
+        _fail(IndexStateError(f"Corpus folder {corpus} does not exist.", "Create it and put .txt/.md/.pdf files in it."))
+    first = True
+
+    def on_change() -> None:
+        nonlocal first
+        initial, first = first, False
+        try:
+            update(full and initial, always_show=initial)  # the first update always reports the state
+        except RagError as exc:  # e.g. a missing model: say so and keep watching
+            typer.secho(f"Error: {exc.message}" + (f"\n  -> {exc.hint}" if exc.hint else ""), fg="red", err=True)
+
+    typer.echo(f"Watching {corpus} for changes (Ctrl-C to stop)…", err=True)
     try:
-        report = run_index(_settings(ctx), full=full, wait=wait, quiet=as_json)
-    except RagError as exc:
-        _fail(exc)
-        return
-    if as_json:
-        _print_json(asdict(report))
-        return
-    if not report.wrote:
-        typer.echo(f"No changes: {report.documents} documents, {report.chunks} chunks ({report.seconds:.2f} s).")
-    else:
-        typer.echo(
-            f"Indexed {report.documents} documents, {report.chunks} chunks in {report.seconds:.1f} s "
-            f"(added {len(report.added)}, updated {len(report.updated)}, removed {len(report.removed)}, "
-            f"unchanged {len(report.unchanged)}; embedded {report.embedded} chunks)."
-        )
-    for path, reason in report.skipped.items():
-        typer.secho(f"Skipped {path}: {reason}", fg="yellow", err=True)
+        watch_corpus(corpus, on_change, ignore=[root])
+    except KeyboardInterrupt:
+        typer.echo("Stopped watching.", err=True)
 
 
 # ---------------------------------------------------------------- search / ask

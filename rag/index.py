@@ -7,19 +7,24 @@ Layout under the index directory:
     builds/<id>/chunks.jsonl                 one Chunk per line, row order = vector order
     builds/<id>/dense.faiss                  inner-product index of normalized vectors
     builds/<id>/bm25/                        bm25s state over jieba tokens
-    .lock                                    held while a build runs
+    builds/<id>/SHA256SUMS                   every file's sha256, written last (`sha256sum -c` format)
+    .lock, .lock.info                        flock held while a build runs; who holds it
 
 A build writes a complete new directory, then swaps the `current` link with
 one rename, so a crash at any point leaves the previous index serving.
+Loading checks SHA256SUMS before FAISS sees a byte, so a truncated or edited
+file is reported with the fix (`rag index --full`) instead of crashing.
 Updates are incremental: files whose sha256 matches the manifest keep their
 chunks and vectors; only new and changed files are read and embedded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,15 +37,18 @@ import numpy as np
 from rag.chunking import ChunkerSettings, chunk_document, search_text
 from rag.errors import DocumentError, IndexStateError
 from rag.lexical import LexicalIndex, tokenize
-from rag.loaders import file_sha256, iter_corpus, load_file
+from rag.loaders import check_path, file_sha256, iter_corpus, load_file, printable_name
 from rag.schema import Chunk
 
 if TYPE_CHECKING:
     from rag.config import Settings
     from rag.embedding import Embedder
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: BM25 tokens include Chinese character bigrams
 REBUILD_HINT = "Run: rag index --full"
+CHECKSUMS = "SHA256SUMS"
+# Crash tests set this to a stage name (see _pause_point); unset in normal use.
+PAUSE_ENV = "RAG_INDEX_PAUSE_AT"
 
 
 @dataclass
@@ -84,10 +92,27 @@ class BuildReport:
     embedded: int = 0  # chunks embedded in this run
     seconds: float = 0.0
     wrote: bool = False  # False when nothing changed
+    notes: list[str] = field(default_factory=list)  # things the user should know (a stale lock, a damaged index)
 
     @property
     def changed(self) -> bool:
         return bool(self.added or self.updated or self.removed)
+
+    def summary(self) -> list[str]:
+        """What changed and how long it took, as lines for a person (skipped files and notes come separately).
+
+        Example: ['Updated the index in 2.1 s: 6 documents, 130 chunks (embedded 14).',
+                  '  added       1  new.md', '  updated     0', '  removed     0', '  unchanged   5']
+        """
+        if not self.wrote:
+            return [f"No changes: {self.documents} documents, {self.chunks} chunks (checked in {self.seconds:.2f} s)."]
+        head = f"Updated the index in {self.seconds:.1f} s: {self.documents} documents, {self.chunks} chunks"
+        lines = [f"{head} (embedded {self.embedded})."]
+        for label, paths in (("added", self.added), ("updated", self.updated), ("removed", self.removed)):
+            shown = ", ".join(paths[:10]) + (f", … and {len(paths) - 10} more" if len(paths) > 10 else "")
+            lines.append(f"  {label:<9} {len(paths):>3}  {shown}".rstrip())
+        lines.append(f"  {'unchanged':<9} {len(self.unchanged):>3}")
+        return lines
 
 
 def _skip_key(sha256: str, max_bytes: int, reason: str) -> dict[str, str]:
@@ -117,22 +142,34 @@ class Index:
 
     @classmethod
     def load(cls, root: Path, embed_model: str | None = None, embed_sha256: str | None = None) -> Index:
-        """Load the live build under `root`, refusing one made for another embedder or format."""
+        """Load the live build under `root`, refusing one made for another embedder or format, or damaged."""
+        current = root / "current"
+        for attempt in range(3):
+            if not current.exists():
+                raise IndexStateError(f"No index found in {root}.", "Run: rag index")
+            directory = current.resolve()
+            try:
+                return cls._load_build(directory, embed_model, embed_sha256)
+            except IndexStateError:
+                # A rebuild may have swapped `current` and removed this build while we read it: read the new one.
+                if attempt == 2 or current.resolve() == directory:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load_build(cls, directory: Path, embed_model: str | None, embed_sha256: str | None) -> Index:
         import faiss
 
-        current = root / "current"
-        if not current.exists():
-            raise IndexStateError(f"No index found in {root}.", "Run: rag index")
-        directory = current.resolve()
         try:
             manifest = Manifest.from_json((directory / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001 - missing, not JSON, or not the expected shape
             raise IndexStateError(f"The index manifest in {directory} is unreadable ({exc}).", REBUILD_HINT) from exc
         if manifest.format_version != FORMAT_VERSION:
             raise IndexStateError(
                 f"The index was built in format {manifest.format_version}; this version reads format {FORMAT_VERSION}.",
                 "Run: rag index",
             )
+        _verify_checksums(directory)
         if embed_model and (manifest.embed_model != embed_model or (embed_sha256 and manifest.embed_sha256 != embed_sha256)):
             raise IndexStateError(
                 f"The index was built with embedding model '{manifest.embed_model}', but '{embed_model}' is configured.",
@@ -144,13 +181,15 @@ class Index:
             lexical = LexicalIndex.load(directory / "bm25", len(chunks))
         except Exception as exc:  # noqa: BLE001 - any failure here means a damaged index
             raise IndexStateError(f"The index in {directory} is damaged ({exc.__class__.__name__}: {exc}).", REBUILD_HINT) from exc
-        expected = sum(len(f.chunk_ids) for f in manifest.files.values())
-        if not (dense.ntotal == len(chunks) == expected) or (chunks and dense.d != manifest.dim):
+        listed = [cid for entry in manifest.files.values() for cid in entry.chunk_ids]
+        if not (dense.ntotal == len(chunks) == len(listed)) or dense.d != manifest.dim:
             raise IndexStateError(
-                f"The index in {directory} is inconsistent ({dense.ntotal} vectors, {len(chunks)} chunks, "
-                f"manifest lists {expected}).",
+                f"The index in {directory} is inconsistent ({dense.ntotal} vectors of size {dense.d}, {len(chunks)} "
+                f"chunks, manifest lists {len(listed)} of size {manifest.dim}).",
                 REBUILD_HINT,
             )
+        if listed != [c.id for c in chunks]:
+            raise IndexStateError(f"The index in {directory} is inconsistent (manifest and chunk store disagree).", REBUILD_HINT)
         return cls(directory, manifest, chunks, dense, lexical)
 
     def dense_search(self, vector: np.ndarray, n: int) -> list[tuple[int, float]]:
@@ -172,12 +211,65 @@ def index_exists(root: Path) -> bool:
     return (root / "current").exists()
 
 
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_checksums(directory: Path) -> None:
+    lines = [
+        f"{_sha256_file(p)}  {p.relative_to(directory).as_posix()}\n"
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != CHECKSUMS
+    ]
+    (directory / CHECKSUMS).write_text("".join(lines), encoding="utf-8")
+
+
+def _verify_checksums(directory: Path) -> None:
+    """Every file listed in SHA256SUMS is present and unchanged. Builds made before checksums pass unchecked."""
+    sums = directory / CHECKSUMS
+    if not sums.exists():
+        return
+
+    def damaged(what: str) -> IndexStateError:
+        return IndexStateError(f"The index in {directory} is damaged: {what}.", REBUILD_HINT)
+
+    listed: dict[str, str] = {}  # file name -> sha256
+    try:
+        for line in sums.read_text(encoding="utf-8").splitlines():
+            digest, sep, name = line.partition("  ")
+            if not sep or len(digest) != 64:
+                raise ValueError(f"bad line {line[:80]!r}")
+            listed[name] = digest
+    except (OSError, ValueError) as exc:
+        raise damaged(f"{CHECKSUMS} is unreadable ({exc})") from exc
+    for name in sorted({"manifest.json", "chunks.jsonl", "dense.faiss"} - set(listed)):
+        raise damaged(f"{CHECKSUMS} does not list {name}")
+    for name, digest in listed.items():
+        path = directory / name
+        try:
+            if ".." in Path(name).parts or not path.is_file():
+                raise damaged(f"{name} is missing")
+            if _sha256_file(path) != digest:
+                raise damaged(f"{name} was truncated or changed after the build (its sha256 differs from {CHECKSUMS})")
+        except OSError as exc:
+            raise damaged(f"{name} is unreadable ({exc})") from exc
+
+
 # ---------------------------------------------------------------- building
 
 
 class BuildLock:
-    """One build at a time. flock is released by the OS when a holder dies, so a
-    dead process never leaves a lock behind; the info file only names the holder."""
+    """One build at a time.
+
+    flock is released by the OS when its holder dies, so a killed build never
+    blocks the next one. The info file names the holder; finding it already
+    there on entry means the last holder died mid-build (a stale lock), which
+    `stale_holder` reports and the entry clears.
+    """
 
     def __init__(self, root: Path, wait: bool = False) -> None:
         from filelock import FileLock
@@ -186,6 +278,7 @@ class BuildLock:
         self._lock = FileLock(str(root / ".lock"))
         self._info = root / ".lock.info"
         self._wait = wait
+        self.stale_holder: str | None = None
 
     def __enter__(self) -> BuildLock:
         from filelock import Timeout
@@ -193,11 +286,12 @@ class BuildLock:
         try:
             self._lock.acquire(timeout=-1 if self._wait else 0)
         except Timeout:
-            holder = self._info.read_text() if self._info.exists() else "another process"
             raise IndexStateError(
-                f"Another index build is running ({holder.strip()}).",
+                f"Another index build is running ({_read_holder(self._info)}).",
                 "Wait for it to finish, or run: rag index --wait",
             ) from None
+        if self._info.exists():
+            self.stale_holder = _read_holder(self._info)
         self._info.write_text(f"pid {os.getpid()}, started {_now()}")
         return self
 
@@ -206,14 +300,76 @@ class BuildLock:
         self._lock.release()
 
 
-def _load_previous(root: Path, manifest_check: Callable[[Manifest], bool]) -> Index | None:
-    if not index_exists(root):
+def _read_holder(info: Path) -> str:
+    try:
+        return info.read_text().strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+def lock_holder(root: Path) -> str | None:
+    """Who holds the build lock of the index in `root` ('pid 123, started ...'), or None when it is free."""
+    from filelock import FileLock, Timeout
+
+    if not (root / ".lock").exists():
         return None
+    probe = FileLock(str(root / ".lock"))
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        return _read_holder(root / ".lock.info")
+    probe.release()
+    return None
+
+
+def _clear_leftovers(root: Path) -> int:
+    """Remove what interrupted builds left: staging folders, builds never swapped in, temporary links.
+
+    Call with the build lock held. Returns how many builds were removed.
+    """
+    link = root / "current"
+    live = link.resolve() if link.exists() else None
+    removed = 0
+    builds = root / "builds"
+    if builds.is_dir():
+        for d in builds.iterdir():
+            if d.resolve() == live:
+                continue
+            if d.is_dir() and not d.is_symlink():
+                shutil.rmtree(d, ignore_errors=True)
+            else:
+                d.unlink(missing_ok=True)
+            removed += 1
+    for tmp in root.glob(".current.*"):
+        tmp.unlink(missing_ok=True)
+    return removed
+
+
+def _pause_point(stage: str) -> None:
+    """Crash-test hook: with RAG_INDEX_PAUSE_AT=<stage> the process stops itself here (SIGSTOP).
+
+    A test then kills it at exactly this point; SIGCONT would resume the build unchanged.
+    Stages: embedded, staged, renamed, swapped.
+    """
+    if os.environ.get(PAUSE_ENV) == stage:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def _load_previous(root: Path, compatible: Callable[[Manifest], bool]) -> tuple[Index | None, str | None]:
+    """The live index if it can be reused, else None and why not (None when there is none)."""
+    if not index_exists(root):
+        return None, None
     try:
         previous = Index.load(root)
-    except IndexStateError:
-        return None  # a damaged index is rebuilt from scratch
-    return previous if manifest_check(previous.manifest) else None
+    except IndexStateError as exc:
+        return None, f"The previous index could not be used ({exc.message}); rebuilt it from scratch."
+    if not compatible(previous.manifest):
+        return None, "The previous index was made with another embedding model or chunking; rebuilt it from scratch."
+    return previous, None
+
+
+def _reason(exc: DocumentError) -> str:
+    return f"{exc.message} {exc.hint}".strip()
 
 
 def build(
@@ -236,7 +392,16 @@ def build(
         raise IndexStateError(f"Corpus folder {corpus} does not exist.", "Create it and put .txt/.md/.pdf files in it.")
 
     report = BuildReport()
-    with BuildLock(root, wait=wait):
+    with BuildLock(root, wait=wait) as lock:
+        if lock.stale_holder:
+            report.notes.append(
+                f"Cleared a stale lock: the build by {lock.stale_holder} stopped before finishing. "
+                "Its unfinished work was removed; the index in use is complete."
+            )
+        leftovers = _clear_leftovers(root)
+        if leftovers and not lock.stale_holder:
+            report.notes.append(f"Removed {leftovers} unfinished build folder(s) left by an interrupted run.")
+
         def compatible(m: Manifest) -> bool:
             return (
                 m.format_version == FORMAT_VERSION
@@ -245,18 +410,24 @@ def build(
                 and m.chunker == chunker.as_dict()
             )
 
-        previous = None if full else _load_previous(root, compatible)
+        previous, why_not = (None, None) if full else _load_previous(root, compatible)
+        if why_not:
+            report.notes.append(why_not)
         old_files = previous.manifest.files if previous else {}
         old_skipped = previous.manifest.skipped if previous else {}
         max_bytes = int(settings.max_file_mb * 1e6)
 
-        # 1. What changed?
+        # 1. What changed? Hashing reads each file in 1 MB blocks, so memory stays flat for any size.
         current: dict[str, tuple[Path, str]] = {}
         for path, rel in iter_corpus(corpus):
+            name = printable_name(rel)
             try:
-                current[rel] = (path, file_sha256(path))
+                check_path(path, rel, corpus)
+                current[name] = (path, file_sha256(path))
+            except DocumentError as exc:
+                report.skipped[name] = _reason(exc)
             except OSError as exc:
-                report.skipped[rel] = f"cannot be read: {exc}"
+                report.skipped[name] = f"{name} cannot be read ({exc.strerror or exc}). Check its permissions."
         to_read: list[str] = []
         for rel, (_, sha) in current.items():
             if rel in old_files and old_files[rel].sha256 == sha:
@@ -267,33 +438,38 @@ def build(
                 (report.updated if rel in old_files else report.added).append(rel)
                 to_read.append(rel)
         report.removed = sorted(set(old_files) - set(current))
-        newly_skipped_same = set(report.skipped) == set(old_skipped)
-        if previous and not report.changed and newly_skipped_same and not to_read:
+        if previous and not report.changed and set(report.skipped) == set(old_skipped):
             report.documents, report.chunks = len(old_files), len(previous.chunks)
             report.seconds = time.perf_counter() - t0
             return report
 
         # 2. Read and chunk new and changed files; a bad file is skipped, never fatal.
         new_chunks: dict[str, list[Chunk]] = {}
-        titles: dict[str, str] = {}
+        read: dict[str, tuple[str, str]] = {}  # path -> (title, sha256 of the bytes actually read)
         for i, rel in enumerate(to_read):
-            path, sha = current[rel]
             if on_progress:
                 on_progress("read", i, len(to_read))
             try:
-                doc = load_file(path, rel, max_bytes=max_bytes, sha256=sha)
+                doc = load_file(current[rel][0], rel, max_bytes=max_bytes)
                 chunks = chunk_document(doc, chunker)
                 if not chunks:
-                    raise DocumentError(f"{rel} has no text to index.", "")
-            except DocumentError as exc:
-                report.skipped[rel] = exc.message
+                    raise DocumentError(f"{rel} has no text to index.", "Add text to the file or remove it.")
+            except (DocumentError, OSError, MemoryError) as exc:
+                if isinstance(exc, DocumentError):
+                    report.skipped[rel] = _reason(exc)
+                elif isinstance(exc, MemoryError):
+                    report.skipped[rel] = f"{rel} is too large to read into memory. Split it or lower max_file_mb."
+                else:
+                    report.skipped[rel] = f"{rel} cannot be read ({exc.strerror or exc}). Check its permissions."
                 for bucket in (report.added, report.updated):
                     if rel in bucket:
                         bucket.remove(rel)
                 if rel in old_files:
                     report.removed.append(rel)  # its old chunks go; the broken new version is reported
                 continue
-            new_chunks[rel], titles[rel] = chunks, doc.title
+            new_chunks[rel], read[rel] = chunks, (doc.title, doc.sha256)
+        if on_progress and to_read:
+            on_progress("read", len(to_read), len(to_read))
 
         # 3. Embed only what is new.
         texts = [search_text(c) for rel in new_chunks for c in new_chunks[rel]]
@@ -315,8 +491,10 @@ def build(
         elif not previous:
             embedder = embedder_factory()  # an empty first build still records the dimension
             dim = embedder.dim
+        _pause_point("embedded")
 
         # 4. Assemble rows in corpus order: reused rows from the old index, new rows after embedding.
+        #    The order (and so every row) is the same as a full rebuild of the same corpus would give.
         old_rows = {c.id: i for i, c in enumerate(previous.chunks)} if previous else {}
         old_vectors = previous.vectors() if previous and report.unchanged else None
         chunks_out: list[Chunk] = []
@@ -335,7 +513,8 @@ def build(
                 chunks_out.extend(chunks)
                 vector_parts.append(new_vectors[new_offset : new_offset + len(chunks)])
                 new_offset += len(chunks)
-                files[rel] = FileEntry(current[rel][1], titles[rel], [c.id for c in chunks], _now())
+                title, sha = read[rel]
+                files[rel] = FileEntry(sha, title, [c.id for c in chunks], _now())
         vectors = np.concatenate(vector_parts) if vector_parts else np.zeros((0, dim), dtype=np.float32)
 
         manifest = Manifest(
@@ -352,6 +531,8 @@ def build(
         if on_progress:
             on_progress("write", 0, 1)
         _write_build(root, manifest, chunks_out, vectors)
+        if on_progress:
+            on_progress("write", 1, 1)
         report.documents, report.chunks, report.wrote = len(files), len(chunks_out), True
         report.seconds = time.perf_counter() - t0
         return report
@@ -374,18 +555,24 @@ def _write_build(root: Path, manifest: Manifest, chunks: list[Chunk], vectors: n
         dense.add(np.ascontiguousarray(vectors, dtype=np.float32))
     faiss.write_index(dense, str(staging / "dense.faiss"))
     LexicalIndex.build([tokenize(search_text(c)) for c in chunks]).save(staging / "bm25")
-    # The manifest goes last: a build directory without one is never valid.
     (staging / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
+    # The checksums go last: a build directory without them is never valid.
+    _write_checksums(staging)
     _fsync_tree(staging)
+    _pause_point("staged")
 
     final = builds / build_id
     staging.rename(final)
+    _fsync_dir(builds)
+    _pause_point("renamed")
     link_tmp = root / f".current.{os.getpid()}"
     link_tmp.unlink(missing_ok=True)
     link_tmp.symlink_to(Path("builds") / build_id)
     os.replace(link_tmp, root / "current")  # the atomic swap
     _fsync_dir(root)
-    _remove_old_builds(builds, keep=final)
+    _pause_point("swapped")
+    # Readers that loaded an older build keep it in memory; one that is loading it right now retries (Index.load).
+    _clear_leftovers(root)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -401,11 +588,6 @@ def _fsync_tree(path: Path) -> None:
         if p.is_file():
             with p.open("rb") as fh:
                 os.fsync(fh.fileno())
+        elif p.is_dir():
+            _fsync_dir(p)
     _fsync_dir(path)
-
-
-def _remove_old_builds(builds: Path, keep: Path) -> None:
-    # Readers that loaded an older build keep their open files; only the directory goes.
-    for d in builds.iterdir():
-        if d != keep:
-            shutil.rmtree(d, ignore_errors=True)

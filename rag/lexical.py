@@ -23,6 +23,7 @@ STOPWORDS = frozenset(
 )
 _ASCII_TERM = re.compile(r"[a-z0-9][a-z0-9.\-+_/]*[a-z0-9+]|[a-z0-9]")
 _WORDLIKE = re.compile(r"\w", re.UNICODE)
+_CJK_RUN = re.compile(r"[\u4e00-\u9fff]{2,}")
 
 
 @lru_cache(maxsize=1)
@@ -36,8 +37,8 @@ def _jieba():
     return jieba
 
 
-def tokenize(text: str) -> list[str]:
-    """Search tokens for BM25. Example: 'DeepSeek-V3的训练成本' -> ['deepseek-v3', 'deepseek', 'v3', '训练', '成本']."""
+def words(text: str) -> list[str]:
+    """Content words. Example: 'DeepSeek-V3的训练成本' -> ['deepseek-v3', 'deepseek', 'v3', '训练', '成本']."""
     text = unicodedata.normalize("NFKC", text).lower()
     tokens: list[str] = []
     for term in _ASCII_TERM.findall(text):
@@ -47,6 +48,19 @@ def tokenize(text: str) -> list[str]:
         token = token.strip()
         if token and token not in STOPWORDS and _WORDLIKE.search(token):
             tokens.append(token)
+    return tokens
+
+
+def tokenize(text: str) -> list[str]:
+    """BM25 tokens: the words, plus '#'-marked character bigrams of each Chinese run.
+
+    Example: '训练成本' -> ['训练', '成本', '#训练', '#练成', '#成本'].
+    """
+    tokens = words(text)
+    # Character bigrams of Chinese runs reward passages that hold the query's words
+    # side by side ("训练成本"), which word tokens alone cannot tell apart.
+    for run in _CJK_RUN.findall(unicodedata.normalize("NFKC", text)):
+        tokens.extend("#" + run[i : i + 2] for i in range(len(run) - 1))
     return tokens
 
 

@@ -10,6 +10,7 @@ span still indexes into the file itself.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -82,21 +83,24 @@ def parse_text(text: str, rel_path: str, sha256: str) -> Document:
     if not title:
         title = first_heading(text, body_start) or Path(rel_path).stem
     if not text[body_start:].strip():
-        raise DocumentError(f"{rel_path} has no text after its front matter.", "Add text or remove the file.")
+        what = "has no text after its front matter" if match else "is empty (only white space)"
+        raise DocumentError(f"{rel_path} {what}.", "Add text to the file or remove it from the corpus.")
     return Document(path=rel_path, title=title, text=text, sha256=sha256, body_start=body_start)
 
 
-def load_pdf(path: Path, rel_path: str, sha256: str) -> Document:
-    from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+def load_pdf(data: bytes, rel_path: str, sha256: str) -> Document:
+    import logging
 
+    from pypdf import PdfReader
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # repairs of damaged files are not news; failures are
     try:
-        reader = PdfReader(str(path))
+        reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             try:
-                ok = reader.decrypt("")  # many "protected" PDFs open with an empty password
+                ok = bool(reader.decrypt(""))  # many "protected" PDFs open with an empty password
             except Exception:  # noqa: BLE001 - pypdf raises various types for crypto it lacks
-                ok = 0
+                ok = False
             if not ok:
                 raise DocumentError(
                     f"{rel_path} is encrypted.", "Save an unencrypted copy of the PDF into the corpus."
@@ -104,14 +108,16 @@ def load_pdf(path: Path, rel_path: str, sha256: str) -> Document:
         pages = [(page.extract_text() or "") for page in reader.pages]
     except DocumentError:
         raise
-    except (PdfReadError, OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - damaged PDFs make pypdf raise almost anything; skip the file, not the build
         raise DocumentError(
             f"{rel_path} is not a readable PDF ({exc.__class__.__name__}: {exc}).",
             "Re-export or re-download the PDF, then run `rag index` again.",
         ) from exc
 
     page_starts, parts, offset = [], [], 0
-    for text in pages:
+    for raw in pages:
+        # Broken font maps can yield NULs and lone surrogates, which no file or JSON can hold.
+        text = raw.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
         page_starts.append(offset)
         parts.append(text)
         offset += len(text) + 2
@@ -123,7 +129,8 @@ def load_pdf(path: Path, rel_path: str, sha256: str) -> Document:
         )
     meta_title = None
     try:
-        meta_title = (reader.metadata or {}).get("/Title")
+        meta = reader.metadata
+        meta_title = meta.get("/Title") if meta is not None else None
     except Exception:  # noqa: BLE001 - broken metadata must not lose the text
         meta_title = None
     return Document(
@@ -135,8 +142,12 @@ def load_pdf(path: Path, rel_path: str, sha256: str) -> Document:
     )
 
 
-def load_file(path: Path, rel_path: str, max_bytes: int | None = None, sha256: str | None = None) -> Document:
-    """Read one file into a Document, or raise DocumentError saying why not."""
+def load_file(path: Path, rel_path: str, max_bytes: int | None = None) -> Document:
+    """Read one file into a Document, or raise DocumentError saying why not.
+
+    The file is read once; `Document.sha256` is the hash of exactly those bytes,
+    so a file edited while it is being indexed is seen as changed next time.
+    """
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DocumentError(
@@ -146,17 +157,42 @@ def load_file(path: Path, rel_path: str, max_bytes: int | None = None, sha256: s
     size = path.stat().st_size
     if max_bytes is not None and size > max_bytes:
         raise DocumentError(
-            f"{rel_path} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit.",
+            f"{rel_path} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:g} MB limit.",
             "Split the file, or raise max_file_mb in rag.toml (or RAG_MAX_FILE_MB).",
         )
-    sha = sha256 or file_sha256(path)
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
     if suffix == ".pdf":
-        return load_pdf(path, rel_path, sha)
-    return parse_text(decode_text(path.read_bytes(), rel_path), rel_path, sha)
+        return load_pdf(data, rel_path, sha)
+    return parse_text(decode_text(data, rel_path), rel_path, sha)
+
+
+def printable_name(rel_path: str) -> str:
+    """The path as valid UTF-8: undecodable bytes in a file name (e.g. a GBK name from an old zip) become U+FFFD."""
+    return rel_path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def check_path(path: Path, rel_path: str, corpus_dir: Path) -> None:
+    """Refuse files the index cannot name or should not read, before reading them."""
+    if printable_name(rel_path) != rel_path:
+        raise DocumentError(
+            f"{printable_name(rel_path)}: the file name is not valid UTF-8.",
+            "Rename the file (e.g. with convmv -f gbk -t utf8), then run `rag index` again.",
+        )
+    if path.is_symlink():
+        target = path.resolve()
+        if not target.is_relative_to(corpus_dir.resolve()):
+            raise DocumentError(
+                f"{rel_path} is a link to {target}, outside the corpus folder.",
+                "Copy the file into the corpus folder instead of linking to it.",
+            )
 
 
 def iter_corpus(corpus_dir: Path) -> Iterator[tuple[Path, str]]:
-    """(absolute path, corpus-relative path) of each supported file, sorted, skipping hidden ones."""
+    """(absolute path, corpus-relative path) of each supported file, sorted, skipping hidden ones.
+
+    Only regular files (or links to them) count, so a FIFO named x.txt never blocks a build.
+    """
     for path in sorted(corpus_dir.rglob("*")):
         rel = path.relative_to(corpus_dir)
         if any(part.startswith(".") for part in rel.parts):

@@ -158,7 +158,7 @@ class Pipeline:
             return
 
         generator = self.get_generator()
-        from rag.lexical import tokenize
+        from rag.lexical import words
 
         prompt = prompting.build_prompt(
             question,
@@ -166,7 +166,7 @@ class Pipeline:
             generator.count_tokens,
             self.settings.prompt_token_budget,
             self.settings.passage_chars,
-            set(tokenize(query)),
+            set(words(query)),
         )
         pieces: list[str] = []
         t_gen = time.perf_counter()

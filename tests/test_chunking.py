@@ -115,20 +115,25 @@ def test_corpus_invariants(name: str, size: int, overlap: int) -> None:
 def test_corpus_coverage(name: str, size: int, overlap: int) -> None:
     """Every character of the body is in some chunk, except markup that carries no text.
 
-    A chunk that would hold only a footnote digit ('⁶') or '**' is dropped on
-    purpose (its cleaned text is empty); nothing else may fall between chunks.
+    A chunk that would hold only a footnote digit ('⁶'), '**' or an image link is
+    dropped on purpose (its cleaned text is empty); nothing else may fall between chunks.
     """
     doc = corpus_doc(name)
     chunks = chunk_document(doc, ChunkerSettings(size, overlap))
     for a, b in uncovered(doc, chunks):
-        gap = doc.text[a:b]
-        assert clean_text(gap) == "", f"{name}[{a}:{b}] is in no chunk: {gap!r}"
+        gap = doc.text[max(a - 1, 0) : b]  # one character back: an image's '!' may end the previous chunk
+        assert clean_text(gap) == "" or clean_text(gap[1:]) == "", f"{name}[{a}:{b}] is in no chunk: {gap!r}"
+
+
+_IMAGE_ONLY = re.compile(r"(?:!?\[[^\]]*\]\([^)]*\)\s*)+")
 
 
 @pytest.mark.parametrize("name", CORPUS_FILES)
 def test_corpus_default_settings_cover_every_character(name: str) -> None:
     doc = corpus_doc(name)
-    assert uncovered(doc, chunk_document(doc, ChunkerSettings(360, 80))) == []
+    for a, b in uncovered(doc, chunk_document(doc, ChunkerSettings(480, 100))):
+        gap = doc.text[max(a - 1, 0) : b]
+        assert _IMAGE_ONLY.fullmatch(gap.strip()) or _IMAGE_ONLY.fullmatch(gap[1:].strip()), gap
 
 
 def _nested_neighbours(chunks: list[Chunk]) -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ from rag.index import FORMAT_VERSION, BuildLock, Index, Manifest, build, index_e
 from rag.loaders import load_file
 from tests.fakes import TINY_CORPUS, CountingFactory, FakeEmbedder, bigram_vector, isolate, tiny_settings
 
+ROOT = Path(__file__).resolve().parents[1]
 SHA = "e" * 64  # the embedder's pinned sha256, as build() records it
 
 EXTRA = {
@@ -499,3 +500,89 @@ def test_lock_held_by_another_process(tmp_path: Path) -> None:
         proc.wait(timeout=30)
     with BuildLock(root):  # released when the holder exits
         pass
+
+
+# ---------------------------------------------------------------- incremental == full rebuild, on the real corpus
+
+
+DEV_QUESTIONS = ROOT.parent / "shared" / "eval" / "dev.jsonl"
+# Asked always; the dev questions (../shared/eval/dev.jsonl) are added when that folder is present.
+OWN_QUESTIONS = [
+    "DeepSeek-V3 的训练成本是多少？",
+    "什么是混合专家（MoE）架构？",
+    "Transformer 架构是哪一年提出的？",
+    "GPQA Diamond 是什么样的评测基准？",
+    "What Elo rating did OpenAI's o3 reach on Codeforces?",
+    "ChatGPT 是什么时候发布的？",
+    "RLHF 是什么？",
+    "量子计算机的冷却系统",
+]
+
+
+def _questions() -> list[str]:
+    if not DEV_QUESTIONS.exists():
+        return OWN_QUESTIONS
+    dev = [json.loads(line)["question"] for line in DEV_QUESTIONS.read_text(encoding="utf-8").splitlines() if line]
+    assert len(dev) >= 50
+    return OWN_QUESTIONS + dev
+
+
+def test_incremental_updates_retrieve_exactly_like_a_full_rebuild(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After adds, edits, deletes, a rename and a file turning bad and good again, every question's top 10 is
+    the same as from a fresh full build of the same corpus."""
+    import shutil
+    from dataclasses import replace
+
+    from rag.retrieval import RetrievalParams, Retriever
+
+    isolate(monkeypatch, tmp_path)
+    real = sorted((ROOT / "corpus").iterdir())
+    assert len(real) == 5
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for path in real[:3]:
+        shutil.copy(path, corpus / path.name)
+    s = tiny_settings(tmp_path, {})  # default chunking, as in use
+    factory = CountingFactory()
+
+    def update() -> None:
+        build(s, factory, SHA)
+
+    update()
+    shutil.copy(real[3], corpus / real[3].name)  # add
+    (corpus / "sub dir").mkdir()
+    shutil.copy(real[4], corpus / "sub dir" / real[4].name)
+    update()
+    edited = corpus / real[0].name  # edit: a new paragraph in the middle and a line at the end
+    text = edited.read_text(encoding="utf-8")
+    middle = text.index("\n\n", len(text) // 2)
+    inserted = "\n\n增量索引测试：这一段是后来插入的。\n"
+    edited.write_text(text[:middle] + inserted + text[middle:] + "\n末尾追加的一行。\n", "utf-8")
+    update()
+    (corpus / real[1].name).unlink()  # delete
+    (corpus / real[2].name).rename(corpus / f"renamed {real[2].name}")  # rename = delete + add
+    update()
+    (corpus / "sub dir" / real[4].name).write_bytes(b"\x00broken")  # a file turns bad: its chunks go
+    update()
+    shutil.copy(real[4], corpus / "sub dir" / real[4].name)  # and good again
+    update()
+    edited.write_text(edited.read_text(encoding="utf-8").replace("增量索引测试", "再次编辑"), "utf-8")  # first in order
+    update()
+    assert factory.embedder.encode_documents_calls == 6  # each step embedded only its own changes
+
+    incremental = Index.load(Path(s.index_dir))
+    full_settings = replace(s, index_dir=tmp_path / "full-index")
+    build(full_settings, CountingFactory(), SHA, full=True)
+    full = Index.load(Path(full_settings.index_dir))
+
+    assert incremental.chunks == full.chunks  # same chunk set, same order
+    assert {k: (v.sha256, v.chunk_ids) for k, v in incremental.manifest.files.items()} == {
+        k: (v.sha256, v.chunk_ids) for k, v in full.manifest.files.items()
+    }
+    np.testing.assert_allclose(incremental.vectors(), full.vectors(), atol=1e-6)
+    params = RetrievalParams.from_settings(s)
+    a, b = Retriever(incremental, FakeEmbedder(), params), Retriever(full, FakeEmbedder(), params)
+    for question in _questions():
+        got, want = a.rank(question, 10), b.rank(question, 10)
+        assert [h.chunk.id for h in got] == [h.chunk.id for h in want], question
+        assert [h.score for h in got] == pytest.approx([h.score for h in want]), question

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from rag.lexical import STOPWORDS, LexicalIndex, tokenize
+from rag.lexical import STOPWORDS, LexicalIndex, tokenize, words
 
 
-def test_docstring_example() -> None:
-    assert tokenize("DeepSeek-V3的训练成本") == ["deepseek-v3", "deepseek", "v3", "训练", "成本"]
+def test_docstring_examples() -> None:
+    assert words("DeepSeek-V3的训练成本") == ["deepseek-v3", "deepseek", "v3", "训练", "成本"]
+    assert tokenize("训练成本") == ["训练", "成本", "#训练", "#练成", "#成本"]
 
 
 @pytest.mark.parametrize(
@@ -46,7 +47,8 @@ def test_stopwords_and_punctuation_are_dropped() -> None:
 
 @pytest.mark.parametrize("text", ["", "   ", "。，！？", "的了是在", "the of and"])
 def test_nothing_to_search(text: str) -> None:
-    assert tokenize(text) == []
+    assert words(text) == []
+    assert all(t.startswith("#") for t in tokenize(text))  # at most bigrams, which IDF makes harmless
 
 
 def test_numbers_survive() -> None:

@@ -466,3 +466,49 @@ def test_empty_front_matter_is_skipped() -> None:
 def test_title_ignores_hash_lines_in_code_fences() -> None:
     text = "安装说明。\n\n```bash\n# install the dependencies\npip install x\n```\n\n# 真正的标题\n\n正文。\n"
     assert parse_text(text, "f.md", "0" * 64).title == "真正的标题"
+
+
+# ---------------------------------------------------------------- names and links (rag.index skips what these refuse)
+
+
+def test_whitespace_only_after_decoding_says_empty_not_front_matter(tmp_path: Path) -> None:
+    with pytest.raises(DocumentError, match=r"is empty \(only white space\)"):
+        _load(_write(tmp_path, "ideographic.md", "\u3000\n\u3000 \n"))
+
+
+def test_printable_name_and_check_path(tmp_path: Path) -> None:
+    import os
+
+    from rag.loaders import check_path, printable_name
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    gbk_name = os.fsdecode("中文".encode("gbk") + b".txt")  # how Python sees a GBK name on a UTF-8 system
+    assert printable_name("会议 纪要.md") == "会议 纪要.md"
+    assert printable_name(gbk_name) == "\ufffd\ufffd\ufffd\ufffd.txt"
+    with pytest.raises(DocumentError, match="not valid UTF-8") as info:
+        check_path(corpus / gbk_name, gbk_name, corpus)
+    assert "convmv" in info.value.hint
+    (tmp_path / "outside.md").write_text("x", encoding="utf-8")
+    (corpus / "link.md").symlink_to(tmp_path / "outside.md")
+    with pytest.raises(DocumentError, match="outside the corpus folder"):
+        check_path(corpus / "link.md", "link.md", corpus)
+    (corpus / "real.md").write_text("x", encoding="utf-8")
+    (corpus / "alias.md").symlink_to("real.md")
+    check_path(corpus / "alias.md", "alias.md", corpus)  # a link inside the corpus is fine
+    check_path(corpus / "real.md", "real.md", corpus)
+
+
+def test_document_hash_is_of_the_bytes_read(tmp_path: Path) -> None:
+    path = _write(tmp_path, "a.md", ZH)
+    assert _load(path).sha256 == file_sha256(path)
+    pdf = _write(tmp_path, "r.pdf", _ascii_pdf(PAGES))
+    assert _load(pdf).sha256 == file_sha256(pdf)
+
+
+def test_fifo_with_a_text_name_is_not_a_corpus_file(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "pipe.txt")  # reading it would block the build forever
+    (tmp_path / "a.txt").write_text(ZH, encoding="utf-8")
+    assert [rel for _, rel in iter_corpus(tmp_path)] == ["a.txt"]
