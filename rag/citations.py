@@ -26,6 +26,15 @@ _SENTENCE = re.compile(r"[^。！？!?\n]*?(?:[。！？!?]+|\.(?=\s|$)|\n|$)")
 # A number that stands alone: not the "3" of "DeepSeek-V3" or the "4" of "GPT-4o".
 _NUMBER = re.compile(r"(?<![a-z0-9.\-])\d+(?:\.\d+)?(?![a-z0-9])")
 
+# A number with the unit written after it: "557.6万美元", "2025年", "50%".
+_QUANTITY = re.compile(r"(?<![0-9a-z.])(\d+(?:\.\d+)?)\s?([%％]|[\u4e00-\u9fff]{1,3}|[a-z]{1,6})", re.I)
+CONFLICT_NOTE = {
+    "zh": "注意：资料说法不一，{refs}。",
+    "en": "Note: the sources differ: {refs}.",
+}
+CONFLICT_REF = {"zh": "[{n}] 写的是“{quote}”", "en": "[{n}] says “{quote}”"}
+MAX_CONFLICTS = 2
+
 SUPPORTS = 0.5  # share of key terms a passage must contain to support a sentence
 ATTACH = 0.6  # stricter bar for adding a marker the model did not write
 
@@ -36,6 +45,7 @@ class CheckedAnswer:
     citations: list[Citation]
     unsupported: list[str]
     factual_sentences: int = 0  # sentences that carry a checkable fact
+    conflicts: int = 0  # passages found to give another number for a fact of the answer
 
 
 def parse_markers(text: str) -> list[int]:
@@ -79,12 +89,49 @@ def _is_factual(body: str) -> bool:
     return len(key_terms(body) - _META) >= 2
 
 
-def check(answer: str, hits: Sequence[Hit]) -> CheckedAnswer:
+def _quantities(text: str) -> set[tuple[str, str]]:
+    return {(float_str(n), unit[:1] if unit[0] in "年月日" else unit) for n, unit in _QUANTITY.findall(_norm(text))}
+
+
+def float_str(number: str) -> str:
+    return str(float(number))
+
+
+def conflicts(sentence: str, cited: Sequence[int], passages: Sequence[str]) -> list[tuple[int, str]]:
+    """Passages not cited by `sentence` that give another number, in the same unit, for the same thing.
+
+    "Same thing": the passage sentence holding the other number shares at least two of
+    the answer sentence's words. Example: "训练成本约为560万美元[1]" against a passage line
+    "训练成本仅557.6万美元" -> [(that passage's number, that line)].
+    """
+    mine = _quantities(sentence)
+    if not mine:
+        return []
+    units = {u for _, u in mine}
+    terms = {t for t in key_terms(sentence) if not _NUMBER.fullmatch(t)} - _META
+    found: list[tuple[int, str]] = []
+    for n, passage in enumerate(passages, start=1):
+        if n in cited:
+            continue
+        for line in _sentences(clean_text(passage)):
+            theirs = {q for q in _quantities(line) if q[1] in units}
+            if not theirs or theirs & mine:
+                continue
+            # Words inside the unit ("参数" of "亿参数") say what is counted, not which thing.
+            shared = {t for t in terms & set(words(line)) if not any(t in u for u in units)}
+            if len(shared) >= 2:
+                found.append((n, line.strip().strip("├└─│ 🔥").strip()))
+                break
+    return found
+
+
+def check(answer: str, hits: Sequence[Hit], lang: str = "zh") -> CheckedAnswer:
     passages = [h.chunk.text for h in hits]
     out_parts: list[str] = []
     unsupported: list[str] = []
     cited: list[int] = []
     factual = 0
+    disagreements: list[tuple[int, str]] = []
 
     for sentence in _sentences(answer):
         numbers = [n for n in parse_markers(sentence) if 1 <= n <= len(passages)]
@@ -108,7 +155,18 @@ def check(answer: str, hits: Sequence[Hit]) -> CheckedAnswer:
         markers = "".join(f"[{n}]" for n in kept)
         cited.extend(kept)
         out_parts.append(core.rstrip() + markers + end)
+        if kept and len(disagreements) < MAX_CONFLICTS:
+            for other in conflicts(core, kept, passages):
+                if other[0] not in {d[0] for d in disagreements}:
+                    disagreements.append(other)
 
+    text = "".join(out_parts).strip()
+    if disagreements:
+        # The model tends to pick one source; the reader should see that another disagrees.
+        refs = "；" if lang == "zh" else "; "
+        refs = refs.join(CONFLICT_REF[lang].format(n=n, quote=quote[:80]) for n, quote in disagreements[:MAX_CONFLICTS])
+        text += ("\n\n" if text else "") + CONFLICT_NOTE[lang].format(refs=refs)
+        cited.extend(n for n, _ in disagreements[:MAX_CONFLICTS])
     order = list(dict.fromkeys(cited))
     citations = [Citation(number=n, chunk=hits[n - 1].chunk) for n in sorted(order)]
-    return CheckedAnswer("".join(out_parts).strip(), citations, unsupported, factual)
+    return CheckedAnswer(text, citations, unsupported, factual, conflicts=len(disagreements[:MAX_CONFLICTS]))

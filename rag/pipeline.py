@@ -129,7 +129,8 @@ class Pipeline:
     # ------------------------------------------------------------ actions
 
     def search(self, query: str, k: int) -> list[Hit]:
-        return self.retriever().rank(clean_question(query), k)
+        query = clean_question(query)  # before loading anything: a bad query costs nothing
+        return self.retriever().rank(query, k)
 
     def ask(
         self,
@@ -182,7 +183,7 @@ class Pipeline:
             text = prompting.REFUSAL[lang]
             answer = Answer(question, query, text, [], prompt.hits, refused=True, related=prompt.hits)
         else:
-            checked = citations.check(raw, prompt.hits)
+            checked = citations.check(raw, prompt.hits, lang)
             answer = Answer(
                 question,
                 query,

@@ -238,3 +238,33 @@ def test_wrong_figure_is_not_supported(answer: str) -> None:
 def test_connective_phrase_is_not_unsupported(lead: str) -> None:
     result = check(f"{lead}\nDeepSeek-V3 使用 FP8 混合精度训练[1]。", TWO)
     assert result.unsupported == []
+
+
+# ---------------------------------------------------------------- conflicting numbers
+
+
+def _hits(*texts: str) -> list[Hit]:
+    return [Hit(Chunk(f"c{i}", "f.md", "t", (), 0, len(t), t), score=1.0) for i, t in enumerate(texts)]
+
+
+def test_other_number_for_the_same_fact_is_shown_and_cited() -> None:
+    hits = _hits(
+        "DeepSeek-V3 开发成本显著降低，估计约为 560 万美元，仅为西方公司投资的一小部分。",
+        "2024年12月 - DeepSeek-V3\n├─ 深度求索发布\n├─ 🔥 训练成本仅557.6万美元（行业震撼）",
+    )
+    checked = check("DeepSeek-V3 的训练成本约为 560 万美元，仅为西方公司投资的一小部分[1]。", hits)
+    assert "资料说法不一" in checked.text and "557.6万美元" in checked.text
+    assert [c.number for c in checked.citations] == [1, 2]
+    assert checked.conflicts == 1
+
+
+def test_conflicting_dates_are_both_cited_in_english() -> None:
+    hits = _hits("2025年1月 - DeepSeek-R1 深度求索发布", "2024年底，深度求索发布了 DeepSeek-R1 推理模型")
+    checked = check("DeepSeek-R1 was released (发布) in 2025年1月 [1].", hits, lang="en")
+    assert "the sources differ" in checked.text and "[2]" in checked.text
+
+
+def test_two_different_counts_of_one_thing_are_not_a_conflict() -> None:
+    hits = _hits("DBRX MoE架构：1320亿参数", "DBRX 每个token激活360亿参数")
+    checked = check("DBRX 一共有 1320亿参数[1]。", hits)
+    assert checked.conflicts == 0 and "说法不一" not in checked.text
