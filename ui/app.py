@@ -1,25 +1,46 @@
-"""The Gradio chat page: streamed answers, numbered citations, a sources panel, index status.
+"""The Gradio chat page: streamed answers, linked citations, sources, index and uploads.
 
-It calls the same Pipeline as the CLI. One Pipeline (one copy of each model)
-serves every browser tab; the generator's lock and Gradio's queue make
-concurrent questions wait their turn instead of mixing answers.
+It calls the same Pipeline as the CLI. One Pipeline per chat model (see
+ui/chat_models.py) serves every browser tab. Each tab is a Gradio session
+with its own chat; answering runs in one queue ("chat", one at a time), so
+questions from several tabs wait their turn instead of mixing tokens.
+
+A question goes through two steps: `prepare` (not queued: shows the question
+at once and takes the tab's turn) and `respond` (queued: retrieves and
+streams). API clients (gradio_client) call `/ask`, which does both.
 """
 
 from __future__ import annotations
 
-import html
-import re
+import itertools
+import logging
 import threading
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rag import offline  # noqa: F401  (before gradio: analytics off)
+
+# isort: split
+import gradio as gr
+
 from rag.config import Settings
 from rag.errors import RagError
-from rag.pipeline import Done, Pipeline, Retrieved, Token, Turn
-from rag.schema import Answer, Hit
+from rag.index import BuildReport
+from rag.pipeline import MAX_QUESTION_CHARS, Done, Pipeline, Retrieved, Token, Turn
+from ui import render
+from ui.assets import CSS, FONTS, JS, MONO_FONTS, STORE_LANGUAGE_JS
+from ui.chat_models import ChatModels, offered_models
+from ui.indexing import Progress, run_build
+from ui.render import Exchange
+from ui.text import DEFAULT_LANG, DETECT_LANGUAGE_JS, LANGUAGES, say
+from ui.uploads import UploadResult, UploadStatus, save_upload
 
+log = logging.getLogger(__name__)
+
+# Shown first; each is answered by the shipped corpus (corpus/), whatever the settings.
 EXAMPLES = [
     "DeepSeek-V3 的训练成本是多少？",
     "什么是混合专家（MoE）架构？",
@@ -27,178 +48,455 @@ EXAMPLES = [
     "Transformer 架构是哪一年提出的？",
     "What Elo rating did OpenAI's o3 reach on Codeforces?",
 ]
-
-CSS = """
-.src { border-left: 3px solid #7c8cf8; padding: 4px 10px; margin: 8px 0; }
-.src .meta { font-size: 0.9em; color: #555; }
-.src blockquote { margin: 6px 0 0 0; white-space: pre-wrap; font-size: 0.92em; }
-.related { border-left-color: #bbb; }
-.unsupported { background: #fff3cd; }
-"""
-
-# System fonts only: the default theme would fetch Google Fonts, which an offline page must not.
-_FONTS = ["system-ui", "PingFang SC", "Noto Sans CJK SC", "Microsoft YaHei", "sans-serif"]
+HISTORY_TURNS = 3  # earlier turns given to the pipeline for follow-up questions
+PENDING = "…"  # the answer's place in the chat until its first words arrive
 
 
-def _passage_html(number: int | None, hit_chunk, related: bool = False) -> str:  # type: ignore[no-untyped-def]
-    c = hit_chunk
-    label = f"[{number}] " if number is not None else ""
-    page = f" · 第 {c.page} 页" if c.page else ""
-    heading = html.escape(c.heading or c.title)
-    cls = "src related" if related else "src"
-    anchor = f' id="src-{number}"' if number is not None else ""
-    return (
-        f'<div class="{cls}"{anchor}><div class="meta"><b>{label}</b>{html.escape(c.path)} — {heading}{page}'
-        f" · 字符 {c.start}–{c.end}</div><blockquote>{html.escape(c.text)}</blockquote></div>"
-    )
+# ---------------------------------------------------------------- per-tab state
 
 
-def sources_html(answer: Answer, show_details: bool = False) -> str:
-    parts: list[str] = []
-    if answer.citations:
-        parts.append("<h4>引用来源</h4>")
-        parts += [_passage_html(c.number, c.chunk) for c in answer.citations]
-    elif answer.related:
-        parts.append("<h4>相关段落（资料未直接回答，非引用）</h4>")
-        parts += [_passage_html(None, h.chunk, related=True) for h in answer.related]
-    elif answer.hits:
-        # The answer cites nothing: show what the model read, so the reader can still check.
-        parts.append("<h4>提供给模型的段落（回答未引用）</h4>")
-        parts += [_passage_html(i, h.chunk, related=True) for i, h in enumerate(answer.hits, start=1)]
-    if answer.unsupported:
-        items = "".join(f"<li>{html.escape(s)}</li>" for s in answer.unsupported)
-        parts.append(f'<div class="unsupported"><b>未找到资料支持的句子：</b><ul>{items}</ul></div>')
-    if show_details:
-        parts.append(details_html(answer.query, answer.hits or answer.related, answer.timings))
-    return "\n".join(parts) or "<p>（无来源）</p>"
+@dataclass(frozen=True)
+class Question:
+    """A question that has taken its tab's turn and waits to be answered."""
+
+    id: int
+    text: str
 
 
-def details_html(query: str, hits: list[Hit], timings: dict[str, float]) -> str:
-    rows = "".join(
-        f"<tr><td>{i}</td><td>{h.score:.4f}</td><td>{'' if h.dense_score is None else f'{h.dense_score:.3f}'}</td>"
-        f"<td>{'' if h.lexical_score is None else f'{h.lexical_score:.2f}'}</td><td>{html.escape(h.chunk.path)}</td></tr>"
-        for i, h in enumerate(hits, start=1)
-    )
-    times = ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
-    return (
-        f"<details open><summary>检索详情</summary><p>检索查询：{html.escape(query)}</p>"
-        f"<table><tr><th>#</th><th>融合分</th><th>向量</th><th>BM25</th><th>文件</th></tr>{rows}</table>"
-        f"<p>耗时：{times}</p></details>"
-    )
+@dataclass
+class _Tab:
+    stop: threading.Event = field(default_factory=threading.Event)
+    current: int = 0  # id of the question being answered; 0 = none
 
 
-def _history_turns(history: list[dict[str, Any]]) -> list[Turn]:
+class Tabs:
+    """Per-session state that must not be copied (a stop flag shared with the answering thread)."""
+
+    LIMIT = 2000  # sessions remembered; the oldest idle ones are forgotten
+
+    def __init__(self) -> None:
+        self._tabs: OrderedDict[str, _Tab] = OrderedDict()
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def get(self, request: gr.Request | None) -> _Tab:
+        key = (getattr(request, "session_hash", None) or "") if request is not None else ""
+        with self._lock:
+            tab = self._tabs.get(key)
+            if tab is None:
+                tab = self._tabs[key] = _Tab()
+                while len(self._tabs) > self.LIMIT:
+                    self._tabs.popitem(last=False)
+            self._tabs.move_to_end(key)
+            return tab
+
+    def start(self, request: gr.Request | None, text: str) -> Question | None:
+        """Take the tab's turn for a question; None while the tab is still answering one."""
+        tab = self.get(request)
+        with self._lock:
+            if tab.current:
+                return None
+            return self._take(tab, text)
+
+    def take_over(self, request: gr.Request | None, text: str) -> Question:
+        """Take the tab's turn even if it is answering (an API client asking again): the old answer stops."""
+        tab = self.get(request)
+        with self._lock:
+            tab.stop.set()
+            return self._take(tab, text)
+
+    def _take(self, tab: _Tab, text: str) -> Question:
+        tab.current = next(self._ids)
+        tab.stop = threading.Event()
+        return Question(tab.current, text)
+
+
+def history_turns(history: list[dict[str, Any]]) -> list[Turn]:
+    """The last few question/answer pairs of a chat, as plain text for follow-up questions."""
     turns, question = [], None
     for message in history:
-        content = message.get("content")
-        text = content if isinstance(content, str) else ""
+        text = render.plain_answer(message.get("content"))
         if message.get("role") == "user":
             question = text
         elif message.get("role") == "assistant" and question is not None:
-            turns.append(Turn(question, re.sub(r"\[\d+\]", "", text)))
+            if text and text != PENDING:
+                turns.append(Turn(question, text))
             question = None
-    return turns[-3:]
+    return turns[-HISTORY_TURNS:]
 
 
-def documents_table(pipeline: Pipeline) -> list[list[Any]]:
-    try:
-        index = pipeline.get_index()
-    except RagError as exc:
-        return [[f"（{exc.message}）", 0, ""]]
-    return [[path, len(entry.chunk_ids), entry.indexed_at] for path, entry in sorted(index.manifest.files.items())]
+def _bot(content: str) -> dict[str, str]:
+    return {"role": "assistant", "content": content}
 
 
-def build_app(pipeline: Pipeline):  # type: ignore[no-untyped-def]
-    import gradio as gr
+# ---------------------------------------------------------------- the page
 
+
+def build_app(pipeline: Pipeline) -> gr.Blocks:
     settings = pipeline.settings
-    rebuild_lock = threading.Lock()
+    models = ChatModels(pipeline)
+    offered = offered_models(settings.chat_model)
+    tabs = Tabs()
+    max_bytes = int(settings.max_file_mb * 1e6)
 
-    def respond(message: str, history: list[dict[str, Any]], k: int, show_details: bool) -> Iterator[tuple[Any, str, str]]:
-        history = list(history or [])
-        turns = _history_turns(history)
-        history.append({"role": "user", "content": message})
-        history.append({"role": "assistant", "content": "…"})
-        yield history, "<p>正在检索…</p>", ""
-        text = ""
+    def model_choices(lang: str) -> list[tuple[str, str]]:
+        return [(f"{say(lang, 'role_' + role)} · {name}", name) for role, name in offered]
+
+    # ------------------------------------------------------------ answering
+
+    def answer(
+        question: Question, history: list[dict[str, Any]], conv: list[Exchange], k: float, details: bool,
+        model: str | None, lang: str, request: gr.Request | None,
+    ) -> Iterator[tuple[list[dict[str, Any]], str, list[Exchange]]]:  # fmt: skip
+        """Stream one answer into the last chat message; yields (chat, sources panel, exchanges)."""
+        tab = tabs.get(request)
+        stop = tab.stop
+        turns = history_turns(history[:-2])
+        number = conv[-1].number + 1 if conv else 1
+
+        def panel(status: str = "") -> str:
+            return render.sources_html(conv, lang, details, status)
+
+        def still_ours() -> bool:  # "clear chat" gives the tab's turn away
+            return tab.current == question.id
+
         try:
-            for event in pipeline.ask(message, turns, k=int(k)):
-                if isinstance(event, Retrieved):
-                    yield history, "<p>正在生成回答…</p>", ""
-                elif isinstance(event, Token):
-                    text += event.text
-                    history[-1] = {"role": "assistant", "content": text}
-                    yield history, "<p>正在生成回答…</p>", ""
-                elif isinstance(event, Done):
-                    history[-1] = {"role": "assistant", "content": event.answer.text}
-                    yield history, sources_html(event.answer, show_details), ""
+            if stop.is_set():
+                history[-1] = _bot(render.answer_html_stopped(lang))
+                yield history, panel(), conv
+                return
+            model = model or settings.chat_model
+            if not models.is_loaded(model):
+                yield history, panel(say(lang, "loading_model", name=model)), conv
+            answering = models.pipeline(model)
+            yield history, panel(say(lang, "searching")), conv
+            text, status = "", say(lang, "searching")
+            events = answering.ask(question.text, turns, k=int(k), stop=stop)
+            try:
+                for event in events:
+                    if not still_ours():
+                        stop.set()
+                        return
+                    if isinstance(event, Retrieved):
+                        status = say(lang, "generating", n=len(event.hits)) if event.hits else say(lang, "searching")
+                        yield history, panel(status), conv
+                    elif isinstance(event, Token):
+                        text += event.text
+                        history[-1] = _bot(render.streaming_text(text))
+                        yield history, panel(status), conv
+                    elif isinstance(event, Done):
+                        stopped = stop.is_set()
+                        if stopped and not event.answer.raw_text:
+                            # Stopped before the first word: no answer (not a refusal) and no sources.
+                            history[-1] = _bot(render.answer_html_stopped(lang))
+                            yield history, panel(), conv
+                            return
+                        conv = [*conv, Exchange(number, question.text, event.answer, stopped)][-render.KEEP_TURNS :]
+                        history[-1] = _bot(render.answer_html(event.answer, number, lang, stopped))
+                        yield history, panel(), conv
+            finally:
+                if isinstance(events, Generator):
+                    events.close()  # releases the model at once when the answer ends early
         except RagError as exc:
-            history[-1] = {"role": "assistant", "content": f"⚠️ {exc.message}\n\n{exc.hint}"}
-            yield history, "", ""
+            history[-1] = _bot(f"⚠️ {render.streaming_text(exc.message)}\n\n{render.streaming_text(exc.hint)}")
+            yield history, panel(), conv
+        except Exception as exc:  # the page must say something, not hang on "…"
+            log.exception("answering failed")
+            history[-1] = _bot("⚠️ " + render.streaming_text(say(lang, "error", message=f"{type(exc).__name__}: {exc}")))
+            yield history, panel(), conv
 
-    def rebuild() -> Iterator[tuple[str, list[list[Any]]]]:
-        from rag.cli import run_index
+    def prepare(text: str, history: list[dict[str, Any]], request: gr.Request):  # type: ignore[no-untyped-def]
+        """Show the question at once and take the tab's turn (not queued)."""
+        text = (text or "").strip()
+        if not text:
+            return gr.skip(), gr.skip(), None
+        question = tabs.start(request, text)
+        if question is None:  # still answering the last one: keep the typed text for later
+            return gr.skip(), gr.skip(), None
+        history = [*(history or []), {"role": "user", "content": text}, _bot(PENDING)]
+        return history, "", question
 
-        if not rebuild_lock.acquire(blocking=False):
-            yield "已有更新在进行中。", documents_table(pipeline)
+    def pick_example(sample: list[str] | str, history: list[dict[str, Any]], request: gr.Request):  # type: ignore[no-untyped-def]
+        text = sample[0] if isinstance(sample, list | tuple) else sample
+        return prepare(str(text), history, request)
+
+    def respond(  # type: ignore[no-untyped-def]
+        question: Question | None, history, conv, k, details, model, lang, request: gr.Request
+    ):
+        """Answer the question `prepare` queued (queued in turn with every tab's questions)."""
+        if question is None:
+            yield gr.skip(), gr.skip(), gr.skip()
+            return
+        tab = tabs.get(request)
+        if tab.current != question.id:  # the chat was cleared while this waited
+            yield gr.skip(), gr.skip(), gr.skip()
             return
         try:
-            yield "正在更新索引（期间仍使用旧索引回答）…", documents_table(pipeline)
-            report = run_index(settings, quiet=True)
-            skipped = "".join(f"\n- 跳过 {p}：{r}" for p, r in report.skipped.items())
-            msg = (
-                f"完成：{report.documents} 个文档，{report.chunks} 个段落，用时 {report.seconds:.1f} 秒"
-                f"（新增 {len(report.added)}，更新 {len(report.updated)}，删除 {len(report.removed)}）。{skipped}"
-            )
-            yield msg, documents_table(pipeline)
-        except RagError as exc:
-            yield f"⚠️ {exc.message} {exc.hint}", documents_table(pipeline)
+            yield from answer(question, list(history or []), list(conv or []), k, details, model, lang, request)
         finally:
-            rebuild_lock.release()
+            if tab.current == question.id:
+                tab.current = 0
 
-    theme = gr.themes.Default(font=_FONTS, font_mono=["ui-monospace", "monospace"])
-    with gr.Blocks(title="离线文档问答", analytics_enabled=False) as demo:
-        gr.Markdown("## 离线文档问答 · 回答附带编号引用，点开右侧来源可核对原文")
-        with gr.Row():
-            with gr.Column(scale=3):
-                chatbot = gr.Chatbot(label="对话", height=520, elem_id="chat")
-                question = gr.Textbox(placeholder="输入问题，按回车发送", show_label=False, elem_id="question")
-                with gr.Row():
-                    send = gr.Button("发送", variant="primary", elem_id="send")
-                    stop = gr.Button("停止", elem_id="stop")
-                    clear = gr.Button("清空对话", elem_id="clear")
-                gr.Examples(EXAMPLES, inputs=question, label="示例问题")
-            with gr.Column(scale=2):
-                sources = gr.HTML("<p>回答的引用来源会显示在这里。</p>", elem_id="sources")
-                with gr.Accordion("设置", open=False):
-                    k = gr.Slider(1, 8, value=settings.top_k, step=1, label="给模型的段落数")
-                    show_details = gr.Checkbox(False, label="显示检索详情")
-                with gr.Accordion("索引", open=False):
-                    gr.Markdown(f"嵌入模型：`{settings.embed_model}` · 对话模型：`{settings.chat_model}`")
-                    docs = gr.Dataframe(
-                        headers=["文档", "段落数", "索引时间"], value=lambda: documents_table(pipeline), interactive=False
+    def ask(  # type: ignore[no-untyped-def]
+        question: str, history: list[dict[str, Any]], k: float, details: bool, model: str, lang: str, conv,
+        request: gr.Request,
+    ):  # fmt: skip
+        """API: ask a question in this session's chat; streams (chat, sources HTML, cleared question box)."""
+        history = [*(history or []), {"role": "user", "content": question}, _bot(PENDING)]
+        q = tabs.take_over(request, question)
+        tab = tabs.get(request)
+        try:
+            for chat, sources, new_conv in answer(q, history, list(conv or []), k, details, model, lang, request):
+                yield chat, sources, "", new_conv
+        finally:
+            if tab.current == q.id:
+                tab.current = 0
+
+    def stop_answer(request: gr.Request) -> None:
+        tabs.get(request).stop.set()
+
+    def clear_chat(lang: str, request: gr.Request):  # type: ignore[no-untyped-def]
+        tab = tabs.get(request)
+        tab.stop.set()
+        tab.current = 0
+        return [], render.sources_html([], lang), []
+
+    def rerender_sources(conv: list[Exchange], lang: str, details: bool) -> str:
+        return render.sources_html(conv or [], lang, details)
+
+    # ------------------------------------------------------------ index and uploads
+
+    def index_view(lang: str) -> tuple[str, list[list[Any]]]:
+        try:
+            index = pipeline.get_index()
+        except RagError as exc:
+            return say(lang, "index_missing", message=exc.message), []
+        return render.index_summary(index, lang), render.documents_rows(index)
+
+    def build_messages(report: BuildReport, lang: str) -> list[str]:
+        if report.wrote:
+            lines = [say(lang, "build_done", documents=report.documents, chunks=report.chunks, seconds=report.seconds,
+                         added=len(report.added), updated=len(report.updated), removed=len(report.removed))]  # fmt: skip
+        else:
+            lines = [say(lang, "build_nochange", documents=report.documents, chunks=report.chunks)]
+        lines += [say(lang, "build_skipped", path=p, reason=r) for p, r in report.skipped.items()]
+        return lines + list(getattr(report, "notes", []))  # notes: a stale lock or a damaged index was handled
+
+    def update_index(lang: str, before: list[str]) -> Iterator[tuple[str, Any, Any]]:
+        """Run an incremental update; yields (status HTML, index summary, documents table)."""
+        try:
+            for item in run_build(settings, pipeline.get_embedder):
+                if isinstance(item, Progress):
+                    yield (
+                        render.status_html([*before, _progress_text(item, lang)], item.done, item.total),
+                        gr.skip(),
+                        gr.skip(),
                     )
-                    rebuild_btn = gr.Button("更新索引")
-                    status = gr.Markdown("")
+                else:
+                    summary, rows = index_view(lang)
+                    yield render.status_html([*before, *build_messages(item, lang)]), summary, rows
+        except RagError as exc:
+            failed = say(lang, "build_failed", message=exc.message, hint=exc.hint)
+            yield render.status_html([*before, failed], error=True), gr.skip(), gr.skip()
 
-        inputs = [question, chatbot, k, show_details]
-        outputs = [chatbot, sources, question]
-        ev1 = question.submit(respond, inputs, outputs, api_name="ask", concurrency_limit=1)
-        ev2 = send.click(respond, inputs, outputs, api_name=False, concurrency_limit=1)
-        stop.click(None, None, None, cancels=[ev1, ev2])
-        clear.click(lambda: ([], "<p>回答的引用来源会显示在这里。</p>", ""), None, outputs, api_name=False)
-        rebuild_btn.click(rebuild, None, [status, docs], api_name="rebuild", concurrency_limit=1)
+    def rebuild(lang: str):  # type: ignore[no-untyped-def]
+        yield from update_index(lang, [])
+
+    def upload(files: list[str] | None, overwrite: bool, lang: str):  # type: ignore[no-untyped-def]
+        """Check and save the files, then update the index; yields (status, summary, table, files, overwrite)."""
+        if not files:
+            yield render.status_html([say(lang, "up_none")], error=True), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        results = [
+            save_upload(Path(f), Path(f).name, Path(settings.corpus_dir), max_bytes, overwrite=bool(overwrite))
+            for f in files
+        ]
+        lines = [_upload_text(r, lang, max_bytes) for r in results]
+        # A file waiting for the overwrite confirmation stays selected, so ticking the box and adding again is enough.
+        files_out = gr.skip() if any(r.status is UploadStatus.EXISTS for r in results) else None
+        refused = any(not r.changed_corpus and r.status is not UploadStatus.UNCHANGED for r in results)
+        if not any(r.changed_corpus for r in results):
+            yield render.status_html(lines, error=refused), gr.skip(), gr.skip(), files_out, False
+            return
+        for status, summary, rows in update_index(lang, lines):
+            yield status, summary, rows, files_out, False
+
+    # ------------------------------------------------------------ language
+
+    def apply_language(lang: str, conv: list[Exchange], details: bool):  # type: ignore[no-untyped-def]
+        """Every label, button and panel of the page in `lang` (also refreshes the index panel)."""
+        summary, rows = index_view(lang)
+        return (
+            f"{say(lang, 'title')}\n{say(lang, 'subtitle')}",
+            gr.update(label=say(lang, "chat"), placeholder=say(lang, "chat_empty")),
+            gr.update(placeholder=say(lang, "placeholder")),
+            gr.update(value=say(lang, "send")),
+            gr.update(value=say(lang, "stop")),
+            gr.update(value=say(lang, "clear")),
+            gr.update(label=say(lang, "examples")),
+            render.sources_html(conv or [], lang, details),
+            gr.update(label=say(lang, "sources")),
+            gr.update(label=say(lang, "settings")),
+            gr.update(label=say(lang, "model"), info=say(lang, "model_info"), choices=model_choices(lang)),
+            gr.update(label=say(lang, "top_k")),
+            gr.update(label=say(lang, "details")),
+            gr.update(label=say(lang, "index")),
+            summary,
+            gr.update(value=rows, headers=_doc_headers(lang)),
+            gr.update(value=say(lang, "rebuild")),
+            gr.update(label=say(lang, "upload")),
+            gr.update(label=say(lang, "upload_files", mb=settings.max_file_mb)),
+            gr.update(label=say(lang, "overwrite")),
+            gr.update(value=say(lang, "upload_btn")),
+        )
+
+    def on_load(lang: str, details: bool):  # type: ignore[no-untyped-def]
+        return (lang, *apply_language(lang, [], details))
+
+    # ------------------------------------------------------------ layout
+
+    zh = DEFAULT_LANG
+    first_summary, first_rows = index_view(zh)
+    with gr.Blocks(title="离线文档问答 · Offline document Q&A", analytics_enabled=False) as demo:
+        conv = gr.State([])  # this tab's exchanges, for the sources panel
+        pending = gr.State(None)  # the Question `prepare` hands to `respond`
+        with gr.Row(elem_id="header"):
+            title = gr.Markdown(f"{say(zh, 'title')}\n{say(zh, 'subtitle')}")
+            lang = gr.Radio(LANGUAGES, value=zh, show_label=False, elem_id="lang", container=False)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(
+                    label=say(zh, "chat"), height=560, elem_id="chat", placeholder=say(zh, "chat_empty"),
+                    feedback_options=None, buttons=["copy"],
+                )  # fmt: skip
+                question = gr.Textbox(
+                    placeholder=say(zh, "placeholder"), label="question", show_label=False, elem_id="question",
+                    max_length=MAX_QUESTION_CHARS,
+                )  # fmt: skip
+                with gr.Row():
+                    send = gr.Button(say(zh, "send"), variant="primary", elem_id="send", scale=2)
+                    stop = gr.Button(say(zh, "stop"), elem_id="stop", scale=1)
+                    clear = gr.Button(say(zh, "clear"), elem_id="clear", scale=1)
+                examples = gr.Dataset(
+                    components=["textbox"], samples=[[q] for q in EXAMPLES], label=say(zh, "examples"),
+                    elem_id="examples", type="values", samples_per_page=len(EXAMPLES),
+                )  # fmt: skip
+            with gr.Column(scale=2):
+                with gr.Accordion(say(zh, "sources"), open=True, elem_id="sources-panel") as sources_acc:
+                    sources = gr.HTML(render.sources_html([], zh), label="sources", elem_id="sources", padding=True)
+                with gr.Accordion(say(zh, "settings"), open=False, elem_id="settings") as settings_acc:
+                    model = gr.Dropdown(
+                        model_choices(zh), value=settings.chat_model, label=say(zh, "model"),
+                        info=say(zh, "model_info"), elem_id="model",
+                    )  # fmt: skip
+                    k = gr.Slider(1, 8, value=settings.top_k, step=1, label=say(zh, "top_k"), elem_id="top-k")
+                    details = gr.Checkbox(False, label=say(zh, "details"), elem_id="details")
+                with gr.Accordion(say(zh, "index"), open=False, elem_id="index") as index_acc:
+                    index_info = gr.Markdown(first_summary, elem_id="index-info")
+                    docs = gr.Dataframe(
+                        value=first_rows, headers=_doc_headers(zh), interactive=False, elem_id="documents", wrap=True
+                    )
+                    rebuild_btn = gr.Button(say(zh, "rebuild"), elem_id="rebuild")
+                    index_status = gr.HTML("", elem_id="index-status")
+                with gr.Accordion(say(zh, "upload"), open=False, elem_id="upload") as upload_acc:
+                    files = gr.File(
+                        file_count="multiple", file_types=[".txt", ".md", ".pdf"], type="filepath",
+                        label=say(zh, "upload_files", mb=settings.max_file_mb), elem_id="upload-files",
+                    )  # fmt: skip
+                    overwrite = gr.Checkbox(False, label=say(zh, "overwrite"), elem_id="overwrite")
+                    upload_btn = gr.Button(say(zh, "upload_btn"), elem_id="upload-btn")
+                    upload_status = gr.HTML("", elem_id="upload-status")
+            api_ask = gr.Button(visible=False)  # the /ask endpoint for API clients
+
+        # Answering: prepare (instant) -> respond (queued, one answer at a time across all tabs).
+        answer_inputs = [pending, chatbot, conv, k, details, model, lang]
+        answer_outputs = [chatbot, sources, conv]
+        chat: dict[str, Any] = {
+            "concurrency_id": "chat", "concurrency_limit": 1, "api_visibility": "private", "show_progress": "minimal"
+        }  # fmt: skip
+        for trigger in (question.submit, send.click):
+            trigger(
+                prepare, [question, chatbot], [chatbot, question, pending], queue=False, api_visibility="private"
+            ).then(respond, answer_inputs, answer_outputs, **chat)
+        examples.click(
+            pick_example, [examples, chatbot], [chatbot, question, pending], queue=False, api_visibility="private"
+        ).then(respond, answer_inputs, answer_outputs, **chat)
+        api_ask.click(
+            ask, [question, chatbot, k, details, model, lang, conv], [chatbot, sources, question, conv],
+            api_name="ask", concurrency_id="chat", concurrency_limit=1,
+        )  # fmt: skip
+        stop.click(stop_answer, None, None, queue=False, api_visibility="private")
+        clear.click(clear_chat, [lang], [chatbot, sources, conv], queue=False, api_visibility="private")
+        # The chat's own trash icon clears it the same way.
+        chatbot.clear(clear_chat, [lang], [chatbot, sources, conv], queue=False, api_visibility="private")
+        details.change(rerender_sources, [conv, lang, details], sources, queue=False, api_visibility="private")
+
+        index_outputs = [index_status, index_info, docs]
+        rebuild_btn.click(
+            rebuild, [lang], index_outputs, api_name="rebuild", concurrency_id="index", concurrency_limit=1
+        )
+        upload_btn.click(
+            upload, [files, overwrite, lang], [upload_status, index_info, docs, files, overwrite],
+            api_name="upload", concurrency_id="index", concurrency_limit=1,
+        )  # fmt: skip
+
+        # Language: the browser's (or the saved choice) on load, the reader's on toggle.
+        language_outputs = [
+            title, chatbot, question, send, stop, clear, examples, sources, sources_acc, settings_acc, model, k,
+            details, index_acc, index_info, docs, rebuild_btn, upload_acc, files, overwrite, upload_btn,
+        ]  # fmt: skip
+        demo.load(
+            on_load,
+            [lang, details],
+            [lang, *language_outputs],
+            js=DETECT_LANGUAGE_JS,
+            queue=False,
+            api_visibility="private",
+        )
+        lang.change(apply_language, [lang, conv, details], language_outputs, queue=False, api_visibility="private")
+        lang.input(None, [lang], None, js=STORE_LANGUAGE_JS)
     demo.queue(default_concurrency_limit=1)
-    demo._rag_theme = theme  # launch() applies theme and CSS (Gradio 6 takes them there)
     return demo
 
 
-def launch(settings: Settings, host: str = "127.0.0.1", port: int = 7860, block: bool = True):  # type: ignore[no-untyped-def]
-    pipeline = Pipeline(settings)
-    # Load models before the first visitor so the first answer is not slowed by it.
-    pipeline.get_index()
-    pipeline.get_embedder()
-    pipeline.get_generator()
+def _doc_headers(lang: str) -> list[str]:
+    return [say(lang, "col_document"), say(lang, "col_chunks"), say(lang, "col_indexed")]
+
+
+def _progress_text(p: Progress, lang: str) -> str:
+    if p.stage in ("read", "embed") and p.total:
+        return say(lang, f"build_{p.stage}", done=p.done, total=p.total)
+    if p.stage == "write":
+        return say(lang, "build_write")
+    return say(lang, "build_start")
+
+
+def _upload_text(r: UploadResult, lang: str, max_bytes: int) -> str:
+    key = {
+        UploadStatus.ADDED: "up_renamed" if r.name != r.original else "up_added",
+        UploadStatus.REPLACED: "up_replaced",
+        UploadStatus.UNCHANGED: "up_unchanged",
+        UploadStatus.EXISTS: "up_exists",
+        UploadStatus.BAD_TYPE: "up_bad_type",
+        UploadStatus.TOO_BIG: "up_too_big",
+        UploadStatus.EMPTY: "up_empty",
+        UploadStatus.NOT_PDF: "up_not_pdf",
+        UploadStatus.NOT_TEXT: "up_not_text",
+        UploadStatus.FAILED: "up_failed",
+    }[r.status]
+    return say(lang, key, name=r.name, original=r.original, size=r.size / 1e6, limit=max_bytes / 1e6, detail=r.detail)
+
+
+def launch(
+    settings: Settings, host: str = "127.0.0.1", port: int = 7860, block: bool = True, pipeline: Pipeline | None = None
+) -> gr.Blocks:
+    """Start the page. Tests pass their own `pipeline` (e.g. with a scripted generator)."""
+    if pipeline is None:
+        pipeline = Pipeline(settings)
+        # Load the index and the configured models before the first visitor, so the first answer is not slowed.
+        pipeline.get_index()
+        pipeline.get_embedder()
+        pipeline.get_generator()
     demo = build_app(pipeline)
     print(f"Chat page: http://{host}:{port}", flush=True)
     demo.launch(
@@ -206,9 +504,11 @@ def launch(settings: Settings, host: str = "127.0.0.1", port: int = 7860, block:
         server_port=port,
         share=False,
         prevent_thread_lock=not block,
-        theme=demo._rag_theme,
+        theme=gr.themes.Default(font=FONTS, font_mono=MONO_FONTS),
         css=CSS,
+        js=JS,
         footer_links=[],
+        max_file_size=int(settings.max_file_mb * 1e6),
         quiet=True,
     )
     return demo
