@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from rag.schema import Chunk, Document
 
-_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.M)
-_FENCE = re.compile(r"^[ \t]*(```|~~~)", re.M)
+_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+_FENCE = re.compile(r"^[ \t]*(```|~~~)", re.MULTILINE)
 # A sentence ends after a terminal mark (plus closing quotes/brackets) or a newline.
 _SENTENCE_END = re.compile(r"[。！？；!?]+[”’」』）)\]】]*|\.(?=\s)|\n")
 _MD_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")

@@ -27,7 +27,7 @@ _SENTENCE = re.compile(r"[^。！？!?\n]*?(?:[。！？!?]+|\.(?=\s|$)|\n|$)")
 _NUMBER = re.compile(r"(?<![a-z0-9.\-])\d+(?:\.\d+)?(?![a-z0-9])")
 
 # A number with the unit written after it: "557.6万美元", "2025年", "50%".
-_QUANTITY = re.compile(r"(?<![0-9a-z.])(\d+(?:\.\d+)?)\s?([%％]|[\u4e00-\u9fff]{1,3}|[a-z]{1,6})", re.I)
+_QUANTITY = re.compile(r"(?<![0-9a-z.])(\d+(?:\.\d+)?)\s?([%％]|[\u4e00-\u9fff]{1,3}|[a-z]{1,6})", re.IGNORECASE)
 CONFLICT_NOTE = {
     "zh": "注意：资料说法不一，{refs}。",
     "en": "Note: the sources differ: {refs}.",
@@ -82,7 +82,7 @@ def sentences_citing(text: str, number: int) -> list[str]:
 
 
 # Words of connective phrases ("根据资料：", "总结如下：") that carry no checkable fact.
-_META = frozenset("根据 资料 总结 如下 以下 综上 所述 回答 问题 来看 可知 according documents passages sources answer following summary".split())
+_META = frozenset(["根据", "资料", "总结", "如下", "以下", "综上", "所述", "回答", "问题", "来看", "可知", "according", "documents", "passages", "sources", "answer", "following", "summary"])
 
 
 def _is_factual(body: str) -> bool:
@@ -147,9 +147,8 @@ def check(answer: str, hits: Sequence[Hit], lang: str = "zh") -> CheckedAnswer:
         scores = [support(terms, p) for p in passages]
         best = max(range(len(scores)), key=lambda i: scores[i]) if scores else -1
         kept = [n for n in dict.fromkeys(numbers) if scores[n - 1] >= SUPPORTS]
-        if not kept and best >= 0:
-            if scores[best] >= (SUPPORTS if numbers else ATTACH):
-                kept = [best + 1]  # repaired, or attached where the model wrote none
+        if not kept and best >= 0 and scores[best] >= (SUPPORTS if numbers else ATTACH):
+            kept = [best + 1]  # repaired, or attached where the model wrote none
         if not kept and (best < 0 or scores[best] < SUPPORTS):
             unsupported.append(core.strip())
         markers = "".join(f"[{n}]" for n in kept)

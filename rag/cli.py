@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -28,11 +28,11 @@ def _settings(ctx: typer.Context) -> Settings:
 @app.callback()
 def main(
     ctx: typer.Context,
-    corpus: Annotated[Optional[Path], typer.Option(help="Folder of .txt/.md/.pdf documents.")] = None,
-    index: Annotated[Optional[Path], typer.Option(help="Folder of the built index.")] = None,
-    embed_model: Annotated[Optional[str], typer.Option(help="Embedding model name (see `rag models`).")] = None,
-    chat_model: Annotated[Optional[str], typer.Option("--model", help="Chat model name (see `rag models`).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="TOML settings file.")] = None,
+    corpus: Annotated[Path | None, typer.Option(help="Folder of .txt/.md/.pdf documents.")] = None,
+    index: Annotated[Path | None, typer.Option(help="Folder of the built index.")] = None,
+    embed_model: Annotated[str | None, typer.Option(help="Embedding model name (see `rag models`).")] = None,
+    chat_model: Annotated[str | None, typer.Option("--model", help="Chat model name (see `rag models`).")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
 ) -> None:
     try:
         ctx.obj = load_settings(config, corpus_dir=corpus, index_dir=index, embed_model=embed_model, chat_model=chat_model)
@@ -75,7 +75,7 @@ def models_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
 @models_app.command("fetch")
 def models_fetch(
     ctx: typer.Context,
-    names: Annotated[Optional[list[str]], typer.Argument(help="Models to fetch (default: the configured chat and embedding models).")] = None,
+    names: Annotated[list[str] | None, typer.Argument(help="Models to fetch (default: the configured chat and embedding models).")] = None,
     tests: Annotated[bool, typer.Option("--tests", help="Also fetch the small test models.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Re-assemble even if present.")] = False,
 ) -> None:
@@ -246,7 +246,7 @@ def answer_to_dict(answer) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         "refused": answer.refused,
         "citations": [
             {"number": c.number, "file": c.chunk.path, "title": c.chunk.title, "heading_path": list(c.chunk.headings),
-             "page": c.chunk.page, "start": c.chunk.start, "end": c.chunk.end, "text": c.chunk.text}  # fmt: skip
+             "page": c.chunk.page, "start": c.chunk.start, "end": c.chunk.end, "text": c.chunk.text}
             for c in answer.citations
         ],
         "unsupported": answer.unsupported,
@@ -263,7 +263,7 @@ def answer_to_dict(answer) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 def ask_cmd(
     ctx: typer.Context,
     question: str,
-    k: Annotated[Optional[int], typer.Option("--k", help="Passages given to the model.")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="Passages given to the model.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming.")] = False,
 ) -> None:
     """Answer a question from the documents, streaming, then list the cited sources."""
@@ -340,8 +340,8 @@ def chat_cmd(ctx: typer.Context) -> None:
 @app.command("serve")
 def serve_cmd(
     ctx: typer.Context,
-    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port (default 7860).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 7860).")] = None,
 ) -> None:
     """Start the chat page, building the index first if there is none."""
     from rag.index import index_exists

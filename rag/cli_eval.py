@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -54,7 +54,7 @@ def retrieval_cmd(
     eval_file: Annotated[Path, typer.Argument(help="Question file, one JSON object a line.", metavar="EVAL.jsonl")],
     k: Annotated[str, typer.Option("--k", help="Cut-offs for hit@k and recall@k, comma-separated.")] = "1,3,5,10",
     json_out: Annotated[
-        Optional[Path], typer.Option("--json", help="Write the full report (every ranked passage) to this file.")
+        Path | None, typer.Option("--json", help="Write the full report (every ranked passage) to this file.")
     ] = None,
     miss_k: Annotated[int, typer.Option("--miss-k", help="List the questions missed at hit@this k.")] = 5,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
@@ -108,9 +108,9 @@ def retrieval_cmd(
 def answers_cmd(
     ctx: typer.Context,
     eval_file: Annotated[Path, typer.Argument(help="Question file, one JSON object a line.", metavar="EVAL.jsonl")],
-    model: Annotated[Optional[str], typer.Option("--model", help="Chat model (default: the configured one).")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N questions.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every answer, citation and passage here.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Chat model (default: the configured one).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every answer, citation and passage here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
     """Answer every question with the full pipeline; print key-term, refusal and citation metrics and timings."""

@@ -536,7 +536,7 @@ def _median_p90(values: list[float]) -> tuple[float | None, float | None]:
         return None, None
     ordered = sorted(values)
     median = ordered[len(ordered) // 2] if len(ordered) % 2 else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
-    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+    p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
     return median, p90
 
 
@@ -618,7 +618,7 @@ def evaluate_answers(
             {
                 "number": c.number, "file": c.chunk.path, "start": c.chunk.start, "end": c.chunk.end,
                 "text": c.chunk.text, "precise": citation_is_precise(answer.text, c.number, c.chunk.text, quotes),
-            }  # fmt: skip
+            }
             for c in answer.citations
         ]
         passages = [

@@ -20,7 +20,6 @@ chunks and vectors; only new and changed files are read and embedded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,9 +27,9 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
@@ -121,7 +120,7 @@ def _skip_key(sha256: str, max_bytes: int, reason: str) -> dict[str, str]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------- loading
@@ -162,7 +161,7 @@ class Index:
 
         try:
             manifest = Manifest.from_json((directory / "manifest.json").read_text(encoding="utf-8"))
-        except Exception as exc:  # noqa: BLE001 - missing, not JSON, or not the expected shape
+        except Exception as exc:
             raise IndexStateError(f"The index manifest in {directory} is unreadable ({exc}).", REBUILD_HINT) from exc
         if manifest.format_version != FORMAT_VERSION:
             raise IndexStateError(
@@ -179,7 +178,7 @@ class Index:
             chunks = [Chunk.from_dict(json.loads(line)) for line in (directory / "chunks.jsonl").open(encoding="utf-8")]
             dense = faiss.read_index(str(directory / "dense.faiss"))
             lexical = LexicalIndex.load(directory / "bm25", len(chunks))
-        except Exception as exc:  # noqa: BLE001 - any failure here means a damaged index
+        except Exception as exc:
             raise IndexStateError(f"The index in {directory} is damaged ({exc.__class__.__name__}: {exc}).", REBUILD_HINT) from exc
         listed = [cid for entry in manifest.files.values() for cid in entry.chunk_ids]
         if not (dense.ntotal == len(chunks) == len(listed)) or dense.d != manifest.dim:
@@ -211,17 +210,9 @@ def index_exists(root: Path) -> bool:
     return (root / "current").exists()
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_checksums(directory: Path) -> None:
     lines = [
-        f"{_sha256_file(p)}  {p.relative_to(directory).as_posix()}\n"
+        f"{file_sha256(p)}  {p.relative_to(directory).as_posix()}\n"
         for p in sorted(directory.rglob("*"))
         if p.is_file() and p.name != CHECKSUMS
     ]
@@ -253,7 +244,7 @@ def _verify_checksums(directory: Path) -> None:
         try:
             if ".." in Path(name).parts or not path.is_file():
                 raise damaged(f"{name} is missing")
-            if _sha256_file(path) != digest:
+            if file_sha256(path) != digest:
                 raise damaged(f"{name} was truncated or changed after the build (its sha256 differs from {CHECKSUMS})")
         except OSError as exc:
             raise damaged(f"{name} is unreadable ({exc})") from exc
@@ -280,7 +271,7 @@ class BuildLock:
         self._wait = wait
         self.stale_holder: str | None = None
 
-    def __enter__(self) -> BuildLock:
+    def __enter__(self) -> Self:
         from filelock import Timeout
 
         try:
@@ -525,7 +516,7 @@ def build(
             chunker=chunker.as_dict(),
             files=files,
             skipped={rel: _skip_key(current[rel][1] if rel in current else "", max_bytes, why)
-                     for rel, why in report.skipped.items()},  # fmt: skip
+                     for rel, why in report.skipped.items()},
             built_at=_now(),
         )
         if on_progress:
@@ -543,7 +534,7 @@ def _write_build(root: Path, manifest: Manifest, chunks: list[Chunk], vectors: n
 
     builds = root / "builds"
     builds.mkdir(parents=True, exist_ok=True)
-    build_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{os.getpid()}"
+    build_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}"
     staging = builds / f".{build_id}.partial"
     staging.mkdir()
 

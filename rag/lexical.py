@@ -16,10 +16,7 @@ import numpy as np
 
 # Function words and question words carry no evidence; matching them only adds noise.
 STOPWORDS = frozenset(
-    "的 了 是 在 和 与 及 或 等 也 都 而 之 其 这 那 这个 那个 一个 什么 多少 哪些 哪个 哪 怎么 怎样 如何 为什么 "
-    "吗 呢 吧 啊 有 被 把 对 从 到 为 以 就 还 又 并 但 所 着 过 中 上 下 里 后 前 时 "
-    "a an the of to in on for and or is are was were be by with what which who how when why does do did "
-    "it its as at from that this".split()
+    ["的", "了", "是", "在", "和", "与", "及", "或", "等", "也", "都", "而", "之", "其", "这", "那", "这个", "那个", "一个", "什么", "多少", "哪些", "哪个", "哪", "怎么", "怎样", "如何", "为什么", "吗", "呢", "吧", "啊", "有", "被", "把", "对", "从", "到", "为", "以", "就", "还", "又", "并", "但", "所", "着", "过", "中", "上", "下", "里", "后", "前", "时", "a", "an", "the", "of", "to", "in", "on", "for", "and", "or", "is", "are", "was", "were", "be", "by", "with", "what", "which", "who", "how", "when", "why", "does", "do", "did", "it", "its", "as", "at", "from", "that", "this"]
 )
 _ASCII_TERM = re.compile(r"[a-z0-9][a-z0-9.\-+_/]*[a-z0-9+]|[a-z0-9]")
 _WORDLIKE = re.compile(r"\w", re.UNICODE)

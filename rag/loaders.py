@@ -23,8 +23,8 @@ from rag.schema import Document
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".pdf")
 
-_FRONT_MATTER = re.compile(r"\A\ufeff?---[ \t]*\r?\n(.*?)^---[ \t]*(?:\r?\n|\Z)", re.S | re.M)
-_TITLE_LINE = re.compile(r"^title:[ \t]*(.+?)[ \t]*$", re.M)
+_FRONT_MATTER = re.compile(r"\A\ufeff?---[ \t]*\r?\n(.*?)^---[ \t]*(?:\r?\n|\Z)", re.DOTALL | re.MULTILINE)
+_TITLE_LINE = re.compile(r"^title:[ \t]*(.+?)[ \t]*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def load_pdf(data: bytes, rel_path: str, sha256: str) -> Document:
         pages = [(page.extract_text() or "") for page in reader.pages]
     except DocumentError:
         raise
-    except Exception as exc:  # noqa: BLE001 - damaged PDFs make pypdf raise almost anything; skip the file, not the build
+    except Exception as exc:
         raise DocumentError(
             f"{rel_path} is not a readable PDF ({exc.__class__.__name__}: {exc}).",
             "Re-export or re-download the PDF, then run `rag index` again.",

