@@ -89,40 +89,57 @@ def _is_factual(body: str) -> bool:
     return len(key_terms(body) - _META) >= 2
 
 
-def _quantities(text: str) -> set[tuple[str, str]]:
-    return {(float_str(n), unit[:1] if unit[0] in "年月日" else unit) for n, unit in _QUANTITY.findall(_norm(text))}
+_CJK_WORD = re.compile(r"[\u4e00-\u9fff]+")
+_WINDOW = 8  # characters before a number that say what it counts ("训练成本仅" 557.6万美元)
+# Words that appear next to almost any figure and so cannot show two figures are about one thing.
+_GENERIC = frozenset(
+    ["发布", "推出", "上线", "提出", "模型", "版本", "公司", "达到", "约为", "大约", "仅为", "只有", "左右", "以上", "以下"]
+)
 
 
-def float_str(number: str) -> str:
-    return str(float(number))
+def _quantities(text: str) -> list[tuple[str, str, str]]:
+    """(number, unit, the text just before it) for each number with a unit. Months and
+    days are left out: "4月" and "7月" are usually different events."""
+    text = _norm(text)
+    out = []
+    for m in _QUANTITY.finditer(text):
+        unit = m.group(2)[:1] if m.group(2)[0] in "年月日" else m.group(2)
+        if unit in ("月", "日"):
+            continue
+        out.append((str(float(m.group(1))), unit, text[max(0, m.start() - _WINDOW) : m.start()]))
+    return out
 
 
 def conflicts(sentence: str, cited: Sequence[int], passages: Sequence[str]) -> list[tuple[int, str]]:
     """Passages not cited by `sentence` that give another number, in the same unit, for the same thing.
 
-    "Same thing": the passage sentence holding the other number shares at least two of
-    the answer sentence's words. Example: "训练成本约为560万美元[1]" against a passage line
+    "Same thing": see `_same_thing`. Example: "训练成本约为560万美元[1]" against a passage line
     "训练成本仅557.6万美元" -> [(that passage's number, that line)].
     """
     mine = _quantities(sentence)
     if not mine:
         return []
-    units = {u for _, u in mine}
-    terms = {t for t in key_terms(sentence) if not _NUMBER.fullmatch(t)} - _META
+    values = {(v, u) for v, u, _ in mine}
     found: list[tuple[int, str]] = []
     for n, passage in enumerate(passages, start=1):
         if n in cited:
             continue
         for line in _sentences(clean_text(passage)):
-            theirs = {q for q in _quantities(line) if q[1] in units}
-            if not theirs or theirs & mine:
-                continue
-            # Words inside the unit ("参数" of "亿参数") say what is counted, not which thing.
-            shared = {t for t in terms & set(words(line)) if not any(t in u for u in units)}
-            if len(shared) >= 2:
+            theirs = [q for q in _quantities(line) if q[1] in {u for _, u in values}]
+            if not theirs or {(v, u) for v, u, _ in theirs} & values:
+                continue  # no figure in the same unit, or the same figure: they agree
+            if any(_same_thing(near, other_near, unit) for _, unit, near in mine for _, u2, other_near in theirs if u2 == unit):
                 found.append((n, line.strip().strip("├└─│ 🔥").strip()))
                 break
     return found
+
+
+def _same_thing(before: str, other_before: str, unit: str) -> bool:
+    """Both figures follow the same two specific Chinese words ("训练成本仅557.6万美元"
+    and "训练成本约为560万美元"). Strict on purpose: a wrong "the sources differ" note
+    misleads more than a missing one."""
+    shared = (set(words(before)) & set(words(other_before))) - _META - _GENERIC
+    return sum(1 for t in shared if len(t) >= 2 and _CJK_WORD.fullmatch(t) and t not in unit) >= 2
 
 
 def check(answer: str, hits: Sequence[Hit], lang: str = "zh") -> CheckedAnswer:

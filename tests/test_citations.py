@@ -258,10 +258,16 @@ def test_other_number_for_the_same_fact_is_shown_and_cited() -> None:
     assert checked.conflicts == 1
 
 
-def test_conflicting_dates_are_both_cited_in_english() -> None:
-    hits = _hits("2025年1月 - DeepSeek-R1 深度求索发布", "2024年底，深度求索发布了 DeepSeek-R1 推理模型")
-    checked = check("DeepSeek-R1 was released (发布) in 2025年1月 [1].", hits, lang="en")
+def test_conflict_note_in_english() -> None:
+    hits = _hits("DeepSeek-V3 的训练成本约为 560 万美元。", "├─ 🔥 训练成本仅557.6万美元（行业震撼）")
+    checked = check("DeepSeek-V3's training cost (训练成本约为 560 万美元) was low [1].", hits, lang="en")
     assert "the sources differ" in checked.text and "[2]" in checked.text
+
+
+def test_figures_after_one_shared_word_are_not_a_conflict() -> None:
+    hits = _hits("o3 在 ARC-AGI 抽象推理测试上的成绩为 87.5%。", "在 FrontierMath 基准测试中达到 25.2% 的准确率。")
+    checked = check("o3 在 ARC-AGI 抽象推理测试上的成绩为 87.5%[1]。", hits)
+    assert checked.conflicts == 0
 
 
 def test_two_different_counts_of_one_thing_are_not_a_conflict() -> None:
