@@ -142,6 +142,20 @@ def _same_thing(before: str, other_before: str, unit: str) -> bool:
     return sum(1 for t in shared if len(t) >= 2 and _CJK_WORD.fullmatch(t) and t not in unit) >= 2
 
 
+def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit]) -> bool:
+    """No sentence is supported and the answer states figures no passage contains.
+
+    The 1.5B model answers unanswerable questions with made-up numbers ("16 张 GPU");
+    such an answer is replaced by a refusal. Unsupported answers without figures are
+    kept (paraphrases often fail the lexical check) and only flagged.
+    """
+    if not checked.factual_sentences or len(checked.unsupported) < checked.factual_sentences:
+        return False
+    passages = _norm(" ".join(clean_text(h.chunk.text) for h in hits))
+    figures = set(_NUMBER.findall(_norm(_MARKER.sub("", answer))))
+    return any(f not in passages for f in figures)
+
+
 def check(answer: str, hits: Sequence[Hit], lang: str = "zh") -> CheckedAnswer:
     passages = [h.chunk.text for h in hits]
     out_parts: list[str] = []

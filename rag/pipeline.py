@@ -179,11 +179,11 @@ class Pipeline:
         timings["generation"] = time.perf_counter() - t_gen
         raw = "".join(pieces).strip()
 
-        if prompting.is_refusal(raw) or not raw:
+        checked = citations.check(raw, prompt.hits, lang) if raw else None
+        if checked is None or prompting.is_refusal(raw) or citations.is_invented(checked, raw, prompt.hits):
             text = prompting.REFUSAL[lang]
             answer = Answer(question, query, text, [], prompt.hits, refused=True, related=prompt.hits)
         else:
-            checked = citations.check(raw, prompt.hits, lang)
             answer = Answer(
                 question,
                 query,

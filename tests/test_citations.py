@@ -274,3 +274,15 @@ def test_two_different_counts_of_one_thing_are_not_a_conflict() -> None:
     hits = _hits("DBRX MoE架构：1320亿参数", "DBRX 每个token激活360亿参数")
     checked = check("DBRX 一共有 1320亿参数[1]。", hits)
     assert checked.conflicts == 0 and "说法不一" not in checked.text
+
+
+def test_answer_with_only_unsupported_invented_figures_is_invented() -> None:
+    from rag.citations import is_invented
+
+    hits = _hits("DeepSeek-V3 采用 FP8 混合精度训练，训练成本仅557.6万美元。")
+    invented = "DeepSeek-V3 训练时用了 16 张 GPU，型号为 NVIDIA A100。"
+    assert is_invented(check(invented, hits), invented, hits)
+    grounded = "训练成本仅557.6万美元[1]。"
+    assert not is_invented(check(grounded, hits), grounded, hits)
+    paraphrase = "这种现象叫作幻觉，模型会编造内容。"  # unsupported but no figures: kept, flagged
+    assert not is_invented(check(paraphrase, hits), paraphrase, hits)
