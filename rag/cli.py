@@ -359,5 +359,45 @@ def serve_cmd(
         _fail(exc)
 
 
+# ---------------------------------------------------------------- bench
+
+
+@app.command("bench")
+def bench_cmd(
+    ctx: typer.Context,
+    questions: Annotated[
+        Path | None, typer.Option("--questions", help="Question file (default: ../shared/eval/dev.jsonl).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use only the first N questions.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the full record (every sample) to this file.")
+    ] = None,
+    skip: Annotated[
+        str, typer.Option("--skip", help="Sections to leave out, comma-separated: cold,index,retrieval,answers,conversation.")
+    ] = "",
+) -> None:
+    """Measure start-up, indexing, retrieval and answering, next to raw llama-cpp-python and sentence-transformers."""
+    from rag.bench import DEFAULT_QUESTIONS, SECTIONS, format_table, run_bench
+    from rag.errors import ConfigError
+
+    skipped = [p.strip() for p in skip.split(",") if p.strip()]
+    try:
+        unknown = set(skipped) - set(SECTIONS)
+        if unknown:
+            raise ConfigError(f"Unknown section(s) to skip: {', '.join(sorted(unknown))}.", f"Sections: {', '.join(SECTIONS)}.")
+        report = run_bench(_settings(ctx), questions or DEFAULT_QUESTIONS, limit, skipped,
+                           progress=lambda msg: typer.echo(msg, err=True))  # fmt: skip
+    except RagError as exc:
+        _fail(exc)
+        return
+    typer.echo(report.header() + "\n")
+    typer.echo(format_table(report.stats))
+    typer.echo(f"\nload average at the end {report.machine['load_after']}; {report.seconds:.0f} s in all")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.to_dict(), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        typer.echo(f"Full record: {json_out}", err=True)
+
+
 if __name__ == "__main__":
     app()
