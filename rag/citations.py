@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rag.chunking import clean_text
-from rag.lexical import words
+from rag.lexical import mentions, words
 from rag.schema import Citation, Hit
 
 _MARKER = re.compile(r"\s?[\[【]\s*(\d{1,2}(?:\s*[,，、]\s*\d{1,2})*)\s*[\]】]")
@@ -62,13 +62,39 @@ def key_terms(sentence: str) -> set[str]:
     return set(words(sentence)) | set(_NUMBER.findall(_norm(sentence)))
 
 
-def support(sentence_terms: set[str], passage: str) -> float:
+# A name that carries a version: "GPT-4", "o3-mini", "DeepSeek-V3", "A100", "Llama 3", "Claude 3.5".
+# Small models lift a figure from a passage about GPT-3 into a sentence about GPT-4; the name
+# next to the figure is what tells them apart.
+_VERSIONED = re.compile(r"(?<![a-z0-9.\-])[a-z][a-z0-9.\-]*(?:\d[a-z0-9.\-]*|\s\d+(?:\.\d+)?)(?![a-z0-9])")
+_NEAR = 80  # characters: a figure and the name it belongs to share a sentence or a table row
+
+
+def versioned_names(text: str) -> set[str]:
+    """'GPT-4 比 Llama 3 贵' -> {'gpt-4', 'llama 3'}."""
+    return {m.group(0).rstrip(".-") for m in _VERSIONED.finditer(_norm(_MARKER.sub("", text)))}
+
+
+def grounded(number: str, names: set[str], text: str) -> bool:
+    """`number` occurs in `text` (normalised) within _NEAR characters of every one of `names`.
+
+    Example: grounded('1750', {'gpt-4'}, 'gpt-3 有1750亿参数') is False; with {'gpt-3'} True.
+    """
+    spots = [m.start() for m in re.finditer(r"(?<![0-9.])" + re.escape(number) + r"(?![0-9])", text)]
+    if not spots:
+        return False
+    name_spots = [mentions(text, name) for name in names]
+    return any(all(any(abs(at - n) <= _NEAR for n in spots_of) for spots_of in name_spots) for at in spots)
+
+
+def support(sentence_terms: set[str], passage: str, names: set[str] | frozenset[str] = frozenset()) -> float:
+    """Share of the sentence's key terms the passage holds; 0 unless its figures are in the passage
+    (next to the sentence's versioned `names`, when it has any)."""
     if not sentence_terms:
         return 0.0
     text = _norm(clean_text(passage))
-    numbers = {t for t in sentence_terms if _NUMBER.fullmatch(t)}
-    if numbers and not any(n in text for n in numbers):
-        return 0.0  # a sentence's numbers must come from the passage
+    numbers = {t for t in sentence_terms if _NUMBER.fullmatch(t)} - {n for name in names for n in _NUMBER.findall(name)}
+    if numbers and not any(grounded(n, names, text) for n in numbers):
+        return 0.0  # a sentence's numbers must come from the passage, about the same thing
     return sum(1 for t in sentence_terms if t in text) / len(sentence_terms)
 
 
@@ -82,7 +108,28 @@ def sentences_citing(text: str, number: int) -> list[str]:
 
 
 # Words of connective phrases ("根据资料：", "总结如下：") that carry no checkable fact.
-_META = frozenset(["根据", "资料", "总结", "如下", "以下", "综上", "所述", "回答", "问题", "来看", "可知", "according", "documents", "passages", "sources", "answer", "following", "summary"])
+_META = frozenset(
+    [
+        "根据",
+        "资料",
+        "总结",
+        "如下",
+        "以下",
+        "综上",
+        "所述",
+        "回答",
+        "问题",
+        "来看",
+        "可知",
+        "according",
+        "documents",
+        "passages",
+        "sources",
+        "answer",
+        "following",
+        "summary",
+    ]
+)
 
 
 def _is_factual(body: str) -> bool:
@@ -93,7 +140,23 @@ _CJK_WORD = re.compile(r"[\u4e00-\u9fff]+")
 _WINDOW = 8  # characters before a number that say what it counts ("训练成本仅" 557.6万美元)
 # Words that appear next to almost any figure and so cannot show two figures are about one thing.
 _GENERIC = frozenset(
-    ["发布", "推出", "上线", "提出", "模型", "版本", "公司", "达到", "约为", "大约", "仅为", "只有", "左右", "以上", "以下"]
+    [
+        "发布",
+        "推出",
+        "上线",
+        "提出",
+        "模型",
+        "版本",
+        "公司",
+        "达到",
+        "约为",
+        "大约",
+        "仅为",
+        "只有",
+        "左右",
+        "以上",
+        "以下",
+    ]
 )
 
 
@@ -128,7 +191,12 @@ def conflicts(sentence: str, cited: Sequence[int], passages: Sequence[str]) -> l
             theirs = [q for q in _quantities(line) if q[1] in {u for _, u in values}]
             if not theirs or {(v, u) for v, u, _ in theirs} & values:
                 continue  # no figure in the same unit, or the same figure: they agree
-            if any(_same_thing(near, other_near, unit) for _, unit, near in mine for _, u2, other_near in theirs if u2 == unit):
+            if any(
+                _same_thing(near, other_near, unit)
+                for _, unit, near in mine
+                for _, u2, other_near in theirs
+                if u2 == unit
+            ):
                 found.append((n, line.strip().strip("├└─│ 🔥").strip()))
                 break
     return found
@@ -142,18 +210,51 @@ def _same_thing(before: str, other_before: str, unit: str) -> bool:
     return sum(1 for t in shared if len(t) >= 2 and _CJK_WORD.fullmatch(t) and t not in unit) >= 2
 
 
-def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit]) -> bool:
-    """No sentence is supported and the answer states figures no passage contains.
+def adds_nothing(answer: str, question: str) -> bool:
+    """The answer only repeats the question's own words ("Anthropic 是由 Anthropic 公司创办的")."""
+    new = key_terms(answer) - key_terms(question) - _META
+    return not any(len(t) >= 2 or t.isdigit() for t in new)
 
-    The 1.5B model answers unanswerable questions with made-up numbers ("16 张 GPU");
-    such an answer is replaced by a refusal. Unsupported answers without figures are
-    kept (paraphrases often fail the lexical check) and only flagged.
+
+# "多少参数", "多少种语言", "多少 token 的数据": the thing a Chinese question counts.
+_COUNTED = re.compile(r"多少\s*([^，。？！?,;；的是呢吗]{1,12})")
+
+
+def misses_the_count(answer: str, question: str) -> bool:
+    """The question asks how many of something and the answer never names that thing.
+
+    "Kimi k1.5 有多少参数？" answered with its context window is about another
+    figure: the model found no parameter count and reported what it did find.
+    """
+    m = _COUNTED.search(unicodedata.normalize("NFKC", question))
+    counted = {w for w in words(m.group(1)) if len(w) >= 2} if m else set()
+    text = _norm(answer)
+    return bool(counted) and not any(w in text for w in counted)
+
+
+def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], question: str = "") -> bool:
+    """No sentence is supported, and the answer states figures or names no passage gives.
+
+    The 1.5B model answers unanswerable questions with made-up numbers ("16 张 GPU",
+    "NVIDIA A100") or with a figure that belongs to another model ("GPT-4 has 175B
+    parameters" from a passage on GPT-3); such an answer is replaced by a refusal.
+    So is an unsupported answer that only restates the `question`. Other
+    unsupported answers are kept (paraphrases often fail the lexical check) and
+    only flagged.
     """
     if not checked.factual_sentences or len(checked.unsupported) < checked.factual_sentences:
         return False
-    passages = _norm(" ".join(clean_text(h.chunk.text) for h in hits))
-    figures = set(_NUMBER.findall(_norm(_MARKER.sub("", answer))))
-    return any(f not in passages for f in figures)
+    if question and adds_nothing(answer, question):
+        return True  # nothing supported and nothing new: the documents did not answer
+    texts = [_norm(clean_text(h.chunk.text)) for h in hits]
+    for sentence in checked.unsupported:
+        names = versioned_names(sentence)
+        numbers = set(_NUMBER.findall(_norm(sentence))) - {n for name in names for n in _NUMBER.findall(name)}
+        if any(not any(mentions(t, name) for t in texts) for name in names):
+            return True  # a model, product or chip no passage names ("A100")
+        if any(not any(grounded(n, names, t) for t in texts) for n in numbers):
+            return True  # a figure no passage gives for that name
+    return False
 
 
 def check(answer: str, hits: Sequence[Hit], lang: str = "zh") -> CheckedAnswer:
@@ -175,7 +276,8 @@ def check(answer: str, hits: Sequence[Hit], lang: str = "zh") -> CheckedAnswer:
             continue
         factual += 1
         terms = key_terms(core)
-        scores = [support(terms, p) for p in passages]
+        names = versioned_names(core)
+        scores = [support(terms, p, names) for p in passages]
         best = max(range(len(scores)), key=lambda i: scores[i]) if scores else -1
         kept = [n for n in dict.fromkeys(numbers) if scores[n - 1] >= SUPPORTS]
         if not kept and best >= 0 and scores[best] >= (SUPPORTS if numbers else ATTACH):

@@ -48,6 +48,24 @@ def words(text: str) -> list[str]:
     return tokens
 
 
+# Latin-script names in a (Chinese) text: "vLLM", "Claude Opus 4.5", "DeepSeek-V3", "API".
+_NAME = re.compile(r"(?<![a-z0-9.\-])[a-z][a-z0-9.\-]*[a-z0-9](?:\s\d+(?:\.\d+)?)?(?![a-z0-9])")
+
+
+def names(text: str) -> set[str]:
+    """Latin-script names of two or more characters, lower-cased: '用 vLLM 跑 Llama 3' -> {'vllm', 'llama 3'}."""
+    return set(_NAME.findall(unicodedata.normalize("NFKC", text).lower()))
+
+
+def mentions(text: str, name: str) -> list[int]:
+    """Where `text` (NFKC, lower-cased) names `name`, as whole words; offsets.
+
+    "DeepSeek-R1", "DeepSeek R1" and "deepseekr1" name one model; "GPT-4o" is not "GPT-4".
+    """
+    body = re.sub(r"(?:\\-|\\ |\s)+", r"[\\s\\-]?", re.escape(name))
+    return [m.start() for m in re.finditer(r"(?<![a-z0-9.])" + body + r"(?![a-z0-9])", text)]
+
+
 def tokenize(text: str) -> list[str]:
     """BM25 tokens: the words, plus '#'-marked character bigrams of each Chinese run.
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from rag import citations, prompting
 from rag.errors import QuestionError
+from rag.retrieval import uncovered_names
 from rag.schema import Answer, Hit
 
 if TYPE_CHECKING:
@@ -75,6 +76,16 @@ def standalone_query(question: str, history: Sequence[Turn]) -> str:
     if _FOLLOW_UP.search(question) or len(question) <= 8:
         return f"{history[-1].question} {question}"
     return question
+
+
+def not_an_answer(question: str, raw: str, checked: citations.CheckedAnswer, hits: Sequence[Hit]) -> bool:
+    """The model said the documents do not answer, or what it wrote cannot stand as an answer:
+    invented figures, a restatement of the question, or a count of something else."""
+    return (
+        prompting.is_refusal(raw)
+        or citations.is_invented(checked, raw, hits, question)
+        or citations.misses_the_count(raw, question)
+    )
 
 
 @dataclass
@@ -148,6 +159,8 @@ class Pipeline:
         retriever = self.retriever()
         ranked = retriever.rank(query, max(k, 3))
         hits = ranked[:k] if retriever.has_evidence(ranked) else []
+        if lang == "zh" and uncovered_names(query, hits):
+            hits = []  # the question names something no passage mentions: refuse, show the closest
         timings = {"retrieval": time.perf_counter() - t0}
         yield Retrieved(query, hits)
 
@@ -180,7 +193,7 @@ class Pipeline:
         raw = "".join(pieces).strip()
 
         checked = citations.check(raw, prompt.hits, lang) if raw else None
-        if checked is None or prompting.is_refusal(raw) or citations.is_invented(checked, raw, prompt.hits):
+        if checked is None or not_an_answer(question, raw, checked, prompt.hits):
             text = prompting.REFUSAL[lang]
             answer = Answer(question, query, text, [], prompt.hits, refused=True, related=prompt.hits)
         else:

@@ -1,11 +1,17 @@
-"""Query -> Hit[]: dense and BM25 rankings fused by reciprocal rank fusion."""
+"""Query -> Hit[]: dense and BM25 rankings fused (standardised scores, or reciprocal ranks),
+then spread over documents so one source cannot fill every slot given to the model."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from rag.chunking import clean_text
+from rag.lexical import mentions, names
 from rag.schema import Hit
 
 if TYPE_CHECKING:
@@ -14,7 +20,9 @@ if TYPE_CHECKING:
     from rag.index import Index
 
 
-def rrf(rankings: Sequence[Sequence[int]], k: int = 60, weights: Sequence[float] | None = None) -> list[tuple[int, float]]:
+def rrf(
+    rankings: Sequence[Sequence[int]], k: int = 60, weights: Sequence[float] | None = None
+) -> list[tuple[int, float]]:
     """Reciprocal rank fusion: score(d) = sum over lists of w / (k + rank), rank from 1.
 
     Example: rrf([[7, 3], [3, 9]], k=1) -> [(3, 1/3 + 1/2), (7, 1/2), (9, 1/3)]
@@ -29,17 +37,92 @@ def rrf(rankings: Sequence[Sequence[int]], k: int = 60, weights: Sequence[float]
     return sorted(scores.items(), key=lambda kv: (-kv[1], order[kv[0]]))
 
 
+def zscore_fusion(
+    lists: Sequence[Sequence[tuple[int, float]]],
+    weights: Sequence[float] | None = None,
+    floors: Sequence[float | None] | None = None,
+) -> list[tuple[int, float]]:
+    """Sum of each list's standardised scores, z = (s - mean) / std.
+
+    Unlike rank fusion this keeps how far a clear winner stands out. An item
+    missing from a list scores that list's floor: the score a passage outside
+    it would have (0 for BM25, which scores non-matching passages 0; None = the
+    list's lowest candidate, for dense cut-offs). The floor takes part in the
+    mean and std, so a list with a single match still lifts it.
+    Example: zscore_fusion([[(7, 0.9), (3, 0.5), (4, 0.1)], [(3, 2.0), (7, 1.0)]])
+    ranks 3 (z 0 + 1 = 1) ahead of 7 (1.22 - 1 = 0.22) and 4 (-1.22 - 1 = -2.22).
+    Ties keep the order in which items were first seen.
+    """
+    weights = weights or [1.0] * len(lists)
+    floors = floors or [None] * len(lists)
+    standardised: list[dict[int, float]] = []
+    z_floors: list[float] = []
+    for items, floor in zip(lists, floors):
+        if not items:
+            standardised.append({})
+            z_floors.append(0.0)
+            continue
+        values = np.array([score for _, score in items], dtype=np.float64)
+        low = float(values.min()) if floor is None else floor
+        stats = np.append(values, low) if floor is not None else values
+        mean, std = stats.mean(), stats.std()
+        std = std if std > 1e-12 else 1.0
+        standardised.append({item: float((score - mean) / std) for item, score in items})
+        z_floors.append(float((low - mean) / std))
+    order = list(dict.fromkeys(item for items in lists for item, _ in items))
+    scores = {
+        item: sum(w * z.get(item, floor) for w, z, floor in zip(weights, standardised, z_floors)) for item in order
+    }
+    position = {item: i for i, item in enumerate(order)}
+    return sorted(scores.items(), key=lambda kv: (-kv[1], position[kv[0]]))
+
+
+def spread(
+    items: Sequence[tuple[int, float]], source: Callable[[int], str], cap: int, depth: int
+) -> list[tuple[int, float]]:
+    """Reorder so that at most `cap` of the first `depth` items share a source; the rest keep their order.
+
+    Example: sources a a a b, cap 2, depth 3 -> a a b a. With one source only
+    (or cap 0) nothing moves.
+    """
+    if cap <= 0:
+        return list(items)
+    head: list[tuple[int, float]] = []
+    rest: list[tuple[int, float]] = []
+    per_source: dict[str, int] = {}
+    for item in items:
+        name = source(item[0])
+        if len(head) < depth and per_source.get(name, 0) < cap:
+            head.append(item)
+            per_source[name] = per_source.get(name, 0) + 1
+        else:
+            rest.append(item)
+    return head + rest
+
+
 @dataclass(frozen=True)
 class RetrievalParams:
-    candidates: int = 30
+    candidates: int = 50
     rrf_k: int = 60
     dense_weight: float = 1.0
     lexical_weight: float = 1.0
     min_dense_score: float = 0.25
+    fusion: str = "zscore"
+    per_doc_cap: int = 2
+    diverse_depth: int = 5  # the slots per_doc_cap applies to: the passages the model reads
 
     @classmethod
     def from_settings(cls, s: Settings) -> RetrievalParams:
-        return cls(s.candidates, s.rrf_k, s.dense_weight, s.lexical_weight, s.min_dense_score)
+        return cls(
+            candidates=s.candidates,
+            rrf_k=s.rrf_k,
+            dense_weight=s.dense_weight,
+            lexical_weight=s.lexical_weight,
+            min_dense_score=s.min_dense_score,
+            fusion=s.fusion,
+            per_doc_cap=s.per_doc_cap,
+            diverse_depth=s.top_k,
+        )
 
 
 class Retriever:
@@ -60,7 +143,13 @@ class Retriever:
         dense = self.index.dense_search(self.embedder.encode_query(query), p.candidates)
         lexical = self.index.lexical_search(query, p.candidates)
         dense_by_row, lexical_by_row = dict(dense), dict(lexical)
-        fused = rrf([[r for r, _ in dense], [r for r, _ in lexical]], p.rrf_k, [p.dense_weight, p.lexical_weight])
+        weights = [p.dense_weight, p.lexical_weight]
+        if p.fusion == "rrf":
+            fused = rrf([[r for r, _ in dense], [r for r, _ in lexical]], p.rrf_k, weights)
+        else:
+            fused = zscore_fusion([dense, lexical], weights, floors=[None, 0.0])
+        chunks = self.index.chunks
+        fused = spread(fused, lambda row: chunks[row].path, p.per_doc_cap, p.diverse_depth)
         return [
             Hit(
                 chunk=self.index.chunks[row],
@@ -77,3 +166,14 @@ class Retriever:
             return False
         best_dense = max((h.dense_score or 0.0) for h in hits)
         return best_dense >= self.params.min_dense_score or any(h.lexical_score for h in hits)
+
+
+def uncovered_names(query: str, hits: Sequence[Hit]) -> list[str]:
+    """Latin-script names of the query ("vLLM", "Claude Opus 4.5") that no passage mentions.
+
+    A Chinese question about a name none of the best passages contains asks about
+    something the documents do not cover; given only near misses, the small model
+    would answer about the wrong thing. (Not for English questions: every word is Latin.)
+    """
+    text = unicodedata.normalize("NFKC", " ".join(clean_text(h.chunk.text) for h in hits)).lower()
+    return sorted(name for name in names(query) if not mentions(text, name))

@@ -286,3 +286,80 @@ def test_answer_with_only_unsupported_invented_figures_is_invented() -> None:
     assert not is_invented(check(grounded, hits), grounded, hits)
     paraphrase = "这种现象叫作幻觉，模型会编造内容。"  # unsupported but no figures: kept, flagged
     assert not is_invented(check(paraphrase, hits), paraphrase, hits)
+
+
+# ---------------------------------------------------------------- figures and the names they belong to
+
+
+def test_versioned_names() -> None:
+    from rag.citations import versioned_names
+
+    text = "GPT-4 比 Llama 3 贵[1]，DeepSeek-V3 用 A100，o3-mini、Claude 3.5 和 Kimi k1.5 支持 128K 上下文。"
+    assert versioned_names(text) == {"gpt-4", "llama 3", "deepseek-v3", "a100", "o3-mini", "claude 3.5", "k1.5"}
+
+
+@pytest.mark.parametrize(
+    ("number", "names", "text", "expected"),
+    [
+        ("1750", {"gpt-3"}, "gpt-3 有1750亿参数", True),
+        ("1750", {"gpt-4"}, "gpt-3 有1750亿参数，gpt-4 未公布", True),  # within reach of the name
+        ("1750", {"gpt-4"}, "gpt-3 有1750亿参数" + "。" * 90 + "gpt-4 未公布", False),
+        ("1750", {"gpt-4"}, "gpt-4o 与 gpt-3 的1750亿参数", False),  # gpt-4o is another model
+        ("1750", set(), "gpt-3 有1750亿参数", True),
+        ("128", set(), "支持 1280 个", False),
+        ("128", {"deepseek-r1"}, "deepseek r1 支持 128k 上下文", True),
+    ],
+)
+def test_grounded(number: str, names: set[str], text: str, expected: bool) -> None:
+    from rag.citations import grounded
+
+    assert grounded(number, names, text) is expected
+
+
+def test_figure_of_another_model_does_not_support_the_sentence() -> None:
+    from rag.citations import is_invented
+
+    hits = _hits("GPT-3 (2020) 凭借惊人的 1750 亿参数，突破了语言模型的规模。", "GPT-4o 支持50多种语言。")
+    wrong = "GPT-4 的参数规模为 1750 亿[1]。"
+    checked = check(wrong, hits)
+    assert checked.citations == [] and checked.unsupported
+    assert is_invented(checked, wrong, hits)  # the pipeline answers with a refusal instead
+    right = "GPT-3 的参数规模为 1750 亿[1]。"
+    checked = check(right, hits)
+    assert [c.number for c in checked.citations] == [1] and not checked.unsupported
+
+
+def test_invented_chip_name_or_count_makes_an_answer_invented() -> None:
+    from rag.citations import is_invented
+
+    hits = _hits("DeepSeek-R1 支持 128K 上下文窗口，训练成本仅557.6万美元。")
+    for answer in ("DeepSeek-V3 训练时用了 128 张 GPU。", "DeepSeek-V3 训练时用的是 H800 显卡。"):
+        assert is_invented(check(answer, hits), answer, hits), answer
+
+
+def test_unsupported_answer_that_only_restates_the_question_is_a_non_answer() -> None:
+    from rag.citations import adds_nothing, is_invented
+
+    hits = _hits("Anthropic 发布了 Claude 3.5 Sonnet，在代码能力上有明显提升。")
+    question = "Anthropic 这家公司是谁创办的？"
+    echo = "Anthropic 这家公司是由 Anthropic 公司创办的。"
+    assert adds_nothing(echo, question)
+    assert is_invented(check(echo, hits), echo, hits, question)
+    assert not adds_nothing("Anthropic 由前 OpenAI 员工创办。", question)
+
+
+@pytest.mark.parametrize(
+    ("question", "answer", "expected"),
+    [
+        ("Kimi k1.5 模型有多少参数？", "Kimi k1.5 模型有128K tokens的上下文窗口[1]。", True),
+        ("Kimi k1.5 模型有多少参数？", "资料没有给出 Kimi k1.5 的参数量。", False),
+        ("GPT-4o 能支持多少种语言？", "GPT-4o 支持50多种语言[1]。", False),
+        ("Llama 3 预训练一共用了多少 token 的数据？", "Llama 3 使用了更多高质量数据[1]。", True),
+        ("剪枝能把参数砍掉多少？", "可以砍掉30%[1]。", False),  # nothing named after 多少: no check
+        ("How many parameters does it have?", "It has 175B.", False),
+    ],
+)
+def test_misses_the_count(question: str, answer: str, expected: bool) -> None:
+    from rag.citations import misses_the_count
+
+    assert misses_the_count(answer, question) is expected

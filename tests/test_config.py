@@ -167,11 +167,17 @@ def test_unknown_env_var_is_ignored(cwd: Path, monkeypatch: pytest.MonkeyPatch) 
 def test_every_field_can_be_set_from_the_environment(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     samples = {"int": "7", "float": "0.5", "str": "x", "Path": "p"}
     for f in fields(Settings):
-        if f.name in ("chunk_size", "chunk_overlap", "top_k", "candidates"):
+        if f.name in ("chunk_size", "chunk_overlap", "top_k", "candidates", "fusion"):  # validated
             continue
         monkeypatch.setenv(f"RAG_{f.name.upper()}", samples[str(f.type)])
     s = load_settings()
     assert s.n_ctx == 7 and s.temperature == 0.5 and s.host == "x" and s.cache_dir == Path("p")
+
+
+@pytest.mark.parametrize(("name", "value"), [("fusion", "max"), ("per_doc_cap", -1)])
+def test_bad_retrieval_settings_say_what_to_use(cwd: Path, name: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings(**{name: value})
 
 
 def test_settings_are_frozen(cwd: Path) -> None:

@@ -130,3 +130,29 @@ def test_index_of_only_empty_passages() -> None:
     idx = LexicalIndex.build([[], []])
     assert idx.size == 2
     assert idx.search(tokenize("模型"), 5) == []
+
+
+def test_names_are_latin_script_terms() -> None:
+    from rag.lexical import names
+
+    assert names("用 vLLM 跑 Llama 3，Claude Opus 4.5 的 API 和 DeepSeek-V3、GPT-4o。") == {
+        "vllm", "llama 3", "opus 4.5", "claude", "api", "deepseek-v3", "gpt-4o",
+    }  # fmt: skip
+    assert names("纯中文的问题") == set()
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "found"),
+    [
+        ("deepseek r1 发布", "deepseek-r1", True),
+        ("deepseek-r1", "r1", True),
+        ("gpt-4o 发布", "gpt-4", False),
+        ("llama3 和 llama 3.1", "llama 3", True),
+        ("vllm-ascend", "vllm", True),
+        ("myvllm", "vllm", False),
+    ],
+)
+def test_mentions_whole_names(text: str, name: str, found: bool) -> None:
+    from rag.lexical import mentions
+
+    assert bool(mentions(text, name)) is found

@@ -150,6 +150,34 @@ def test_no_evidence_refuses_without_calling_the_model(settings) -> None:  # typ
     assert generator.calls == []
 
 
+def test_name_no_passage_mentions_refuses_without_calling_the_model(settings) -> None:  # type: ignore[no-untyped-def]
+    generator = FakeGenerator(["vLLM 由 DeepSeek 团队开发[1]。"])
+    pipeline = Pipeline(settings, embedder=FakeEmbedder(), generator=generator)
+    events, answer = run(pipeline, "vLLM 推理框架是 DeepSeek 开发的吗？")
+    assert isinstance(events[0], Retrieved) and events[0].hits == []
+    assert answer.refused and answer.related and generator.calls == []
+    # English questions are all Latin words: the check does not apply to them.
+    _, english = run(make(settings, COST_REPLY), "What did DeepSeek-V3 cost to train?")
+    assert not english.refused
+
+
+@pytest.mark.parametrize(
+    ("question", "reply"),
+    [
+        ("DeepSeek-V3 的训练用了什么硬件？", "DeepSeek-V3 训练时用了 4096 张 A100 GPU[1]。"),  # no passage gives these
+        ("DeepSeek-V3 这家公司是谁创办的？", "DeepSeek-V3 这家公司是由 DeepSeek-V3 公司创办的。"),  # only restates
+    ],
+)
+def test_answers_that_cannot_stand_become_refusals(settings, question: str, reply: str) -> None:  # type: ignore[no-untyped-def]
+    _, answer = run(make(settings, reply), question)
+    assert answer.refused and answer.text == REFUSAL["zh"] and answer.raw_text == reply
+
+
+def test_a_count_of_something_else_becomes_a_refusal(settings) -> None:  # type: ignore[no-untyped-def]
+    _, answer = run(make(settings, COST_REPLY), "DeepSeek-V3 用了多少张显卡？")
+    assert answer.refused
+
+
 # ---------------------------------------------------------------- questions
 
 

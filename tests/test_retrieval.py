@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rag.index import Index, build
-from rag.retrieval import RetrievalParams, Retriever, rrf
+from rag.retrieval import RetrievalParams, Retriever, rrf, spread, zscore_fusion
 from rag.schema import Chunk, Hit
 from tests.fakes import CountingFactory, FakeEmbedder, isolate, tiny_settings
 
@@ -70,6 +70,51 @@ def test_rrf_item_in_both_lists_beats_top_of_one() -> None:
     assert fused[0][0] == 20
 
 
+def test_zscore_fusion_docstring_example() -> None:
+    fused = zscore_fusion([[(7, 0.9), (3, 0.5), (4, 0.1)], [(3, 2.0), (7, 1.0)]])
+    assert [item for item, _ in fused] == [3, 7, 4]
+    assert [round(score, 2) for _, score in fused] == [1.0, 0.22, -2.22]
+
+
+def test_zscore_fusion_keeps_a_clear_winner_that_rank_fusion_loses() -> None:
+    # Dense sees item 1 far ahead of everything; BM25 puts it third behind two near-ties.
+    dense = [(1, 0.90), (2, 0.40), (3, 0.39), (4, 0.38)]
+    lexical = [(2, 10.0), (3, 9.9), (1, 9.8), (4, 1.0)]
+    assert rrf([[r for r, _ in dense], [r for r, _ in lexical]])[0][0] == 2
+    assert zscore_fusion([dense, lexical])[0][0] == 1
+
+
+def test_zscore_fusion_edge_cases() -> None:
+    assert zscore_fusion([[], []]) == []
+    assert zscore_fusion([[(5, 1.0)], []]) == [(5, 0.0)]  # one candidate, no floor: no spread, z = 0
+    # A floor (BM25: 0 for a non-matching passage) lets a lone match stand out.
+    lone = zscore_fusion([[(1, 0.30), (2, 0.32)], [(1, 4.0)]], floors=[None, 0.0])
+    assert lone[0][0] == 1
+    same = zscore_fusion([[(1, 0.5), (2, 0.5)], [(2, 3.0), (1, 3.0)]])
+    assert [item for item, _ in same] == [1, 2]  # ties keep first-seen order
+    weighted = zscore_fusion([[(1, 1.0), (2, 0.0)], [(2, 1.0), (1, 0.0)]], weights=[1.0, 0.0])
+    assert weighted[0][0] == 1
+
+
+def test_spread_caps_a_source_within_the_first_slots() -> None:
+    source = {1: "a", 2: "a", 3: "a", 4: "b", 5: "a", 6: "c"}.__getitem__
+    items = [(i, 1.0 / i) for i in range(1, 7)]
+    assert [i for i, _ in spread(items, source, cap=2, depth=4)] == [1, 2, 4, 6, 3, 5]
+    assert [i for i, _ in spread(items, source, cap=1, depth=2)] == [1, 4, 2, 3, 5, 6]
+    assert spread(items, source, cap=0, depth=4) == items  # 0 = no limit
+    one_source = [(i, 0.0) for i in (1, 2, 3, 5)]
+    assert spread(one_source, source, cap=1, depth=3) == one_source  # nothing else to bring up
+
+
+def test_retriever_spreads_over_documents(world) -> None:  # type: ignore[no-untyped-def]
+    _, index = world
+    query = "DeepSeek-V3 训练成本 架构 MoE"
+    free = _retriever(index, per_doc_cap=0).rank(query, 3)
+    capped = _retriever(index, per_doc_cap=1, diverse_depth=3).rank(query, 3)
+    assert len({h.chunk.path for h in capped}) >= min(3, len({c.path for c in index.chunks}))
+    assert capped[0].chunk.id == free[0].chunk.id
+
+
 # ---------------------------------------------------------------- the retriever
 
 
@@ -101,7 +146,8 @@ def test_right_chunk_first(world, query: str, path: str, needle: str) -> None:  
     assert hits
     assert hits[0].chunk.path == path
     assert needle in hits[0].chunk.text
-    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    unspread = _retriever(index, per_doc_cap=0).search(query, 3)
+    assert [h.score for h in unspread] == sorted((h.score for h in unspread), reverse=True)
 
 
 def test_hits_carry_both_scores(world) -> None:  # type: ignore[no-untyped-def]
@@ -169,8 +215,11 @@ def test_params_from_settings(world) -> None:  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
     settings, _ = world
-    s = replace(settings, candidates=12, rrf_k=7, dense_weight=0.5, lexical_weight=2.0, min_dense_score=0.4)
-    assert RetrievalParams.from_settings(s) == RetrievalParams(12, 7, 0.5, 2.0, 0.4)
+    s = replace(
+        settings, candidates=12, rrf_k=7, dense_weight=0.5, lexical_weight=2.0, min_dense_score=0.4,
+        fusion="rrf", per_doc_cap=3, top_k=4,
+    )  # fmt: skip
+    assert RetrievalParams.from_settings(s) == RetrievalParams(12, 7, 0.5, 2.0, 0.4, "rrf", 3, 4)
 
 
 def test_weights_change_the_order(world) -> None:  # type: ignore[no-untyped-def]
