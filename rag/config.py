@@ -43,7 +43,7 @@ class Settings:
 
     # --- retrieval ---
     top_k: int = 5  # passages given to the model
-    candidates: int = 50  # depth of each ranked list before fusion
+    candidates: int = 100  # depth of each ranked list before fusion (100 vs 50: recall@5 +0.013)
     # "zscore": each list's scores standardised over its candidates, then summed with the weights;
     # "rrf": reciprocal rank fusion. zscore keeps how far a clear winner stands out, which rank
     # fusion throws away: MRR@10 0.816 -> 0.908 on the dev questions (README, "What was tried").

@@ -102,7 +102,7 @@ def spread(
 
 @dataclass(frozen=True)
 class RetrievalParams:
-    candidates: int = 50
+    candidates: int = 100
     rrf_k: int = 60
     dense_weight: float = 1.0
     lexical_weight: float = 1.0
