@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rag.chunking import clean_text
-from rag.lexical import mentions, words
+from rag.lexical import STOPWORDS, mentions, words
 from rag.schema import Citation, Hit
 
 _MARKER = re.compile(r"\s?[\[【]\s*(\d{1,2}(?:\s*[,，、]\s*\d{1,2})*)\s*[\]】]")
@@ -62,16 +62,36 @@ def key_terms(sentence: str) -> set[str]:
     return set(words(sentence)) | set(_NUMBER.findall(_norm(sentence)))
 
 
+_CJK_CHAR = re.compile(r"[\u4e00-\u9fff]")
+# A capitalised word or a name with a version in an English sentence: "TruthfulQA", "DeepSeek-V3", "LSTM".
+_PROPER = re.compile(r"(?<![A-Za-z0-9.\-])(?:[A-Z][A-Za-z0-9.\-]+|[A-Za-z]+-?\d[A-Za-z0-9.\-]*)")
+
+
+def checkable_terms(sentence: str) -> set[str]:
+    """The terms a passage can be checked for. In an English sentence about Chinese passages
+    only figures and names can match ("TruthfulQA has 817 questions" -> {'truthfulqa', '817'});
+    its other words would count against every passage."""
+    if _CJK_CHAR.search(sentence):
+        return key_terms(sentence)
+    body = _MARKER.sub("", sentence)
+    names = {m.group(0).rstrip(".-").lower() for m in _PROPER.finditer(unicodedata.normalize("NFKC", body))}
+    return (names - STOPWORDS) | set(_NUMBER.findall(_norm(body)))
+
+
 # A name that carries a version: "GPT-4", "o3-mini", "DeepSeek-V3", "A100", "Llama 3", "Claude 3.5".
 # Small models lift a figure from a passage about GPT-3 into a sentence about GPT-4; the name
 # next to the figure is what tells them apart.
-_VERSIONED = re.compile(r"(?<![a-z0-9.\-])[a-z][a-z0-9.\-]*(?:\d[a-z0-9.\-]*|\s\d+(?:\.\d+)?)(?![a-z0-9])")
+_VERSIONED = re.compile(
+    # a word holding a digit ("gpt-4", "a100"), or a capitalised name, a space and a version ("Llama 3")
+    r"(?<![A-Za-z0-9.\-])(?:[A-Za-z][A-Za-z0-9.\-]*\d[A-Za-z0-9.\-]*|[A-Z][A-Za-z]*\s\d+(?:\.\d+)?)(?![A-Za-z0-9])"
+)
 _NEAR = 80  # characters: a figure and the name it belongs to share a sentence or a table row
 
 
 def versioned_names(text: str) -> set[str]:
     """'GPT-4 比 Llama 3 贵' -> {'gpt-4', 'llama 3'}."""
-    return {m.group(0).rstrip(".-") for m in _VERSIONED.finditer(_norm(_MARKER.sub("", text)))}
+    text = unicodedata.normalize("NFKC", _MARKER.sub("", text))
+    return {m.group(0).rstrip(".-").lower() for m in _VERSIONED.finditer(text)}
 
 
 def grounded(number: str, names: set[str], text: str) -> bool:
@@ -275,9 +295,9 @@ def check(answer: str, hits: Sequence[Hit], lang: str = "zh") -> CheckedAnswer:
             out_parts.append(body)
             continue
         factual += 1
-        terms = key_terms(core)
+        terms, cross = key_terms(core), checkable_terms(core)
         names = versioned_names(core)
-        scores = [support(terms, p, names) for p in passages]
+        scores = [support(cross if _CJK_CHAR.search(p) else terms, p, names) for p in passages]
         best = max(range(len(scores)), key=lambda i: scores[i]) if scores else -1
         kept = [n for n in dict.fromkeys(numbers) if scores[n - 1] >= SUPPORTS]
         if not kept and best >= 0 and scores[best] >= (SUPPORTS if numbers else ATTACH):

@@ -363,3 +363,15 @@ def test_misses_the_count(question: str, answer: str, expected: bool) -> None:
     from rag.citations import misses_the_count
 
     assert misses_the_count(answer, question) is expected
+
+
+def test_english_sentence_is_checked_by_its_figures_and_names_against_chinese_passages() -> None:
+    from rag.citations import checkable_terms
+
+    assert checkable_terms("TruthfulQA has 817 questions [1].") == {"truthfulqa", "817"}
+    hits = _hits("LSTM 于 1997 年提出，包含输入门、输出门和遗忘门。", "TruthfulQA 由 817 道开放问答题组成。")
+    checked = check("TruthfulQA consists of 817 open-ended questions. The LSTM appeared in 1997.", hits, lang="en")
+    assert checked.text == "TruthfulQA consists of 817 open-ended questions[2]. The LSTM appeared in 1997[1]."
+    assert checked.unsupported == []
+    wrong = check("TruthfulQA consists of 900 questions [2].", hits, lang="en")
+    assert wrong.citations == [] and wrong.unsupported  # a figure no passage gives
