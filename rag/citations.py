@@ -152,6 +152,10 @@ _META = frozenset(
 )
 
 
+# A sentence that only points at the sources; the 1.5B model often ends with one.
+_FILLER = re.compile(r"^(?:根据|综上|以上|总结|according to|based on)", re.IGNORECASE)
+
+
 def _is_factual(body: str) -> bool:
     return len(key_terms(body) - _META) >= 2
 
@@ -292,7 +296,8 @@ def check(answer: str, hits: Sequence[Hit], lang: str = "zh") -> CheckedAnswer:
         end = tail.group(0) if tail else ""
         core = body[: len(body) - len(end)] if end else body
         if not core.strip() or not _is_factual(core):
-            out_parts.append(body)
+            if not _FILLER.match(core.strip()):
+                out_parts.append(body)  # a filler sentence ("根据资料中的描述。") is dropped
             continue
         factual += 1
         terms, cross = key_terms(core), checkable_terms(core)

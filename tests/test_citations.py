@@ -375,3 +375,9 @@ def test_english_sentence_is_checked_by_its_figures_and_names_against_chinese_pa
     assert checked.unsupported == []
     wrong = check("TruthfulQA consists of 900 questions [2].", hits, lang="en")
     assert wrong.citations == [] and wrong.unsupported  # a figure no passage gives
+
+
+def test_trailing_filler_sentence_is_dropped() -> None:
+    checked = check("训练成本仅557.6万美元[1]。根据资料中的描述。", TWO)
+    assert checked.text == "训练成本仅557.6万美元[1]。"
+    assert check("根据资料[1]，训练成本仅557.6万美元。", TWO).text.startswith("根据资料")  # a fact: kept
