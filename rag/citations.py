@@ -85,7 +85,6 @@ _VERSIONED = re.compile(
     # a word holding a digit ("gpt-4", "a100"), or a capitalised name, a space and a version ("Llama 3")
     r"(?<![A-Za-z0-9.\-])(?:[A-Za-z][A-Za-z0-9.\-]*\d[A-Za-z0-9.\-]*|[A-Z][A-Za-z]*\s\d+(?:\.\d+)?)(?![A-Za-z0-9])"
 )
-_NEAR = 80  # characters: a figure and the name it belongs to share a sentence or a table row
 
 
 def versioned_names(text: str) -> set[str]:
@@ -94,25 +93,46 @@ def versioned_names(text: str) -> set[str]:
     return {m.group(0).rstrip(".-").lower() for m in _VERSIONED.finditer(text)}
 
 
-def grounded(number: str, names: set[str], text: str) -> bool:
-    """`number` occurs in `text` (normalised) within _NEAR characters of every one of `names`.
+_CLAUSE_END = re.compile(r"[。！？；!?;\n]")
 
-    Example: grounded('1750', {'gpt-4'}, 'gpt-3 有1750亿参数') is False; with {'gpt-3'} True.
+
+def grounded(number: str, names: set[str], text: str) -> bool:
+    """`number` occurs in `text` (normalised), about the sentence's versioned `names`.
+
+    The passage must name every one of `names`, and the passage sentence holding the
+    number must not be about another versioned name instead: in "gpt-3 有1750亿参数"
+    the 1750 belongs to GPT-3. Examples: grounded('1750', {'gpt-4'}, 'gpt-3 有1750亿参数')
+    is False; with {'gpt-3'} True; grounded('71.7', {'o3'}, 'o3：\n- 编程：达到 71.7%') True.
     """
     spots = [m.start() for m in re.finditer(r"(?<![0-9.])" + re.escape(number) + r"(?![0-9])", text)]
-    if not spots:
+    if not spots or not all(mentions(text, name) for name in names):
         return False
-    name_spots = [mentions(text, name) for name in names]
-    return any(all(any(abs(at - n) <= _NEAR for n in spots_of) for spots_of in name_spots) for at in spots)
+    if not names:
+        return True
+    for at in spots:
+        starts = [m.end() for m in _CLAUSE_END.finditer(text, 0, at)]
+        end = _CLAUSE_END.search(text, at)
+        sentence = text[starts[-1] if starts else 0 : end.start() if end else len(text)]
+        if all(mentions(sentence, name) for name in names):
+            return True
+        own = {n for name in names for n in (name, *re.split(r"[\s\-]", name))}
+        if not (versioned_names(sentence) - own):
+            return True  # no other model named beside the figure
+    return False
+
+
+def _digits_of(names: set[str]) -> set[str]:
+    """The numbers inside names ('gpt-4', 'claude 3.5' -> {'4', '3.5'}): versions, not figures."""
+    return {d for name in names for d in re.findall(r"\d+(?:\.\d+)?", name)}
 
 
 def support(sentence_terms: set[str], passage: str, names: set[str] | frozenset[str] = frozenset()) -> float:
     """Share of the sentence's key terms the passage holds; 0 unless its figures are in the passage
-    (next to the sentence's versioned `names`, when it has any)."""
+    (and about the sentence's versioned `names`, when it has any: see `grounded`)."""
     if not sentence_terms:
         return 0.0
     text = _norm(clean_text(passage))
-    numbers = {t for t in sentence_terms if _NUMBER.fullmatch(t)} - {n for name in names for n in _NUMBER.findall(name)}
+    numbers = {t for t in sentence_terms if _NUMBER.fullmatch(t)} - _digits_of(names)
     if numbers and not any(grounded(n, names, text) for n in numbers):
         return 0.0  # a sentence's numbers must come from the passage, about the same thing
     return sum(1 for t in sentence_terms if t in text) / len(sentence_terms)
@@ -273,7 +293,7 @@ def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], questi
     texts = [_norm(clean_text(h.chunk.text)) for h in hits]
     for sentence in checked.unsupported:
         names = versioned_names(sentence)
-        numbers = set(_NUMBER.findall(_norm(sentence))) - {n for name in names for n in _NUMBER.findall(name)}
+        numbers = set(_NUMBER.findall(_norm(sentence))) - _digits_of(names)
         if any(not any(mentions(t, name) for t in texts) for name in names):
             return True  # a model, product or chip no passage names ("A100")
         if any(not any(grounded(n, names, t) for t in texts) for n in numbers):

@@ -302,12 +302,14 @@ def test_versioned_names() -> None:
     ("number", "names", "text", "expected"),
     [
         ("1750", {"gpt-3"}, "gpt-3 有1750亿参数", True),
-        ("1750", {"gpt-4"}, "gpt-3 有1750亿参数，gpt-4 未公布", True),  # within reach of the name
-        ("1750", {"gpt-4"}, "gpt-3 有1750亿参数" + "。" * 90 + "gpt-4 未公布", False),
+        ("1750", {"gpt-4"}, "gpt-3 有1750亿参数，gpt-4 未公布", True),  # both named in the sentence
+        ("1750", {"gpt-4"}, "gpt-3 有1750亿参数。gpt-4 未公布", False),  # the figure is GPT-3's
         ("1750", {"gpt-4"}, "gpt-4o 与 gpt-3 的1750亿参数", False),  # gpt-4o is another model
         ("1750", set(), "gpt-3 有1750亿参数", True),
         ("128", set(), "支持 1280 个", False),
         ("128", {"deepseek-r1"}, "deepseek r1 支持 128k 上下文", True),
+        ("71.7", {"o3"}, "openai-o3：\n- 编程：在 swe-bench verified 上达到 71.7%", True),  # a list under its name
+        ("48.9", {"o3"}, "openai-o3 发布。\n- o1 在 swe-bench 上为 48.9%", False),
     ],
 )
 def test_grounded(number: str, names: set[str], text: str, expected: bool) -> None:
