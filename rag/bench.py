@@ -15,7 +15,10 @@ Sections (each a list of `Stat`s, printed as one table):
   `Llama.generate`) with the same model file and settings, then greedily
   generating as many tokens as the product did;
 - conversation: a second question after a first, counting the prompt tokens
-  llama.cpp actually evaluated (its prefix cache keeps the system prompt).
+  llama.cpp actually evaluated (its prefix cache keeps the system prompt);
+- cached: each question on the ordinary path, then on the cached path
+  (precomputed passage KV blocks, rag/kvstore.py), back to back: tokens read
+  before the first token, time to first token, and the store's size.
 
 Ratios are per question (product / raw, measured back to back), so machine
 load drifts affect both sides alike. Heavy libraries are imported inside the
@@ -49,7 +52,7 @@ if TYPE_CHECKING:
     from rag.pipeline import Pipeline
 
 DEFAULT_QUESTIONS = Path(__file__).resolve().parents[2] / "shared" / "eval" / "dev.jsonl"
-SECTIONS = ("cold", "index", "retrieval", "answers", "conversation")
+SECTIONS = ("cold", "index", "retrieval", "answers", "conversation", "cached")
 # Appended to one file of the temporary corpus copy for the one-file update.
 UPDATE_TEXT = "\n\n补充说明：这一句由 rag bench 添加，用来测量只更新一个文件的时间。\n"
 WARMUP_QUERY = "预热查询：加载分词词典"  # the first query of a process also loads jieba's dictionary
@@ -592,7 +595,7 @@ def timed_ask(pipeline: Pipeline, probe: LlamaProbe, question: str, history: Seq
 
     before = len(probe.calls)
     retrieved_at, first_at, answer = 0.0, None, None
-    for event in pipeline.ask(question, history):
+    for event in pipeline.ask(question, history, path="ordinary"):  # the cached path has its own section
         now = time.perf_counter()
         if isinstance(event, Retrieved):
             retrieved_at = now
@@ -708,6 +711,86 @@ def bench_conversation(pipeline: Pipeline, llm: Any, probe: LlamaProbe, first: s
     ]
 
 
+def _ask_timed(pipeline: Pipeline, question: str, path: str) -> tuple[Any, float | None]:
+    """The answer, and the seconds from the retrieved passages to the first streamed token."""
+    from rag.pipeline import Done, Retrieved, Token
+
+    retrieved_at, first_at, answer = 0.0, None, None
+    for event in pipeline.ask(question, path=path):
+        now = time.perf_counter()
+        if isinstance(event, Retrieved):
+            retrieved_at = now
+        elif isinstance(event, Token) and first_at is None:
+            first_at = now
+        elif isinstance(event, Done):
+            answer = event.answer
+    return answer, (first_at - retrieved_at) if first_at is not None else None
+
+
+def bench_cached(settings: Settings, pipeline: Pipeline, llm: Any, questions: Sequence[tuple[str, str]],
+                 details: dict[str, Any], progress: Callable[[str], None]) -> list[Stat]:  # fmt: skip
+    """Ordinary path (from an empty KV cache, as in 'answering'), then the cached path, per question."""
+    from rag import kvstore
+
+    chunks = pipeline.get_index().chunks
+    st = kvstore.status(settings, chunks)
+    why_not = "" if st.complete else f"{st.line()}; run: rag index --kv"
+    if not why_not and pipeline.get_cached() is None:
+        why_not = f"the cached path cannot run: {pipeline.kv_unavailable}"
+    if why_not:  # measured when it can be; the other sections stand on their own
+        details["cached"] = {"skipped": why_not}
+        progress(f"cached: skipped ({why_not})")
+        return []
+    store = kvstore.KVStore(kvstore.store_dir(settings))
+    keys = {kvstore.block_key(c, settings.kv_block_tokens) for c in chunks}
+    store_tokens = sum(store.block_tokens(k) for k in keys)
+    records: list[dict[str, Any]] = []
+    for i, (qid, q) in enumerate(questions, start=1):
+        llm.reset()
+        o, o_ttft = _ask_timed(pipeline, q, "ordinary")
+        c, c_ttft = _ask_timed(pipeline, q, "cached")
+        if o_ttft is None or c_ttft is None:
+            records.append({"id": qid, "question": q, "skipped": "refused before generation"})
+            progress(f"[{i}/{len(questions)}] {qid} no generation (refused before the model)")
+            continue
+        rec = {
+            "id": qid, "question": q, "path": c.path, "ordinary_ttft": o_ttft, "cached_ttft": c_ttft,
+            "ttft_ratio": ratio(c_ttft, o_ttft), "ordinary_prompt_tokens": o.prompt_tokens,
+            "cached_prompt_tokens": c.prompt_tokens, "cached_tokens": c.cached_tokens,
+            "ordinary_total": o.timings.get("total"), "cached_total": c.timings.get("total"),
+            "cached_rate": (c.completion_tokens - 1) / (c.timings["generation"] - c_ttft)
+            if c.completion_tokens > 1 and c.timings.get("generation", 0) > c_ttft else None,
+            "same_answer": o.raw_text == c.raw_text, "ordinary_answer": o.raw_text, "cached_answer": c.raw_text,
+        }  # fmt: skip
+        records.append(rec)
+        progress(f"[{i}/{len(questions)}] {qid} TTFT ordinary {o_ttft:.2f} s ({o.prompt_tokens} tok read), "
+                 f"{c.path} {c_ttft:.2f} s ({c.prompt_tokens} tok read, {c.cached_tokens} restored)")  # fmt: skip
+    done = [r for r in records if "skipped" not in r]
+    served = [r for r in done if r["path"] == "cached"]
+    per_token = st.bytes / store_tokens / 1000 if store_tokens else None
+    details["cached"] = {"records": records, "store_bytes": st.bytes, "store_tokens": store_tokens, "blocks": st.blocks}
+
+    def col(key: str, rows: list[dict[str, Any]] = served) -> list[float | None]:
+        return [r.get(key) for r in rows]
+
+    return [
+        stat("cached", "answers served by the cached path", "tok", [len(served)], note=f"of {len(done)} generated"),
+        stat("cached", "tokens read before the first token, ordinary", "tok", col("ordinary_prompt_tokens", done)),
+        stat("cached", "tokens read before the first token, cached", "tok", col("cached_prompt_tokens")),
+        stat("cached", "  passage tokens restored from the store", "tok", col("cached_tokens")),
+        stat("cached", "TTFT ordinary (after retrieval, empty KV cache)", "s", col("ordinary_ttft", done)),
+        stat("cached", "TTFT cached (after retrieval)", "s", col("cached_ttft"), Target("<=", 1.5)),
+        stat("cached", "  TTFT cached / ordinary", "x", col("ttft_ratio"), Target("<=", 0.2)),
+        stat("cached", "generation rate, cached path", "tok/s", col("cached_rate")),
+        stat("cached", "total per answer, ordinary", "s", col("ordinary_total", done)),
+        stat("cached", "total per answer, cached", "s", col("cached_total")),
+        stat("cached", "same answer text on both paths", "tok", [sum(bool(r["same_answer"]) for r in served)],
+             note=f"of {len(served)}"),
+        stat("cached", f"store: {st.blocks} blocks, {store_tokens} tokens, {st.bytes / 1e6:.0f} MB; KB per token",
+             "KB", [per_token], Target("<=", 16.0)),
+    ]
+
+
 # ---------------------------------------------------------------- the whole run
 
 
@@ -744,7 +827,7 @@ def run_bench(
         started_at=time.strftime("%Y-%m-%d %H:%M:%S"),
     )
     stats, details = report.stats, report.details
-    asks_model = "answers" not in skip or "conversation" not in skip
+    asks_model = "answers" not in skip or "conversation" not in skip or "cached" not in skip
 
     if "cold" not in skip:  # first, before this process has imported any model library
         progress("cold start: a fresh `rag ask --json` process…")
@@ -780,6 +863,9 @@ def run_bench(
                 if len(pair) == 2:
                     progress("conversation: a second question after a first…")
                     stats += bench_conversation(pipeline, llm, probe, pair[0], pair[1], details)
+            if "cached" not in skip:
+                progress(f"cached: {len(questions)} questions, each on the ordinary then the cached path…")
+                stats += bench_cached(settings, pipeline, llm, [(q.id, q.question) for q in questions], details, progress)
         finally:
             probe.close()
             raw.close()

@@ -132,6 +132,36 @@ def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet:
             bar.close()
 
 
+def run_kv_store(settings: Settings, build_missing: bool, quiet: bool = False) -> str:
+    """The passage KV store's state as a line; with `build_missing`, first compute what is missing (progress bar)."""
+    from rag import kvstore
+    from rag.index import Index
+
+    chunks = Index.load(Path(settings.index_dir)).chunks
+    if not build_missing:
+        line = kvstore.status(settings, chunks).line()
+        return line if "ready" in line else line.replace("run rag index", "run rag index --kv")
+    from tqdm import tqdm
+
+    bar: tqdm | None = None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal bar
+        if quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=total, desc="kv blocks", unit="passage", file=sys.stderr)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        report = kvstore.update(settings, chunks, lambda: kvstore.open_engine(settings), on_progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    return report.line() + "\n" + kvstore.status(settings, chunks).line()
+
+
 @app.command("index")
 def index_cmd(
     ctx: typer.Context,
@@ -139,6 +169,7 @@ def index_cmd(
     wait: Annotated[bool, typer.Option("--wait", help="Wait for another running build instead of exiting.")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Keep running: update whenever the corpus changes.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (a line per update with --watch).")] = False,
+    kv: Annotated[bool, typer.Option("--kv", help="Also compute the passage KV store (fast first token; see README).")] = False,
 ) -> None:
     """Build or update the index from the corpus folder: only new and changed files are read and embedded."""
     import time
@@ -168,6 +199,10 @@ def index_cmd(
             typer.secho(f"Skipped {path}: {reason}", fg="yellow", err=True)
         for note in report.notes:
             typer.secho(f"Note: {note}", fg="yellow", err=True)
+        if settings.kv_cache:
+            kv_line = run_kv_store(settings, build_missing=kv, quiet=as_json)
+            if kv_line:
+                typer.echo(kv_line, err=as_json)
 
     if not watch:
         try:
@@ -255,6 +290,8 @@ def answer_to_dict(answer) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         "raw_answer": answer.raw_text,
         "prompt_tokens": answer.prompt_tokens,
         "completion_tokens": answer.completion_tokens,
+        "path": answer.path,
+        "cached_tokens": answer.cached_tokens,
         "timings": answer.timings,
     }
 
@@ -300,7 +337,10 @@ def ask_cmd(
             typer.echo(f"- {h.chunk.path} — {h.chunk.heading or h.chunk.title}: {h.chunk.text[:120].replace(chr(10), ' ')}…")
     t = answer.timings
     typer.secho(
-        f"\n(first token {t.get('first_token', 0):.1f} s, total {t.get('total', 0):.1f} s)", dim=True, err=True
+        f"\n(first token {t.get('first_token', 0):.1f} s, total {t.get('total', 0):.1f} s"
+        + (", passages from the KV store)" if answer.path == "cached" else ")"),
+        dim=True,
+        err=True,
     )
 
 

@@ -1,4 +1,4 @@
-"""Prompt -> streamed tokens. The only importer of llama_cpp.
+"""Prompt -> streamed tokens, through llama_cpp's high-level Llama (rag/kvengine.py uses its low-level API).
 
 The model is loaded once per process; a lock makes concurrent callers (UI
 tabs) queue for it instead of interleaving tokens.

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from rag.embedding import Embedder
     from rag.generation import Generator
     from rag.index import Index
+    from rag.kvengine import CachedBlockGenerator
+    from rag.kvstore import BlockLookup
     from rag.retrieval import Retriever
 
 MAX_QUESTION_CHARS = 2000
@@ -51,6 +53,7 @@ class Done:
 
 
 Event = Retrieved | Token | Done
+PATHS = ("auto", "cached", "ordinary")  # how `ask` may answer; "cached" falls back when a passage is not stored
 
 
 def clean_question(question: str) -> str:
@@ -95,6 +98,9 @@ class Pipeline:
     settings: Settings
     embedder: Embedder | None = None
     generator: Generator | None = None
+    cached_generator: CachedBlockGenerator | None = None
+    block_lookup: BlockLookup | None = None
+    kv_unavailable: str = ""  # why the cached path cannot be used in this process ('' = it can)
     _index: Index | None = None
     _index_target: Path | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -117,6 +123,45 @@ class Pipeline:
                 s = self.settings
                 self.generator = load_generator(s.chat_model, s.models_dir, s.n_ctx, s.n_threads, s.n_batch, s.temperature)
             return self.generator
+
+    def get_cached(self) -> tuple[CachedBlockGenerator, BlockLookup] | None:
+        """The cached-block generator on the ordinary generator's model, and the store lookup; None when off.
+
+        Created once; a failure (a model whose cache cannot shift, no chat template)
+        is remembered in `kv_unavailable` and the ordinary path answers.
+        """
+        if not self.settings.kv_cache or self.kv_unavailable:
+            return None
+        if self.cached_generator is not None and self.block_lookup is not None:
+            return self.cached_generator, self.block_lookup
+        generator = self.get_generator()
+        with self._lock:
+            if self.cached_generator is None:
+                llm = getattr(generator, "_llm", None)
+                if llm is None:
+                    self.kv_unavailable = "the chat model is not a llama.cpp model"
+                    return None
+                from rag.errors import RagError
+                from rag.kvengine import CachedBlockGenerator, KVEngine, context_size
+
+                s = self.settings
+                try:
+                    engine = KVEngine(llm, context_size(s), s.n_threads, s.n_batch, s.kv_cache_type,
+                                      prompting.PASSAGES_HEADER, lock=getattr(generator, "_lock", None))  # fmt: skip
+                except RagError as exc:
+                    self.kv_unavailable = exc.message
+                    return None
+                except Exception as exc:  # noqa: BLE001 - the fast path is optional: never let it break answering
+                    self.kv_unavailable = f"{exc.__class__.__name__}: {exc}"
+                    return None
+                placed = prompting.block_order(s.top_k, s.kv_order)
+                engine.warm_up([prompting.block_label(n, first=j == 0) for j, (_, n) in enumerate(placed) if j or n != 1])
+                self.cached_generator = CachedBlockGenerator(engine, s.chat_model, s.temperature)
+            if self.block_lookup is None:
+                from rag.kvstore import BlockLookup
+
+                self.block_lookup = BlockLookup(self.settings, self.cached_generator.engine.prefix_sha256)
+            return self.cached_generator, self.block_lookup
 
     def get_index(self) -> Index:
         """The live index, reloaded when a rebuild has swapped in a new one."""
@@ -149,7 +194,13 @@ class Pipeline:
         history: Sequence[Turn] = (),
         k: int | None = None,
         stop: threading.Event | None = None,
+        path: str = "auto",
     ) -> Iterator[Event]:
+        """Retrieve, then answer from cached passage blocks when every passage is stored, else from the prompt.
+
+        `path`: "auto" and "cached" use the stored blocks when they can (the answer's
+        `path` says which served it); "ordinary" always reads the whole prompt.
+        """
         t0 = time.perf_counter()
         question = clean_question(question)
         k = k or self.settings.top_k
@@ -172,19 +223,34 @@ class Pipeline:
             return
 
         generator = self.get_generator()
-        from rag.lexical import words
+        cached = self.get_cached() if path != "ordinary" else None
+        blocks = cached[1].blocks([h.chunk for h in hits]) if cached else None
+        if cached and blocks is not None and cached[0].engine.fits(blocks, self.settings.max_answer_tokens):
+            served_by = "cached"
+            placed = prompting.block_order(len(blocks), self.settings.kv_order)
+            numbered = [hits[i] for i, _ in sorted(placed, key=lambda p: p[1])]  # passage n is numbered[n-1]
+            prompt = prompting.cached_prompt(question, numbered, [blocks[i].text for i, _ in placed], [n for _, n in placed])
+            labels = [prompting.block_label(n, first=j == 0) for j, (_, n) in enumerate(placed)]
+            stream = cached[0].stream_blocks(labels, [blocks[i] for i, _ in placed], prompting.question_tail(question),
+                                             self.settings.max_answer_tokens, stop)  # fmt: skip
+            usage_of: Generator | CachedBlockGenerator = cached[0]
+        else:
+            from rag.lexical import words
 
-        prompt = prompting.build_prompt(
-            question,
-            hits,
-            generator.count_tokens,
-            self.settings.prompt_token_budget,
-            self.settings.passage_chars,
-            set(words(query)),
-        )
+            served_by = "ordinary"
+            prompt = prompting.build_prompt(
+                question,
+                hits,
+                generator.count_tokens,
+                self.settings.prompt_token_budget,
+                self.settings.passage_chars,
+                set(words(query)),
+            )
+            stream = generator.stream(prompt.messages(), self.settings.max_answer_tokens, stop)
+            usage_of = generator
         pieces: list[str] = []
         t_gen = time.perf_counter()
-        for piece in generator.stream(prompt.messages(), self.settings.max_answer_tokens, stop):
+        for piece in stream:
             if not pieces:
                 timings["first_token"] = time.perf_counter() - t0
             pieces.append(piece)
@@ -207,8 +273,11 @@ class Pipeline:
                 factual_sentences=checked.factual_sentences,
             )
         answer.raw_text = raw
-        answer.prompt_tokens = generator.usage.prompt_tokens
-        answer.completion_tokens = generator.usage.completion_tokens
+        answer.prompt_tokens = usage_of.usage.prompt_tokens
+        answer.completion_tokens = usage_of.usage.completion_tokens
+        answer.path = served_by
+        if served_by == "cached":
+            answer.cached_tokens = sum(len(b.tokens) for b in blocks or [])
         timings["total"] = time.perf_counter() - t0
         answer.timings = timings
         yield Done(answer)

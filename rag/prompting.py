@@ -136,3 +136,57 @@ def build_prompt(
     label = "Question" if language_of(question) == "en" else "问题"
     user = "资料：\n\n" + "\n\n".join(blocks) + f"\n\n{label}：{question.strip()}"
     return Prompt(SYSTEM_PROMPT, user, used)
+
+
+# ---------------------------------------------------------------- cached passage blocks (rag/kvstore.py)
+#
+# A cached block is computed once, at index time, so its text must be a fixed
+# function of the chunk: the stable header (《title》 heading path) and the
+# whole cleaned chunk, never the per-question `focus` cut. The number label
+# "[n] " is evaluated at question time, in front of each block; the prompt
+# then reads exactly like build_prompt's, passage by passage.
+
+PASSAGES_HEADER = "资料：\n\n"  # ends the cached prefix (system prompt + this)
+BLOCK_FORMAT = 1  # bump when block_text or the labels change: every stored block is then recomputed
+
+
+def block_text(title: str, headings: Sequence[str], text: str) -> str:
+    """The cached text of a chunk. block_text('报告', ['A', 'B', 'C'], ' x ') -> '《报告》 B > C\\nx'"""
+    where = " > ".join(headings[-2:]) if headings else title
+    return f"《{title}》 {where}".rstrip() + "\n" + clean_text(text)
+
+
+def block_label(number: int, first: bool | None = None) -> str:
+    """What precedes a block: block_label(1) -> '[1] ', block_label(2) -> '\\n\\n[2] ', block_label(5, first=True) -> '[5] '."""
+    first = number == 1 if first is None else first
+    return f"[{number}] " if first else f"\n\n[{number}] "
+
+
+def question_tail(question: str) -> str:
+    label = "Question" if language_of(question) == "en" else "问题"
+    return f"\n\n{label}：{question.strip()}"
+
+
+def trim_block(text: str, limit: int, count_tokens: Callable[[str], int]) -> str:
+    """A block cut at a sentence end to `limit` tokens (the header line always stays)."""
+    return _trim_to_tokens(text, limit, count_tokens) or text[: max(limit, 1)]
+
+
+def block_order(n: int, order: str) -> list[tuple[int, int]]:
+    """Where each of n ranked passages goes: (rank index, number shown), in placement order.
+
+    Cached blocks never saw one another, and the 1.5B model then takes its facts
+    mostly from the passages nearest the question: "best_last" puts the best there,
+    numbered by place. block_order(3, "best_last") -> [(2, 1), (1, 2), (0, 3)];
+    block_order(3, "best_first") -> [(0, 1), (1, 2), (2, 3)]
+    """
+    if order == "best_first":
+        return [(i, i + 1) for i in range(n)]
+    return [(n - 1 - j, j + 1) for j in range(n)]
+
+
+def cached_prompt(question: str, hits: Sequence[Hit], blocks: Sequence[str], numbers: Sequence[int]) -> Prompt:
+    """The Prompt record of an answer served from cached blocks: the text the model read, in placement order;
+    `hits` in number order (passage n is hits[n-1], as citations expect)."""
+    body = "".join(block_label(n, first=j == 0) + b for j, (n, b) in enumerate(zip(numbers, blocks)))
+    return Prompt(SYSTEM_PROMPT, PASSAGES_HEADER + body + question_tail(question), list(hits))

@@ -64,7 +64,7 @@ class Hit:
     """A retrieved chunk with the scores that ranked it (None = not in that list)."""
 
     chunk: Chunk
-    score: float  # fused (RRF) score
+    score: float  # the fused score (see rag/retrieval.py)
     dense_score: float | None = None
     lexical_score: float | None = None
 
@@ -88,5 +88,7 @@ class Answer:
     related: list[Hit] = field(default_factory=list)  # closest passages shown with a refusal
     raw_text: str = ""  # what the model wrote, before citation checking
     timings: dict[str, float] = field(default_factory=dict)  # seconds
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # tokens the model read before answering (cached blocks not counted)
     completion_tokens: int = 0
+    path: str = "ordinary"  # "cached": the passages' KV came from the store (rag/kvstore.py), only the rest was read
+    cached_tokens: int = 0  # passage tokens restored from the store instead of read

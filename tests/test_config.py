@@ -165,13 +165,26 @@ def test_unknown_env_var_is_ignored(cwd: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_every_field_can_be_set_from_the_environment(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    samples = {"int": "7", "float": "0.5", "str": "x", "Path": "p"}
+    samples = {"int": "7", "float": "0.5", "str": "x", "Path": "p", "bool": "off"}
     for f in fields(Settings):
-        if f.name in ("chunk_size", "chunk_overlap", "top_k", "candidates", "fusion"):  # validated
+        if f.name in ("chunk_size", "chunk_overlap", "top_k", "candidates", "kv_cache_type", "kv_order", "fusion"):  # validated
             continue
         monkeypatch.setenv(f"RAG_{f.name.upper()}", samples[str(f.type)])
     s = load_settings()
     assert s.n_ctx == 7 and s.temperature == 0.5 and s.host == "x" and s.cache_dir == Path("p")
+    assert s.kv_cache is False
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("1", True), ("true", True), ("0", False), ("off", False)])
+def test_kv_cache_switch(cwd: Path, monkeypatch: pytest.MonkeyPatch, raw: str, expected: bool) -> None:
+    monkeypatch.setenv("RAG_KV_CACHE", raw)
+    assert load_settings().kv_cache is expected
+
+
+@pytest.mark.parametrize(("name", "value"), [("kv_cache", "maybe"), ("kv_cache_type", "q4_0")])
+def test_bad_kv_settings_say_what_to_use(cwd: Path, name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings(**{name: value})
 
 
 @pytest.mark.parametrize(("name", "value"), [("fusion", "max"), ("per_doc_cap", -1)])

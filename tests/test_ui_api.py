@@ -244,7 +244,8 @@ def test_chosen_model_loads_on_first_use_only(world: World, monkeypatch: pytest.
 
     def fake_load(name: str, *args: object) -> ScriptedByQuestion:
         loaded.append(name)
-        return ScriptedByQuestion({"": f"answered by {name}"})
+        # A supported first sentence: an answer that only names a model no passage mentions is a refusal.
+        return ScriptedByQuestion({"": f"训练成本仅557.6万美元[1]。answered by {name}"})
 
     monkeypatch.setattr("rag.generation.load_generator", fake_load)
     client = world.client()

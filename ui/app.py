@@ -29,6 +29,7 @@ import gradio as gr
 from rag.config import Settings
 from rag.errors import RagError
 from rag.index import BuildReport
+from rag.kvstore import BackgroundBuild
 from rag.pipeline import MAX_QUESTION_CHARS, Done, Pipeline, Retrieved, Token, Turn
 from ui import render
 from ui.assets import CSS, FONTS, JS, MONO_FONTS, STORE_LANGUAGE_JS
@@ -132,7 +133,8 @@ def _bot(content: str) -> dict[str, str]:
 # ---------------------------------------------------------------- the page
 
 
-def build_app(pipeline: Pipeline) -> gr.Blocks:
+def build_app(pipeline: Pipeline, kv_build: BackgroundBuild | None = None) -> gr.Blocks:
+    """The page. `kv_build` (from `launch`) computes the passage KV store in the background."""
     settings = pipeline.settings
     models = ChatModels(pipeline)
     offered = offered_models(settings.chat_model)
@@ -271,7 +273,24 @@ def build_app(pipeline: Pipeline) -> gr.Blocks:
             index = pipeline.get_index()
         except RagError as exc:
             return say(lang, "index_missing", message=exc.message), []
-        return render.index_summary(index, lang), render.documents_rows(index)
+        return render.index_summary(index, lang) + kv_line(lang), render.documents_rows(index)
+
+    def kv_line(lang: str) -> str:
+        """The passage KV store's state under the index summary ('' when there is no background build)."""
+        if kv_build is None:
+            return ""
+        if not settings.kv_cache:
+            return "  \n" + say(lang, "kv_off")
+        if kv_build.error:
+            return "  \n" + say(lang, "kv_error", message=kv_build.error)
+        st = kv_build.status()
+        if st.complete:
+            state = say(lang, "kv_ready")
+        elif st.building:
+            state = say(lang, "kv_building", done=kv_build.done, todo=kv_build.total or "…")
+        else:
+            state = say(lang, "kv_incomplete")
+        return "  \n" + say(lang, "kv_status", blocks=st.blocks, total=st.total, mb=f"{st.bytes / 1e6:.0f}", state=state)
 
     def build_messages(report: BuildReport, lang: str) -> list[str]:
         if report.wrote:
@@ -293,6 +312,8 @@ def build_app(pipeline: Pipeline) -> gr.Blocks:
                         gr.skip(),
                     )
                 else:
+                    if kv_build is not None and item.wrote:
+                        kv_build.start()  # new or changed passages: compute their blocks in the background
                     summary, rows = index_view(lang)
                     yield render.status_html([*before, *build_messages(item, lang)]), summary, rows
         except RagError as exc:
@@ -432,6 +453,8 @@ def build_app(pipeline: Pipeline) -> gr.Blocks:
         details.change(rerender_sources, [conv, lang, details], sources, queue=False, api_visibility="private")
 
         index_outputs = [index_status, index_info, docs]
+        if kv_build is not None and settings.kv_cache:  # the store's progress, while the page is open
+            gr.Timer(10).tick(lambda lg: index_view(lg)[0], [lang], index_info, queue=False, api_visibility="private")
         rebuild_btn.click(
             rebuild, [lang], index_outputs, api_name="rebuild", concurrency_id="index", concurrency_limit=1
         )
@@ -491,13 +514,17 @@ def launch(
     settings: Settings, host: str = "127.0.0.1", port: int = 7860, block: bool = True, pipeline: Pipeline | None = None
 ) -> gr.Blocks:
     """Start the page. Tests pass their own `pipeline` (e.g. with a scripted generator)."""
+    kv_build = None
     if pipeline is None:
         pipeline = Pipeline(settings)
         # Load the index and the configured models before the first visitor, so the first answer is not slowed.
         pipeline.get_index()
         pipeline.get_embedder()
         pipeline.get_generator()
-    demo = build_app(pipeline)
+        # The passage KV store: computed in the background; answers switch to it once it is complete.
+        kv_build = BackgroundBuild(pipeline)
+        kv_build.start()
+    demo = build_app(pipeline, kv_build)
     print(f"Chat page: http://{host}:{port}", flush=True)
     demo.launch(
         server_name=host,

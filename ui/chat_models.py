@@ -65,6 +65,8 @@ class ChatModels:
             self._recent.move_to_end(name)
             for old in list(self._recent)[: -self.capacity]:
                 self._pipelines[old].generator = None
+                self._pipelines[old].cached_generator = None  # its KV context holds the same model
+                self._pipelines[old].block_lookup = None
                 del self._recent[old]
             try:
                 pipeline.get_generator()
