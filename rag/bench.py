@@ -591,19 +591,9 @@ class AskTiming:
 
 
 def timed_ask(pipeline: Pipeline, probe: LlamaProbe, question: str, history: Sequence[Any] = ()) -> AskTiming:
-    from rag.pipeline import Done, Retrieved, Token
-
     before = len(probe.calls)
-    retrieved_at, first_at, answer = 0.0, None, None
-    for event in pipeline.ask(question, history, path="ordinary"):  # the cached path has its own section
-        now = time.perf_counter()
-        if isinstance(event, Retrieved):
-            retrieved_at = now
-        elif isinstance(event, Token) and first_at is None:
-            first_at = now
-        elif isinstance(event, Done):
-            answer = event.answer
-    assert answer is not None
+    # The cached path has its own section; here the ordinary path is compared with raw llama.cpp.
+    answer, retrieved_at, first_at = _stream(pipeline, question, history, "ordinary")
     trace = probe.calls[-1] if len(probe.calls) > before else None
     return AskTiming(trace, retrieved_at, first_at, dict(answer.timings), answer.text)
 
@@ -711,12 +701,12 @@ def bench_conversation(pipeline: Pipeline, llm: Any, probe: LlamaProbe, first: s
     ]
 
 
-def _ask_timed(pipeline: Pipeline, question: str, path: str) -> tuple[Any, float | None]:
-    """The answer, and the seconds from the retrieved passages to the first streamed token."""
+def _stream(pipeline: Pipeline, question: str, history: Sequence[Any], path: str) -> tuple[Any, float, float | None]:
+    """Ask and time it: (the answer, when the passages were retrieved, when the first token came)."""
     from rag.pipeline import Done, Retrieved, Token
 
     retrieved_at, first_at, answer = 0.0, None, None
-    for event in pipeline.ask(question, path=path):
+    for event in pipeline.ask(question, history, path=path):
         now = time.perf_counter()
         if isinstance(event, Retrieved):
             retrieved_at = now
@@ -724,6 +714,13 @@ def _ask_timed(pipeline: Pipeline, question: str, path: str) -> tuple[Any, float
             first_at = now
         elif isinstance(event, Done):
             answer = event.answer
+    assert answer is not None
+    return answer, retrieved_at, first_at
+
+
+def _ask_timed(pipeline: Pipeline, question: str, path: str) -> tuple[Any, float | None]:
+    """The answer, and the seconds from the retrieved passages to the first streamed token."""
+    answer, retrieved_at, first_at = _stream(pipeline, question, (), path)
     return answer, (first_at - retrieved_at) if first_at is not None else None
 
 
