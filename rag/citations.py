@@ -121,6 +121,9 @@ def grounded(number: str, names: set[str], text: str) -> bool:
     return False
 
 
+_DIGIT = re.compile(r"\d")
+
+
 def _digits_of(names: set[str]) -> set[str]:
     """The numbers inside names ('gpt-4', 'claude 3.5' -> {'4', '3.5'}): versions, not figures."""
     return {d for name in names for d in re.findall(r"\d+(?:\.\d+)?", name)}
@@ -135,6 +138,9 @@ def support(sentence_terms: set[str], passage: str, names: set[str] | frozenset[
     numbers = {t for t in sentence_terms if _NUMBER.fullmatch(t)} - _digits_of(names)
     if numbers and not any(grounded(n, names, text) for n in numbers):
         return 0.0  # a sentence's numbers must come from the passage, about the same thing
+    parts = set(names) | _digits_of(names) | {p for name in names for p in re.split(r"[\s\-]", name)}
+    if any(t not in text for t in sentence_terms if _DIGIT.search(t) and t not in numbers and t not in parts):
+        return 0.0  # a figure with its unit ("100k", "4-8b") must be in the passage as written
     return sum(1 for t in sentence_terms if t in text) / len(sentence_terms)
 
 
@@ -301,8 +307,24 @@ def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], questi
     return False
 
 
-def check(answer: str, hits: Sequence[Hit], lang: str = "zh") -> CheckedAnswer:
+def _claimed(terms: set[str], asked: set[str], passage: str) -> set[str]:
+    """The sentence's terms minus the question's own words that this passage does not contain;
+    empty when what is left adds nothing to the question (an echo supports nothing)."""
+    if not asked:
+        return terms
+    text = _norm(clean_text(passage))
+    kept = {t for t in terms if t not in asked or t in text}
+    return kept if any(len(t) >= 2 or t.isdigit() for t in kept - asked) else set()
+
+
+def check(answer: str, hits: Sequence[Hit], lang: str = "zh", question: str = "") -> CheckedAnswer:
+    """Check, repair and add the answer's [n] markers against `hits` (passage n is hits[n-1]).
+
+    Words the answer takes over from the `question` ("一次最多能塞进去") are not held
+    against a passage that does not use them: they restate what was asked, not a claim.
+    """
     passages = [h.chunk.text for h in hits]
+    asked = key_terms(question) - {t for t in key_terms(question) if _NUMBER.fullmatch(t)} if question else set()
     out_parts: list[str] = []
     unsupported: list[str] = []
     cited: list[int] = []
@@ -322,7 +344,7 @@ def check(answer: str, hits: Sequence[Hit], lang: str = "zh") -> CheckedAnswer:
         factual += 1
         terms, cross = key_terms(core), checkable_terms(core)
         names = versioned_names(core)
-        scores = [support(cross if _CJK_CHAR.search(p) else terms, p, names) for p in passages]
+        scores = [support(_claimed(cross if _CJK_CHAR.search(p) else terms, asked, p), p, names) for p in passages]
         best = max(range(len(scores)), key=lambda i: scores[i]) if scores else -1
         kept = [n for n in dict.fromkeys(numbers) if scores[n - 1] >= SUPPORTS]
         if not kept and best >= 0 and scores[best] >= (SUPPORTS if numbers else ATTACH):

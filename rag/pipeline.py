@@ -258,7 +258,7 @@ class Pipeline:
         timings["generation"] = time.perf_counter() - t_gen
         raw = "".join(pieces).strip()
 
-        checked = citations.check(raw, prompt.hits, lang) if raw else None
+        checked = citations.check(raw, prompt.hits, lang, question) if raw else None
         if checked is None or not_an_answer(question, raw, checked, prompt.hits):
             text = prompting.REFUSAL[lang]
             answer = Answer(question, query, text, [], prompt.hits, refused=True, related=prompt.hits)

@@ -383,3 +383,18 @@ def test_trailing_filler_sentence_is_dropped() -> None:
     checked = check("训练成本仅557.6万美元[1]。根据资料中的描述。", TWO)
     assert checked.text == "训练成本仅557.6万美元[1]。"
     assert check("根据资料[1]，训练成本仅557.6万美元。", TWO).text.startswith("根据资料")  # a fact: kept
+
+
+def test_words_taken_over_from_the_question_do_not_count_against_a_passage() -> None:
+    hits = _hits("Claude 3.5 Sonnet 将上下文窗口扩展到 200K tokens。")
+    answer = "Claude 3.5 Sonnet 一次最多能塞进去 200K tokens。"
+    assert check(answer, hits).citations == []  # "一次最多能塞进去" is not in the passage
+    checked = check(answer, hits, question="Claude 3.5 Sonnet 一次最多能塞进去多少内容？")
+    assert [c.number for c in checked.citations] == [1] and checked.unsupported == []
+    # The question's words do not excuse a figure the passage lacks.
+    wrong = check(
+        "Claude 3.5 Sonnet 一次最多能塞进去 100K tokens。",
+        hits,
+        question="Claude 3.5 Sonnet 一次最多能塞进去多少内容？",
+    )
+    assert wrong.citations == []
