@@ -210,7 +210,7 @@ def test_watch_command_prints_each_update_and_stops_on_ctrl_c(world: World, tmp_
         assert any(re.match(r"^\[\d\d:\d\d:\d\d\] Updated the index in [\d.]+ s: 1 documents", line) for line in lines)
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=90)  # a loaded machine can take a while to unwind
     assert proc.returncode == 0
     assert "Watching" in err and "Stopped watching." in err and "Traceback" not in err
     assert set(Index.load(index).manifest.files) == {BASE_FILES[0]}
