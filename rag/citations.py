@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from rag.chunking import clean_text
 from rag.lexical import STOPWORDS, mentions, words
+from rag.prompting import language_of
 from rag.schema import Citation, Hit
 
 _MARKER = re.compile(r"\s?[\[【]\s*(\d{1,2}(?:\s*[,，、]\s*\d{1,2})*)\s*[\]】]")
@@ -62,7 +63,6 @@ def key_terms(sentence: str) -> set[str]:
     return set(words(sentence)) | set(_NUMBER.findall(_norm(sentence)))
 
 
-_CJK_CHAR = re.compile(r"[\u4e00-\u9fff]")
 # A capitalised word or a name with a version in an English sentence: "TruthfulQA", "DeepSeek-V3", "LSTM".
 _PROPER = re.compile(r"(?<![A-Za-z0-9.\-])(?:[A-Z][A-Za-z0-9.\-]+|[A-Za-z]+-?\d[A-Za-z0-9.\-]*)")
 
@@ -71,7 +71,7 @@ def checkable_terms(sentence: str) -> set[str]:
     """The terms a passage can be checked for. In an English sentence about Chinese passages
     only figures and names can match ("TruthfulQA has 817 questions" -> {'truthfulqa', '817'});
     its other words would count against every passage."""
-    if _CJK_CHAR.search(sentence):
+    if language_of(sentence) == "zh":
         return key_terms(sentence)
     body = _MARKER.sub("", sentence)
     names = {m.group(0).rstrip(".-").lower() for m in _PROPER.finditer(unicodedata.normalize("NFKC", body))}
@@ -307,12 +307,11 @@ def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], questi
     return False
 
 
-def _claimed(terms: set[str], asked: set[str], passage: str) -> set[str]:
-    """The sentence's terms minus the question's own words that this passage does not contain;
-    empty when what is left adds nothing to the question (an echo supports nothing)."""
+def _claimed(terms: set[str], asked: set[str], text: str) -> set[str]:
+    """The sentence's terms minus the question's own words that the passage (normalised `text`)
+    does not contain; empty when what is left adds nothing to the question (an echo supports nothing)."""
     if not asked:
         return terms
-    text = _norm(clean_text(passage))
     kept = {t for t in terms if t not in asked or t in text}
     return kept if any(len(t) >= 2 or t.isdigit() for t in kept - asked) else set()
 
@@ -324,7 +323,10 @@ def check(answer: str, hits: Sequence[Hit], lang: str = "zh", question: str = ""
     against a passage that does not use them: they restate what was asked, not a claim.
     """
     passages = [h.chunk.text for h in hits]
-    asked = key_terms(question) - {t for t in key_terms(question) if _NUMBER.fullmatch(t)} if question else set()
+    asked = {t for t in key_terms(question) if not _NUMBER.fullmatch(t)} if question else set()
+    # Once per passage, not per sentence: what _claimed reads, and which passages are Chinese.
+    normed = [_norm(clean_text(p)) for p in passages]
+    chinese = [language_of(p) == "zh" for p in passages]
     out_parts: list[str] = []
     unsupported: list[str] = []
     cited: list[int] = []
@@ -344,7 +346,10 @@ def check(answer: str, hits: Sequence[Hit], lang: str = "zh", question: str = ""
         factual += 1
         terms, cross = key_terms(core), checkable_terms(core)
         names = versioned_names(core)
-        scores = [support(_claimed(cross if _CJK_CHAR.search(p) else terms, asked, p), p, names) for p in passages]
+        scores = [
+            support(_claimed(cross if zh else terms, asked, text), p, names)
+            for p, text, zh in zip(passages, normed, chinese)
+        ]
         best = max(range(len(scores)), key=lambda i: scores[i]) if scores else -1
         kept = [n for n in dict.fromkeys(numbers) if scores[n - 1] >= SUPPORTS]
         if not kept and best >= 0 and scores[best] >= (SUPPORTS if numbers else ATTACH):
