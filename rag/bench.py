@@ -594,7 +594,8 @@ def timed_ask(pipeline: Pipeline, probe: LlamaProbe, question: str, history: Seq
     before = len(probe.calls)
     # The cached path has its own section; here the ordinary path is compared with raw llama.cpp.
     answer, retrieved_at, first_at = _stream(pipeline, question, history, "ordinary")
-    trace = probe.calls[-1] if len(probe.calls) > before else None
+    # The first generation is the one whose first token the reader saw (a self-refusal may be retried).
+    trace = probe.calls[before] if len(probe.calls) > before else None
     return AskTiming(trace, retrieved_at, first_at, dict(answer.timings), answer.text)
 
 

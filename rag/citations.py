@@ -36,6 +36,17 @@ CONFLICT_NOTE = {
 CONFLICT_REF = {"zh": "[{n}] 写的是“{quote}”", "en": "[{n}] says “{quote}”"}
 MAX_CONFLICTS = 2
 
+# Qwen puts a space between a figure and a Chinese word ("1750 亿", "在 2022 年"); the
+# sources write "1750亿", and a reader searching the answer for the source's term should
+# find it. The digit of a Latin name ("GPT-4 和") keeps its space.
+_FIGURE_SPACE = re.compile(r"(?<![A-Za-z\-])(\d+(?:\.\d+)?)[ \t]+(?=[\u4e00-\u9fff%％])|(?<=[\u4e00-\u9fff])[ \t]+(?=\d)")
+
+
+def tidy_figures(text: str) -> str:
+    """'在 2022 年 11 月发布 1750 亿参数' -> '在2022年11月发布1750亿参数' (Chinese answers only)."""
+    return _FIGURE_SPACE.sub(lambda m: m.group(1) or "", text)
+
+
 SUPPORTS = 0.5  # share of key terms a passage must contain to support a sentence
 ATTACH = 0.6  # stricter bar for adding a marker the model did not write
 
@@ -282,6 +293,14 @@ def misses_the_count(answer: str, question: str) -> bool:
     return bool(counted) and not any(w in text for w in counted)
 
 
+_MAGNITUDE = re.compile(r"(?<![0-9a-z.\-])(\d+(?:\.\d+)?)\s*([万亿千百]+|[%％])")
+
+
+def _magnitudes(sentence: str) -> set[str]:
+    """Figures written with a magnitude, spaces removed: '约 1.5 亿个参数，提升 20%' -> {'1.5亿', '20%'}."""
+    return {n + u for n, u in _MAGNITUDE.findall(_norm(sentence))}
+
+
 def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], question: str = "") -> bool:
     """No sentence is supported, and the answer states figures or names no passage gives.
 
@@ -297,7 +316,10 @@ def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], questi
     if question and adds_nothing(answer, question):
         return True  # nothing supported and nothing new: the documents did not answer
     texts = [_norm(clean_text(h.chunk.text)) for h in hits]
+    solid = [re.sub(r"\s+", "", t) for t in texts]
     for sentence in checked.unsupported:
+        if any(not any(f in t for t in solid) for f in _magnitudes(sentence)):
+            return True  # "1.5亿" that no passage writes (the 1.5 of "Kimi k1.5" is not a figure)
         names = versioned_names(sentence)
         numbers = set(_NUMBER.findall(_norm(sentence))) - _digits_of(names)
         if any(not any(mentions(t, name) for t in texts) for name in names):
@@ -305,6 +327,20 @@ def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], questi
         if any(not any(grounded(n, names, t) for t in texts) for n in numbers):
             return True  # a figure no passage gives for that name
     return False
+
+
+ON_TOPIC = 0.7  # share of a Chinese question's words a passage must hold to be plainly about it
+
+
+def on_topic(question: str, passage: str) -> bool:
+    """The passage holds most of the question's words, or, for an English question over a
+    Chinese passage, every name and figure it asks about ("DeepSeek-V3")."""
+    text = _norm(clean_text(passage))
+    if language_of(question) == "zh":
+        terms = key_terms(question) - _META
+        return bool(terms) and sum(1 for t in terms if t in text) / len(terms) >= ON_TOPIC
+    terms = checkable_terms(question)
+    return bool(terms) and all(t in text for t in terms)
 
 
 def _claimed(terms: set[str], asked: set[str], text: str) -> set[str]:
@@ -322,6 +358,8 @@ def check(answer: str, hits: Sequence[Hit], lang: str = "zh", question: str = ""
     Words the answer takes over from the `question` ("一次最多能塞进去") are not held
     against a passage that does not use them: they restate what was asked, not a claim.
     """
+    if lang == "zh":
+        answer = tidy_figures(answer)
     passages = [h.chunk.text for h in hits]
     asked = {t for t in key_terms(question) if not _NUMBER.fullmatch(t)} if question else set()
     # Once per passage, not per sentence: what _claimed reads, and which passages are Chinese.

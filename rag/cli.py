@@ -304,7 +304,7 @@ def ask_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming.")] = False,
 ) -> None:
     """Answer a question from the documents, streaming, then list the cited sources."""
-    from rag.pipeline import Done, Token
+    from rag.pipeline import Done, Restart, Token
 
     answer = None
     try:
@@ -312,6 +312,8 @@ def ask_cmd(
             if isinstance(event, Token) and not as_json:
                 sys.stdout.write(event.text)
                 sys.stdout.flush()
+            elif isinstance(event, Restart) and not as_json:
+                sys.stdout.write(" (asking again with the best passage alone)\n")
             elif isinstance(event, Done):
                 answer = event.answer
     except RagError as exc:
@@ -347,7 +349,7 @@ def ask_cmd(
 @app.command("chat")
 def chat_cmd(ctx: typer.Context) -> None:
     """Ask several questions in a row; follow-ups ("它是哪家公司发布的？") use the conversation."""
-    from rag.pipeline import Done, Pipeline, Token, Turn
+    from rag.pipeline import Done, Pipeline, Restart, Token, Turn
 
     pipeline = Pipeline(_settings(ctx))
     history: list[Turn] = []
@@ -364,6 +366,8 @@ def chat_cmd(ctx: typer.Context) -> None:
                 if isinstance(event, Token):
                     sys.stdout.write(event.text)
                     sys.stdout.flush()
+                elif isinstance(event, Restart):
+                    sys.stdout.write(" (asking again with the best passage alone)\n")
                 elif isinstance(event, Done):
                     answer = event.answer
                     history.append(Turn(question, answer.text))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import re
 import threading
 import time
@@ -18,7 +19,7 @@ from rag.schema import Answer, Hit
 if TYPE_CHECKING:
     from rag.config import Settings
     from rag.embedding import Embedder
-    from rag.generation import Generator
+    from rag.generation import Generator, Usage
     from rag.index import Index
     from rag.kvengine import CachedBlockGenerator
     from rag.kvstore import BlockLookup
@@ -48,11 +49,31 @@ class Token:
 
 
 @dataclass(frozen=True)
+class Restart:
+    """Forget the tokens streamed so far: the answer is being written again."""
+
+
+@dataclass(frozen=True)
 class Done:
     answer: Answer
 
 
-Event = Retrieved | Token | Done
+Event = Retrieved | Token | Restart | Done
+
+
+@dataclass
+class _Attempt:
+    """One generation under way: the prompt it reads and where its tokens come from."""
+
+    prompt: prompting.Prompt
+    stream: Iterator[str]
+    source: Generator | CachedBlockGenerator  # whose `usage` counts its tokens
+    path: str  # "cached" or "ordinary"
+    cached_tokens: int = 0
+
+    @property
+    def usage(self) -> Usage:
+        return self.source.usage
 PATHS = ("auto", "cached", "ordinary")  # how `ask` may answer; "cached" falls back when a passage is not stored
 
 
@@ -222,41 +243,18 @@ class Pipeline:
             yield Done(Answer(question, query, text, [], [], refused=True, related=ranked[:3], timings=timings))
             return
 
-        generator = self.get_generator()
-        cached = self.get_cached() if path != "ordinary" else None
-        blocks = cached[1].blocks([h.chunk for h in hits]) if cached else None
-        if cached and blocks is not None and cached[0].engine.fits(blocks, self.settings.max_answer_tokens):
-            served_by = "cached"
-            placed = prompting.block_order(len(blocks), self.settings.kv_order)
-            numbered = [hits[i] for i, _ in sorted(placed, key=lambda p: p[1])]  # passage n is numbered[n-1]
-            prompt = prompting.cached_prompt(question, numbered, [blocks[i].text for i, _ in placed], [n for _, n in placed])
-            labels = [prompting.block_label(n, first=j == 0) for j, (_, n) in enumerate(placed)]
-            stream = cached[0].stream_blocks(labels, [blocks[i] for i, _ in placed], prompting.question_tail(question),
-                                             self.settings.max_answer_tokens, stop)  # fmt: skip
-            usage_of: Generator | CachedBlockGenerator = cached[0]
-        else:
-            from rag.lexical import words
-
-            served_by = "ordinary"
-            prompt = prompting.build_prompt(
-                question,
-                hits,
-                generator.count_tokens,
-                self.settings.prompt_token_budget,
-                self.settings.passage_chars,
-                set(words(query)),
-            )
-            stream = generator.stream(prompt.messages(), self.settings.max_answer_tokens, stop)
-            usage_of = generator
-        pieces: list[str] = []
-        t_gen = time.perf_counter()
-        for piece in stream:
-            if not pieces:
-                timings["first_token"] = time.perf_counter() - t0
-            pieces.append(piece)
-            yield Token(piece)
-        timings["generation"] = time.perf_counter() - t_gen
-        raw = "".join(pieces).strip()
+        attempt = self._attempt(question, query, hits, path, stop)
+        raw = yield from self._stream(attempt, timings, t0)
+        retry = not (stop and stop.is_set()) and prompting.is_refusal(raw) and len(hits) > 1
+        if retry and citations.on_topic(question, hits[0].chunk.text):
+            # The 1.5B model sometimes says "资料中没有相关信息" with the answer in passage [1]
+            # (a release date in a timeline among four other passages). Asked again with that
+            # passage alone, told it is on topic, it answers; what it invents then is caught
+            # below like any answer.
+            yield Restart()
+            attempt = self._attempt(f"{question}\n{prompting.FOCUS_NOTE[lang]}", query, hits[:1], path, stop)
+            raw = yield from self._stream(attempt, timings, t0)
+        prompt, served_by = attempt.prompt, attempt.path
 
         checked = citations.check(raw, prompt.hits, lang, question) if raw else None
         if checked is None or not_an_answer(question, raw, checked, prompt.hits):
@@ -273,11 +271,46 @@ class Pipeline:
                 factual_sentences=checked.factual_sentences,
             )
         answer.raw_text = raw
-        answer.prompt_tokens = usage_of.usage.prompt_tokens
-        answer.completion_tokens = usage_of.usage.completion_tokens
+        answer.prompt_tokens = attempt.usage.prompt_tokens
+        answer.completion_tokens = attempt.usage.completion_tokens
         answer.path = served_by
-        if served_by == "cached":
-            answer.cached_tokens = sum(len(b.tokens) for b in blocks or [])
+        answer.cached_tokens = attempt.cached_tokens
         timings["total"] = time.perf_counter() - t0
         answer.timings = timings
         yield Done(answer)
+
+    def _attempt(self, question: str, query: str, hits: list[Hit], path: str, stop: threading.Event | None) -> _Attempt:
+        """Start answering from `hits`: from their stored blocks when `path` allows and all are
+        stored, else from the whole prompt (passages trimmed around the `query`'s words)."""
+        generator = self.get_generator()
+        s = self.settings
+        cached = self.get_cached() if path != "ordinary" else None
+        blocks = cached[1].blocks([h.chunk for h in hits]) if cached else None
+        if cached and blocks is not None and cached[0].engine.fits(blocks, s.max_answer_tokens):
+            placed = prompting.block_order(len(blocks), s.kv_order)
+            numbered = [hits[i] for i, _ in sorted(placed, key=lambda p: p[1])]  # passage n is numbered[n-1]
+            prompt = prompting.cached_prompt(question, numbered, [blocks[i].text for i, _ in placed], [n for _, n in placed])
+            labels = [prompting.block_label(n, first=j == 0) for j, (_, n) in enumerate(placed)]
+            stream = cached[0].stream_blocks(labels, [blocks[i] for i, _ in placed], prompting.question_tail(question),
+                                             s.max_answer_tokens, stop)  # fmt: skip
+            return _Attempt(prompt, stream, cached[0], "cached", sum(len(b.tokens) for b in blocks))
+        from rag.lexical import words
+
+        prompt = prompting.build_prompt(
+            question, hits, generator.count_tokens, s.prompt_token_budget, s.passage_chars, set(words(query))
+        )
+        return _Attempt(prompt, generator.stream(prompt.messages(), s.max_answer_tokens, stop), generator, "ordinary")
+
+    @staticmethod
+    def _stream(attempt: _Attempt, timings: dict[str, float], t0: float) -> collections.abc.Generator[Event, None, str]:
+        """Pass the attempt's tokens on; return the whole text. The first token of the first
+        attempt is the one the reader saw first, so a retry does not move `first_token`."""
+        pieces: list[str] = []
+        t_gen = time.perf_counter()
+        for piece in attempt.stream:
+            if "first_token" not in timings:
+                timings["first_token"] = time.perf_counter() - t0
+            pieces.append(piece)
+            yield Token(piece)
+        timings["generation"] = timings.get("generation", 0.0) + time.perf_counter() - t_gen
+        return "".join(pieces).strip()

@@ -26,6 +26,13 @@ SYSTEM_PROMPT = (
     "保留资料中的术语、名称和数字原样。回答简洁。"
 )
 
+# Added after the question when it is asked again with passage [1] alone (rag/pipeline.py):
+# without it the 1.5B model kept refusing a timeline entry that held the answer.
+FOCUS_NOTE = {
+    "zh": "（资料[1]与问题直接相关，请根据它回答。）",
+    "en": "(Passage [1] is about this question; answer from it.)",
+}
+
 REFUSAL = {
     "zh": "资料中没有相关信息。",
     "en": "The documents do not contain information about this.",

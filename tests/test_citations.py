@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from rag.citations import check, key_terms, parse_markers, support
+from rag.citations import check, key_terms, parse_markers, support, tidy_figures
 from rag.schema import Chunk, Hit
 
 P_COST = "DeepSeek-V3 的完整训练仅花费 557.6万美元，使用 FP8 混合精度训练。"
@@ -96,7 +96,7 @@ def test_key_terms_numbers_stand_alone(sentence: str, numbers: set[str]) -> None
 
 def test_correct_marker_is_kept() -> None:
     result = check("DeepSeek-V3 的训练花费了 557.6万美元[1]。", TWO)
-    assert result.text == "DeepSeek-V3 的训练花费了 557.6万美元[1]。"
+    assert result.text == "DeepSeek-V3 的训练花费了557.6万美元[1]。"
     assert numbers_of(result) == [1]
     assert result.unsupported == []
     assert_citations_from(result, TWO)
@@ -119,7 +119,7 @@ def test_marker_to_missing_passage_on_unsupported_sentence_is_dropped() -> None:
 
 def test_wrong_number_is_repaired_to_supporting_passage() -> None:
     result = check("Transformer 架构由谷歌在 2017 年提出[1]。", TWO)
-    assert result.text == "Transformer 架构由谷歌在 2017 年提出[2]。"
+    assert result.text == "Transformer 架构由谷歌在2017年提出[2]。"
     assert numbers_of(result) == [2]
     assert result.citations[0].chunk.path == "b.txt"
     assert_citations_from(result, TWO)
@@ -141,9 +141,9 @@ def test_marker_after_the_full_stop_is_not_lost() -> None:
 def test_unsupported_factual_sentence_is_reported() -> None:
     answer = "Transformer 由谷歌在 2017 年提出[2]。GPT-5 在 2030 年发布，参数达到一百万亿[1]。"
     result = check(answer, TWO)
-    assert result.unsupported == ["GPT-5 在 2030 年发布，参数达到一百万亿"]
+    assert result.unsupported == ["GPT-5 在2030年发布，参数达到一百万亿"]
     assert numbers_of(result) == [2]
-    assert result.text == "Transformer 由谷歌在 2017 年提出[2]。GPT-5 在 2030 年发布，参数达到一百万亿。"
+    assert result.text == "Transformer 由谷歌在2017年提出[2]。GPT-5 在2030年发布，参数达到一百万亿。"
     assert_citations_from(result, TWO)
 
 
@@ -151,7 +151,7 @@ def test_several_markers_keep_only_supporting_ones() -> None:
     result = check("DeepSeek-V3 使用 FP8 混合精度训练[1][2]。", TWO)
     assert result.text == "DeepSeek-V3 使用 FP8 混合精度训练[1]。"
     duplicate = check("DeepSeek-V3 训练成本 557.6万美元[1][1]。", TWO)
-    assert duplicate.text == "DeepSeek-V3 训练成本 557.6万美元[1]。"
+    assert duplicate.text == "DeepSeek-V3 训练成本557.6万美元[1]。"
 
 
 def test_full_width_markers_are_normalized() -> None:
@@ -339,6 +339,16 @@ def test_invented_chip_name_or_count_makes_an_answer_invented() -> None:
         assert is_invented(check(answer, hits), answer, hits), answer
 
 
+def test_a_version_number_reused_as_a_figure_is_invented() -> None:
+    from rag.citations import is_invented
+
+    hits = _hits("Kimi k1.5 由月之暗面发布，支持 128K tokens 的上下文窗口。")
+    invented = "Kimi k1.5 模型有大约 1.5 亿个参数。"  # the 1.5 is the version, "1.5亿" is nowhere
+    assert is_invented(check(invented, hits), invented, hits)
+    written = "Kimi k1.5 模型支持 128K tokens 的上下文窗口[1]。"
+    assert not is_invented(check(written, hits), written, hits)
+
+
 def test_unsupported_answer_that_only_restates_the_question_is_a_non_answer() -> None:
     from rag.citations import adds_nothing, is_invented
 
@@ -398,3 +408,23 @@ def test_words_taken_over_from_the_question_do_not_count_against_a_passage() -> 
         question="Claude 3.5 Sonnet 一次最多能塞进去多少内容？",
     )
     assert wrong.citations == []
+
+
+@pytest.mark.parametrize(
+    ("text", "tidy"),
+    [
+        ("参数规模为 1750 亿", "参数规模为1750亿"),
+        ("在 2022 年 11 月 30 日上线", "在2022年11月30日上线"),
+        ("错误率降低 39 %", "错误率降低39%"),
+        ("GPT-4 和 GPT-3 不同", "GPT-4 和 GPT-3 不同"),  # the digit of a name keeps its space
+    ],
+)
+def test_tidy_figures_writes_figures_as_the_sources_do(text: str, tidy: str) -> None:
+    assert tidy_figures(text) == tidy
+
+
+def test_chinese_answer_figures_are_tidied_english_left_alone() -> None:
+    zh = check("训练仅花费 557.6 万美元[1]。", [hit(1, P_COST)], "zh")
+    assert "557.6万美元[1]" in zh.text
+    en = check("It was introduced in 2017 [1].", [hit(1, P_ENGLISH)], "en")
+    assert "in 2017" in en.text

@@ -15,13 +15,14 @@ from rag.pipeline import (
     MAX_QUESTION_CHARS,
     Done,
     Pipeline,
+    Restart,
     Retrieved,
     Token,
     Turn,
     clean_question,
     standalone_query,
 )
-from rag.prompting import REFUSAL
+from rag.prompting import FOCUS_NOTE, REFUSAL
 from rag.schema import Answer
 from tests.fakes import CountingFactory, FakeEmbedder, FakeGenerator, isolate, tiny_settings
 
@@ -124,12 +125,38 @@ def test_english_question_gets_english_label_and_refusal(settings) -> None:  # t
 
 
 def test_model_refusal_gives_refused_and_related(settings) -> None:  # type: ignore[no-untyped-def]
-    _, answer = run(make(settings, "资料中没有相关信息。"), "DeepSeek-V3 的训练成本是多少？")
+    # Refused twice: first with all passages, then with the on-topic passage [1] alone.
+    _, answer = run(make(settings, "资料中没有相关信息。", "资料中没有相关信息。"), "DeepSeek-V3 的训练成本是多少？")
     assert answer.refused
     assert answer.text == REFUSAL["zh"]
     assert answer.citations == []
     assert answer.related and answer.related == answer.hits
     assert answer.raw_text == "资料中没有相关信息。"
+
+
+def test_self_refusal_with_an_on_topic_first_passage_is_asked_again_with_it_alone(settings) -> None:  # type: ignore[no-untyped-def]
+    generator = FakeGenerator(["资料中没有相关信息。", COST_REPLY])
+    pipeline = Pipeline(settings, embedder=FakeEmbedder(), generator=generator)
+    events, answer = run(pipeline, "DeepSeek-V3 的训练成本是多少？")
+    restarts = [i for i, e in enumerate(events) if isinstance(e, Restart)]
+    assert len(restarts) == 1
+    after = "".join(e.text for e in events[restarts[0] :] if isinstance(e, Token))
+    assert after == COST_REPLY  # what the reader sees after the restart is the new answer
+    assert len(generator.calls) == 2
+    second_user = generator.calls[1]["messages"][1]["content"]  # type: ignore[index]
+    assert "[1]" in second_user and "[2]" not in second_user
+    assert second_user.endswith(FOCUS_NOTE["zh"])
+    assert not answer.refused and [c.number for c in answer.citations] == [1]
+    assert answer.hits == events[0].hits[:1]
+    assert answer.timings["first_token"] <= answer.timings["total"]
+
+
+def test_self_refusal_off_topic_is_not_asked_again(settings) -> None:  # type: ignore[no-untyped-def]
+    generator = FakeGenerator(["资料中没有相关信息。", COST_REPLY])
+    pipeline = Pipeline(settings, embedder=FakeEmbedder(), generator=generator)
+    events, answer = run(pipeline, "DeepSeek-V3 的训练用了多少张 GPU，电费一共花了多少钱？")
+    assert not any(isinstance(e, Restart) for e in events)
+    assert len(generator.calls) == 1 and answer.refused
 
 
 def test_empty_model_reply_is_a_refusal(settings) -> None:  # type: ignore[no-untyped-def]

@@ -30,7 +30,7 @@ from rag.config import Settings
 from rag.errors import RagError
 from rag.index import BuildReport
 from rag.kvstore import BackgroundBuild
-from rag.pipeline import MAX_QUESTION_CHARS, Done, Pipeline, Retrieved, Token, Turn
+from rag.pipeline import MAX_QUESTION_CHARS, Done, Pipeline, Restart, Retrieved, Token, Turn
 from ui import render
 from ui.assets import CSS, FONTS, JS, MONO_FONTS, STORE_LANGUAGE_JS
 from ui.chat_models import ChatModels, offered_models
@@ -186,6 +186,8 @@ def build_app(pipeline: Pipeline, kv_build: BackgroundBuild | None = None) -> gr
                         text += event.text
                         history[-1] = _bot(render.streaming_text(text))
                         yield history, panel(status), conv
+                    elif isinstance(event, Restart):
+                        text = ""  # the model is asked again; its first try is not the answer
                     elif isinstance(event, Done):
                         stopped = stop.is_set()
                         if stopped and not event.answer.raw_text:
