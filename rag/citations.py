@@ -263,6 +263,51 @@ def conflicts(sentence: str, cited: Sequence[int], passages: Sequence[str]) -> l
     return found
 
 
+# "DeepSeek-R1 于 2025 年 1 月发布", "由 DeepSeek 在 2024年底发布的": when a named model came out.
+_RELEASED = re.compile(r"发布|推出|上线|亮相|问世|公布|开源")
+_YEAR = re.compile(r"(?<!\d)(20\d\d)\s*年")
+_DATE_REACH = 30  # characters from the name to the year, and from the year to the verb
+
+
+def _release_years(clause: str, name: str) -> set[str]:
+    """Years the clause (normalised) gives for the release of `name`: the name, then within
+    a few characters a year, then a release verb, with no other versioned name between."""
+    found: set[str] = set()
+    for at in mentions(clause, name):
+        after = clause[at : at + len(name) + 2 * _DATE_REACH]
+        for m in _YEAR.finditer(after, len(name)):
+            between = after[len(name) : m.start()]
+            if m.start() - len(name) > _DATE_REACH or versioned_names(between):
+                break
+            verb = _RELEASED.search(after, m.end(), m.end() + _DATE_REACH // 2)
+            if verb and not versioned_names(after[verb.end() : verb.end() + 10]):
+                found.add(m.group(1))  # not "…超过了 2024 年发布的 o1": that year is o1's
+            break
+    return found
+
+
+def date_conflicts(sentence: str, cited: Sequence[int], passages: Sequence[str]) -> list[tuple[int, str]]:
+    """Passages not cited by `sentence` that date the release of the model it names in another year.
+
+    "DeepSeek-R1 于2025年1月发布[1]" against "DeepSeek R1：由中国初创公司DeepSeek在2024年底发布"
+    -> [(that passage's number, that line)]. Months are not compared: "1月" and "1月下旬" agree.
+    """
+    body = _norm(_MARKER.sub("", sentence))
+    names = versioned_names(body)
+    claimed = {name: _release_years(body, name) for name in names}
+    claimed = {name: years for name, years in claimed.items() if years}
+    found: list[tuple[int, str]] = []
+    for n, passage in enumerate(passages, start=1):
+        if n in cited:
+            continue
+        for line in _sentences(clean_text(passage)):
+            normed = _norm(line)
+            if any(_release_years(normed, name) - years for name, years in claimed.items()):
+                found.append((n, line.strip().strip("├└─│ 🔥").strip()))
+                break
+    return found
+
+
 def _same_thing(before: str, other_before: str, unit: str) -> bool:
     """Both figures follow the same two specific Chinese words ("训练成本仅557.6万美元"
     and "训练成本约为560万美元"). Strict on purpose: a wrong "the sources differ" note
@@ -352,15 +397,20 @@ def _claimed(terms: set[str], asked: set[str], text: str) -> set[str]:
     return kept if any(len(t) >= 2 or t.isdigit() for t in kept - asked) else set()
 
 
-def check(answer: str, hits: Sequence[Hit], lang: str = "zh", question: str = "") -> CheckedAnswer:
+def check(
+    answer: str, hits: Sequence[Hit], lang: str = "zh", question: str = "", further: Sequence[Hit] = ()
+) -> CheckedAnswer:
     """Check, repair and add the answer's [n] markers against `hits` (passage n is hits[n-1]).
 
     Words the answer takes over from the `question` ("一次最多能塞进去") are not held
     against a passage that does not use them: they restate what was asked, not a claim.
+    `further`: the next-ranked passages, not shown to the model, read only for another
+    source that dates a release differently; one that does is cited as [len(hits) + i].
     """
     if lang == "zh":
         answer = tidy_figures(answer)
     passages = [h.chunk.text for h in hits]
+    everywhere = passages + [h.chunk.text for h in further]
     asked = {t for t in key_terms(question) if not _NUMBER.fullmatch(t)} if question else set()
     # Once per passage, not per sentence: what _claimed reads, and which passages are Chinese.
     normed = [_norm(clean_text(p)) for p in passages]
@@ -398,7 +448,7 @@ def check(answer: str, hits: Sequence[Hit], lang: str = "zh", question: str = ""
         cited.extend(kept)
         out_parts.append(core.rstrip() + markers + end)
         if kept and len(disagreements) < MAX_CONFLICTS:
-            for other in conflicts(core, kept, passages):
+            for other in conflicts(core, kept, passages) + date_conflicts(core, kept, everywhere):
                 if other[0] not in {d[0] for d in disagreements}:
                     disagreements.append(other)
 
@@ -410,5 +460,6 @@ def check(answer: str, hits: Sequence[Hit], lang: str = "zh", question: str = ""
         text += ("\n\n" if text else "") + CONFLICT_NOTE[lang].format(refs=refs)
         cited.extend(n for n, _ in disagreements[:MAX_CONFLICTS])
     order = list(dict.fromkeys(cited))
-    citations = [Citation(number=n, chunk=hits[n - 1].chunk) for n in sorted(order)]
+    sources = [*hits, *further]
+    citations = [Citation(number=n, chunk=sources[n - 1].chunk) for n in sorted(order)]
     return CheckedAnswer(text, citations, unsupported, factual, conflicts=len(disagreements[:MAX_CONFLICTS]))

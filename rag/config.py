@@ -54,6 +54,10 @@ class Settings:
     # At most this many of the first top_k passages come from one document, so sources that
     # state the same fact (or disagree about it) both reach the answer. 0 = no limit.
     per_doc_cap: int = 2
+    # The passages ranked after top_k, down to this rank, are read (not shown to the model) for a
+    # source that dates a release differently from the answer; such a passage is cited in the
+    # "sources differ" note. A lone dissenting source tends to rank 6-9th behind the majority.
+    conflict_depth: int = 10
     # Below this cosine similarity (best dense hit) and with no lexical match,
     # retrieval reports "no evidence" and the answer refuses instead of guessing.
     min_dense_score: float = 0.25

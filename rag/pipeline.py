@@ -229,8 +229,8 @@ class Pipeline:
         query = standalone_query(question, history)
 
         retriever = self.retriever()
-        ranked = retriever.rank(query, max(k, 3))
-        hits = ranked[:k] if retriever.has_evidence(ranked) else []
+        ranked = retriever.rank(query, max(k, 3, self.settings.conflict_depth))
+        hits = ranked[:k] if retriever.has_evidence(ranked[: max(k, 3)]) else []
         if lang == "zh" and uncovered_names(query, hits):
             hits = []  # the question names something no passage mentions: refuse, show the closest
         timings = {"retrieval": time.perf_counter() - t0}
@@ -256,7 +256,8 @@ class Pipeline:
             raw = yield from self._stream(attempt, timings, t0)
         prompt, served_by = attempt.prompt, attempt.path
 
-        checked = citations.check(raw, prompt.hits, lang, question) if raw else None
+        further = ranked[len(prompt.hits) : self.settings.conflict_depth]
+        checked = citations.check(raw, prompt.hits, lang, question, further) if raw else None
         if checked is None or not_an_answer(question, raw, checked, prompt.hits):
             text = prompting.REFUSAL[lang]
             answer = Answer(question, query, text, [], prompt.hits, refused=True, related=prompt.hits)

@@ -258,6 +258,32 @@ def test_other_number_for_the_same_fact_is_shown_and_cited() -> None:
     assert checked.conflicts == 1
 
 
+R1_TIMELINE = "2025年1月 - DeepSeek-R1\n├─ 深度求索发布\n├─ 🔥 开源推理模型（MIT许可）"
+R1_REPORT = "DeepSeek R1：由中国初创公司DeepSeek在2024年底发布的开源大型模型。"
+
+
+def test_a_further_passage_that_dates_the_release_otherwise_is_cited_in_the_note() -> None:
+    shown = _hits(R1_TIMELINE, "DeepSeek-R1 的训练采用 GRPO 算法。")
+    further = _hits(R1_REPORT)
+    checked = check("DeepSeek-R1 是在 2025 年 1 月发布的[1]。", shown, "zh", "DeepSeek-R1 是什么时候发布的？", further)
+    assert "资料说法不一" in checked.text and "2024年底" in checked.text
+    assert [c.number for c in checked.citations] == [1, 3]  # the further passage follows the shown ones
+    assert checked.citations[1].chunk.text == R1_REPORT
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        "2025 年 1 月下旬，DeepSeek 发布了 DeepSeek-R1。",  # same year, another wording
+        "DeepSeek-R1 超过了 2024 年发布的 o1 模型。",  # the year is o1's
+        "2024年12月 - DeepSeek-V3 发布",  # another model
+    ],
+)
+def test_release_dates_that_agree_or_belong_to_another_model_are_no_conflict(other: str) -> None:
+    checked = check("DeepSeek-R1 是在 2025 年 1 月发布的[1]。", _hits(R1_TIMELINE), "zh", "", _hits(other))
+    assert checked.conflicts == 0 and "说法不一" not in checked.text
+
+
 def test_conflict_note_in_english() -> None:
     hits = _hits("DeepSeek-V3 的训练成本约为 560 万美元。", "├─ 🔥 训练成本仅557.6万美元（行业震撼）")
     checked = check("DeepSeek-V3's training cost (训练成本约为 560 万美元) was low [1].", hits, lang="en")
