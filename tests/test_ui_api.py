@@ -34,6 +34,8 @@ LIGHTHOUSE = "# Vardø lighthouse\n\nThe Vardø lighthouse was painted bright pu
 LIGHTHOUSE_REPLY = "The Vardø lighthouse was painted bright purple in 1921 by the keeper Ole Brandt[1]."
 # Keys are looked up in the prompt's last line (the question), first match wins.
 REPLIES = {
+    "直接相关": COST_REPLY,  # the retry after a self-refusal ends with prompting.FOCUS_NOTE
+    "花费了多少": "资料中没有相关信息。",
     "成本": COST_REPLY,
     "架构": ARCH_REPLY,
     "Transformer": TRANSFORMER_REPLY,
@@ -175,6 +177,16 @@ def test_answer_streams_and_links_each_citation_to_a_highlighted_passage(world: 
     assert re.findall(r"<mark>(.*?)</mark>", passage) == [
         "DeepSeek-V3 的完整训练仅花费 557.6万美元，使用 FP8 混合精度训练。"
     ]
+
+
+def test_a_self_refusal_asked_again_streams_the_new_answer_alone(world: World) -> None:
+    job = world.client().submit("DeepSeek-V3 的完整训练花费了多少？", [], api_name="/ask")
+    chat, _, _ = job.result(timeout=60)
+    partial = [text_of(u[0][-1]) for u in job.outputs()]
+    assert any("资料中没有" in p for p in partial)  # the first try was shown while it streamed
+    answer = text_of(chat[-1])
+    assert "557.6万美元" in answer and "资料中没有" not in answer
+    assert not any("资料中没有" in p and "557.6" in p for p in partial)  # never both at once
 
 
 def test_follow_up_question_is_searched_with_the_previous_one(world: World) -> None:
