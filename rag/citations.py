@@ -327,15 +327,22 @@ _COUNTED = re.compile(r"多少\s*([^，。？！?,;；的是呢吗]{1,12})")
 
 
 def misses_the_count(answer: str, question: str) -> bool:
-    """The question asks how many of something and the answer never names that thing.
+    """The question asks how many of something and no sentence of the answer names that thing
+    (with the model the question names, if it names one).
 
     "Kimi k1.5 有多少参数？" answered with its context window is about another
     figure: the model found no parameter count and reported what it did find.
     """
     m = _COUNTED.search(unicodedata.normalize("NFKC", question))
     counted = {w for w in words(m.group(1)) if len(w) >= 2} if m else set()
-    text = _norm(answer)
-    return bool(counted) and not any(w in text for w in counted)
+    if not counted:
+        return False
+    # "GPT-4 到底有多少参数？" answered "凭借1750亿参数，GPT-3 …": a count, but of another model.
+    asked = versioned_names(question)
+    return not any(
+        any(w in s for w in counted) and all(mentions(s, name) for name in asked)
+        for s in (_norm(x) for x in _sentences(_MARKER.sub("", answer)))
+    )
 
 
 _MAGNITUDE = re.compile(r"(?<![0-9a-z.\-])(\d+(?:\.\d+)?)\s*([万亿千百]+|[%％])")

@@ -395,6 +395,9 @@ def test_unsupported_answer_that_only_restates_the_question_is_a_non_answer() ->
         ("Llama 3 预训练一共用了多少 token 的数据？", "Llama 3 使用了更多高质量数据[1]。", True),
         ("剪枝能把参数砍掉多少？", "可以砍掉30%[1]。", False),  # nothing named after 多少: no check
         ("How many parameters does it have?", "It has 175B.", False),
+        # a parameter count, but of the model next to the one asked about
+        ("GPT-4 到底有多少参数？", "GPT-4 沿用了 Transformer。凭借惊人的1750亿参数，GPT-3 突破了界限[1]。", True),
+        ("GPT-4 到底有多少参数？", "GPT-4 的参数量约为1.8万亿[1]。", False),
     ],
 )
 def test_misses_the_count(question: str, answer: str, expected: bool) -> None:
