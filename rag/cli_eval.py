@@ -141,7 +141,8 @@ def answers_cmd(
             for event in pipeline.ask(question, path=which):
                 if isinstance(event, Done):
                     if "generation" in event.answer.timings:  # the model answered (not a refusal before it)
-                        served.setdefault(which, []).append(event.answer.path)
+                        # "cached+ordinary": a cached answer the checker rejected, written again
+                        served.setdefault(which, []).append("+".join(event.answer.tries) or event.answer.path)
                     return event.answer
             raise RuntimeError("the pipeline ended without an answer")
 

@@ -529,6 +529,7 @@ class AnswerResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     raw_answer: str = ""
+    tries: list[str] = field(default_factory=list)  # path of each generation (rag.schema.Answer.tries)
 
 
 def _median_p90(values: list[float]) -> tuple[float | None, float | None]:
@@ -632,6 +633,7 @@ def evaluate_answers(
             query=answer.query, unsupported=list(answer.unsupported), factual_sentences=answer.factual_sentences,
             timings=dict(answer.timings), prompt_tokens=answer.prompt_tokens,
             completion_tokens=answer.completion_tokens, raw_answer=answer.raw_text,
+            tries=list(getattr(answer, "tries", [])),
         )  # fmt: skip
         results.append(result)
         if on_progress:

@@ -74,6 +74,9 @@ class _Attempt:
     @property
     def usage(self) -> Usage:
         return self.source.usage
+
+
+_Tried = tuple[_Attempt, str, "citations.CheckedAnswer | None"]
 PATHS = ("auto", "cached", "ordinary")  # how `ask` may answer; "cached" falls back when a passage is not stored
 
 
@@ -243,22 +246,40 @@ class Pipeline:
             yield Done(Answer(question, query, text, [], [], refused=True, related=ranked[:3], timings=timings))
             return
 
-        attempt = self._attempt(question, query, hits, path, stop)
-        raw = yield from self._stream(attempt, timings, t0)
-        retry = not (stop and stop.is_set()) and prompting.is_refusal(raw) and len(hits) > 1
-        if retry and citations.on_topic(question, hits[0].chunk.text):
+        tries: list[str] = []
+
+        def stopped() -> bool:
+            return stop is not None and stop.is_set()
+
+        def answer_from(asked: str, given: list[Hit], how: str) -> collections.abc.Generator[Event, None, _Tried]:
+            """Generate from `given` on path `how`; the attempt, its text, and the checked answer
+            (None when it is no answer: a refusal, invented, or a count of something else)."""
+            attempt = self._attempt(asked, query, given, how, stop)
+            tries.append(attempt.path)
+            raw = yield from self._stream(attempt, timings, t0)
+            further = ranked[len(attempt.prompt.hits) : self.settings.conflict_depth]
+            checked = citations.check(raw, attempt.prompt.hits, lang, question, further) if raw else None
+            good = checked is not None and not not_an_answer(question, raw, checked, attempt.prompt.hits)
+            return attempt, raw, checked if good else None
+
+        attempt, raw, checked = yield from answer_from(question, hits, path)
+        if attempt.path == "cached" and not stopped() and (checked is None or checked.unsupported):
+            # Cached blocks never saw one another, and the model copies or mixes them more than
+            # when it reads the passages together; an answer the checker does not accept is
+            # written again from the whole prompt. The reader saw the first token at once.
+            yield Restart()
+            attempt, raw, checked = yield from answer_from(question, hits, "ordinary")
+        if not stopped() and prompting.is_refusal(raw) and len(hits) > 1 and citations.on_topic(question, hits[0].chunk.text):
             # The 1.5B model sometimes says "资料中没有相关信息" with the answer in passage [1]
             # (a release date in a timeline among four other passages). Asked again with that
             # passage alone, told it is on topic, it answers; what it invents then is caught
-            # below like any answer.
+            # like any answer.
             yield Restart()
-            attempt = self._attempt(f"{question}\n{prompting.FOCUS_NOTE[lang]}", query, hits[:1], path, stop)
-            raw = yield from self._stream(attempt, timings, t0)
-        prompt, served_by = attempt.prompt, attempt.path
+            note = f"{question}\n{prompting.FOCUS_NOTE[lang]}"
+            attempt, raw, checked = yield from answer_from(note, hits[:1], attempt.path)
 
-        further = ranked[len(prompt.hits) : self.settings.conflict_depth]
-        checked = citations.check(raw, prompt.hits, lang, question, further) if raw else None
-        if checked is None or not_an_answer(question, raw, checked, prompt.hits):
+        prompt = attempt.prompt
+        if checked is None:
             text = prompting.REFUSAL[lang]
             answer = Answer(question, query, text, [], prompt.hits, refused=True, related=prompt.hits)
         else:
@@ -274,7 +295,8 @@ class Pipeline:
         answer.raw_text = raw
         answer.prompt_tokens = attempt.usage.prompt_tokens
         answer.completion_tokens = attempt.usage.completion_tokens
-        answer.path = served_by
+        answer.path = attempt.path
+        answer.tries = tries
         answer.cached_tokens = attempt.cached_tokens
         timings["total"] = time.perf_counter() - t0
         answer.timings = timings

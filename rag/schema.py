@@ -92,3 +92,6 @@ class Answer:
     completion_tokens: int = 0
     path: str = "ordinary"  # "cached": the passages' KV came from the store (rag/kvstore.py), only the rest was read
     cached_tokens: int = 0  # passage tokens restored from the store instead of read
+    # Each generation's path in order: ["cached", "ordinary"] when the cached answer was written
+    # again from the whole prompt; a self-refusal asked again adds one more.
+    tries: list[str] = field(default_factory=list)

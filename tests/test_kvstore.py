@@ -14,7 +14,7 @@ from rag.generation import Usage
 from rag.index import Index, build
 from rag.kvengine import Block
 from rag.models import get_spec
-from rag.pipeline import Done, Pipeline, Token
+from rag.pipeline import Done, Pipeline, Restart, Token
 from tests.fakes import TINY_CORPUS, CountingFactory, FakeEmbedder, FakeGenerator, isolate, tiny_settings
 
 
@@ -234,6 +234,33 @@ def test_a_question_whose_passages_are_not_all_cached_falls_back(settings) -> No
     streamed, answer = answer_of(pipeline, "DeepSeek-V3 的训练成本是多少？")
     assert answer.path == "ordinary" and len(ordinary.calls) == 1 and len(cached.calls) == 1
     assert streamed == COST_REPLY and "557.6万美元[1]" in answer.text and answer.cached_tokens == 0
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "资料中没有相关信息。",  # a refusal
+        "DeepSeek-V3 的完整训练仅花费 557.6万美元[1]。火星上有三个月亮[1]。",  # an unsupported sentence
+    ],
+)
+def test_a_cached_answer_the_checker_rejects_is_written_again_from_the_whole_prompt(settings, reply: str) -> None:  # type: ignore[no-untyped-def]
+    kvstore.build_store(settings, chunks_of(settings), FakeEngine())
+    pipeline, ordinary, cached = cached_pipeline(settings, reply)
+    events = list(pipeline.ask("DeepSeek-V3 的训练成本是多少？"))
+    answer = events[-1].answer
+    assert len(cached.calls) == 1 and len(ordinary.calls) == 1
+    assert answer.path == "ordinary" and answer.tries == ["cached", "ordinary"]
+    restart = next(i for i, e in enumerate(events) if isinstance(e, Restart))
+    assert "".join(e.text for e in events[restart:] if isinstance(e, Token)) == COST_REPLY
+    assert "557.6万美元[1]" in answer.text and not answer.unsupported and not answer.refused
+    assert answer.timings["first_token"] < answer.timings["total"]
+
+
+def test_an_accepted_cached_answer_is_the_only_try(settings) -> None:  # type: ignore[no-untyped-def]
+    kvstore.build_store(settings, chunks_of(settings), FakeEngine())
+    pipeline, ordinary, _ = cached_pipeline(settings, "DeepSeek-V3 的完整训练仅花费 557.6万美元[3]。")
+    _, answer = answer_of(pipeline, "DeepSeek-V3 的训练成本是多少？")
+    assert answer.tries == ["cached"] and not ordinary.calls and not answer.unsupported
 
 
 def test_path_ordinary_and_kv_cache_off_never_use_the_blocks(settings) -> None:  # type: ignore[no-untyped-def]

@@ -187,7 +187,9 @@ def build_app(pipeline: Pipeline, kv_build: BackgroundBuild | None = None) -> gr
                         history[-1] = _bot(render.streaming_text(text))
                         yield history, panel(status), conv
                     elif isinstance(event, Restart):
-                        text = ""  # the model is asked again; its first try is not the answer
+                        text, status = "", say(lang, "again")  # the first try is not the answer
+                        history[-1] = _bot(PENDING)
+                        yield history, panel(status), conv
                     elif isinstance(event, Done):
                         stopped = stop.is_set()
                         if stopped and not event.answer.raw_text:
