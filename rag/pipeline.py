@@ -263,10 +263,12 @@ class Pipeline:
             return attempt, raw, checked if good else None
 
         attempt, raw, checked = yield from answer_from(question, hits, path)
-        if attempt.path == "cached" and not stopped() and (checked is None or checked.unsupported):
+        unchecked = checked is None or checked.unsupported or not checked.factual_sentences
+        if attempt.path == "cached" and not stopped() and unchecked:
             # Cached blocks never saw one another, and the model copies or mixes them more than
-            # when it reads the passages together; an answer the checker does not accept is
-            # written again from the whole prompt. The reader saw the first token at once.
+            # when it reads the passages together; an answer the checker rejects, or cannot check
+            # (a bare name: "IBM.COM[3]"), is written again from the whole prompt. The reader
+            # saw the first token at once.
             yield Restart()
             attempt, raw, checked = yield from answer_from(question, hits, "ordinary")
         if not stopped() and prompting.is_refusal(raw) and len(hits) > 1 and citations.on_topic(question, hits[0].chunk.text):
