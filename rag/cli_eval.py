@@ -345,5 +345,6 @@ def _compare(ordinary, cached) -> str:  # type: ignore[no-untyped-def]
         diff("citation precision", ordinary.citation_precision, cached.citation_precision),
         diff("TTFT p50 (s)", ordinary.ttft_median, cached.ttft_median),
         f"TTFT cached/ordinary {'-' if ratio is None else f'{ratio:.2f}'}",
+        diff("first token of the kept answer p50 (s)", ordinary.answer_ttft_median, cached.answer_ttft_median),
     ]
     return "ordinary -> cached: " + "; ".join(parts)

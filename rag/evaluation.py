@@ -556,6 +556,8 @@ class AnswerMetrics:
     total_median: float | None
     total_p90: float | None
     prompt_tokens_median: float | None
+    # First token of the text finally kept: later than ttft when a first draft was written again.
+    answer_ttft_median: float | None = None
 
     @classmethod
     def of(cls, results: Sequence[AnswerResult]) -> AnswerMetrics:
@@ -583,6 +585,9 @@ class AnswerMetrics:
             total_median=_median_p90(total)[0],
             total_p90=_median_p90(total)[1],
             prompt_tokens_median=_median_p90(tokens)[0],
+            answer_ttft_median=_median_p90(
+                [r.timings.get("answer_first_token", r.timings["first_token"]) for r in results if "first_token" in r.timings]
+            )[0],
         )
 
 

@@ -329,12 +329,14 @@ class Pipeline:
     @staticmethod
     def _stream(attempt: _Attempt, timings: dict[str, float], t0: float) -> collections.abc.Generator[Event, None, str]:
         """Pass the attempt's tokens on; return the whole text. The first token of the first
-        attempt is the one the reader saw first, so a retry does not move `first_token`."""
+        attempt is the one the reader saw first, so a retry does not move `first_token`;
+        `answer_first_token` is the first token of the text finally kept."""
         pieces: list[str] = []
         t_gen = time.perf_counter()
         for piece in attempt.stream:
-            if "first_token" not in timings:
-                timings["first_token"] = time.perf_counter() - t0
+            if not pieces:
+                timings["answer_first_token"] = time.perf_counter() - t0
+                timings.setdefault("first_token", timings["answer_first_token"])
             pieces.append(piece)
             yield Token(piece)
         timings["generation"] = timings.get("generation", 0.0) + time.perf_counter() - t_gen
