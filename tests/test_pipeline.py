@@ -22,7 +22,7 @@ from rag.pipeline import (
     clean_question,
     standalone_query,
 )
-from rag.prompting import FOCUS_NOTE, REFUSAL
+from rag.prompting import ENGLISH_REMINDER, FOCUS_NOTE, REFUSAL
 from rag.schema import Answer
 from tests.fakes import CountingFactory, FakeEmbedder, FakeGenerator, isolate, tiny_settings
 
@@ -118,7 +118,7 @@ def test_english_question_gets_english_label_and_refusal(settings) -> None:  # t
     assert answer.refused
     assert answer.text == REFUSAL["en"]
     user = pipeline.generator.calls[0]["messages"][1]["content"]  # type: ignore[union-attr]
-    assert user.endswith("Question：How do I make tomato soup?")
+    assert user.endswith("Question：How do I make tomato soup?" + ENGLISH_REMINDER)
 
 
 # ---------------------------------------------------------------- refusals

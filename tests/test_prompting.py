@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from rag.prompting import REFUSAL, SYSTEM_PROMPT, build_prompt, is_refusal, language_of, passage_header
+from rag.prompting import ENGLISH_REMINDER, REFUSAL, SYSTEM_PROMPT, build_prompt, is_refusal, language_of, passage_header
 from rag.schema import Chunk, Hit
 
 
@@ -47,7 +47,7 @@ def test_messages_put_the_fixed_system_prompt_first() -> None:
 
 def test_english_question_label() -> None:
     prompt = build_prompt("  Who proposed the Transformer?  ", HITS, len, 1000)
-    assert prompt.user.endswith("Question：Who proposed the Transformer?")
+    assert prompt.user.endswith("Question：Who proposed the Transformer?" + ENGLISH_REMINDER)
 
 
 def test_passage_header() -> None:

@@ -279,7 +279,7 @@ def test_unanswerable_questions_get_a_message_not_a_model_call(settings, cli, qu
 
 def test_question_with_mixed_control_characters_is_answered(settings) -> None:  # type: ignore[no-untyped-def]
     _build(settings)
-    reply = "DeepSeek-V3 的完整训练仅花费 557.6万美元[1]。"
+    reply = "DeepSeek-V3 的完整训练仅花费557.6万美元[1]。"
     pipeline = _pipeline(settings, reply)
     answer = _answer(pipeline, "\x00DeepSeek-V3\x07 的\x1b[31m训练成本\x7f是多少？\x08\r\n")
     assert not answer.refused

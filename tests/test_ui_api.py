@@ -32,7 +32,7 @@ ARCH_REPLY = "DeepSeek-V3 采用混合专家（MoE）架构，总参数 6710 亿
 TRANSFORMER_REPLY = "Transformer 架构由谷歌在 2017 年提出[1]。"
 LIGHTHOUSE = "# Vardø lighthouse\n\nThe Vardø lighthouse was painted bright purple in 1921 by the keeper Ole Brandt.\n"
 LIGHTHOUSE_REPLY = "The Vardø lighthouse was painted bright purple in 1921 by the keeper Ole Brandt[1]."
-# Keys are looked up in the prompt's last line (the question), first match wins.
+# Keys are looked up in the prompt's question (and what follows it), first match wins.
 REPLIES = {
     "直接相关": COST_REPLY,  # the retry after a self-refusal ends with prompting.FOCUS_NOTE
     "花费了多少": "资料中没有相关信息。",
@@ -48,8 +48,8 @@ REPLIES = {
 class ScriptedByQuestion:
     """A Generator (rag.generation) whose reply depends on the question, streamed in small pieces.
 
-    Replies are picked by substring of the prompt's last line ("问题：…" or
-    "Question：…"), so answers stay right whatever order concurrent
+    Replies are picked by substring of the prompt's question ("问题：…" or
+    "Question：…" to the end), so answers stay right whatever order concurrent
     questions arrive in. It records how many streams ran at once.
     """
 
@@ -75,7 +75,7 @@ class ScriptedByQuestion:
     def stream(
         self, messages: list[dict[str, str]], max_tokens: int, stop: threading.Event | None = None
     ) -> Iterator[str]:
-        question = messages[-1]["content"].rsplit("\n", 1)[-1]
+        question = re.split("问题：|Question：", messages[-1]["content"])[-1]  # and any note after it
         reply = next((r for key, r in self.replies.items() if key in question), "I do not know.")
         with self._lock:
             self.questions.append(question)
