@@ -60,9 +60,11 @@ def names(text: str) -> set[str]:
 def mentions(text: str, name: str) -> list[int]:
     """Where `text` (NFKC, lower-cased) names `name`, as whole words; offsets.
 
-    "DeepSeek-R1", "DeepSeek R1" and "deepseekr1" name one model; "GPT-4o" is not "GPT-4".
+    "DeepSeek-R1", "DeepSeek R1" and "deepseekr1" name one model, as do "iPhone SE3" and
+    "iPhone SE 3"; "GPT-4o" is not "GPT-4".
     """
     body = re.sub(r"(?:\\-|\\ |\s)+", r"[\\s\\-]?", re.escape(name))
+    body = re.sub(r"(?<=[a-z])(?=\d)", r"[\\s\\-]?", body)  # "se3" also finds "se 3"
     return [m.start() for m in re.finditer(r"(?<![a-z0-9.])" + body + r"(?![a-z0-9])", text)]
 
 

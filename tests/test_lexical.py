@@ -150,6 +150,9 @@ def test_names_are_latin_script_terms() -> None:
         ("llama3 和 llama 3.1", "llama 3", True),
         ("vllm-ascend", "vllm", True),
         ("myvllm", "vllm", False),
+        ("新一代 iphone se 3 发布", "iphone se3", True),
+        ("gpt4 与 gpt-4o", "gpt-4", True),
+        ("gpt-4o", "gpt4", False),
     ],
 )
 def test_mentions_whole_names(text: str, name: str, found: bool) -> None:
