@@ -13,7 +13,7 @@ import typer
 from rag import offline  # noqa: F401
 from rag.cli_eval import eval_app
 from rag.config import Settings, load_settings
-from rag.errors import RagError
+from rag.errors import ConfigError, RagError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Offline question answering over your documents.")
 models_app = typer.Typer(help="List, fetch and verify the local models.", invoke_without_command=True)
@@ -178,6 +178,12 @@ def index_cmd(
     from rag.index import lock_holder
 
     settings = _settings(ctx)
+    if kv and not settings.kv_cache:
+        _fail(ConfigError(
+            "--kv computes the passage KV store, which is turned off (kv_cache = false, the default).",
+            "Turn it on with kv_cache = true in rag.toml (or RAG_KV_CACHE=1), then run: rag index --kv",
+        ))  # fmt: skip
+        return
     corpus, root = Path(settings.corpus_dir), Path(settings.index_dir)
     holder = lock_holder(root) if wait or watch else None  # without --wait, build() itself names the holder
     if holder:
@@ -422,7 +428,6 @@ def bench_cmd(
 ) -> None:
     """Measure start-up, indexing, retrieval and answering, next to raw llama-cpp-python and sentence-transformers."""
     from rag.bench import DEFAULT_QUESTIONS, SECTIONS, format_table, run_bench
-    from rag.errors import ConfigError
 
     skipped = [p.strip() for p in skip.split(",") if p.strip()]
     try:

@@ -195,7 +195,7 @@ def test_rag_index_kv_builds_the_store_and_ask_uses_it(small_world, small_env, t
 
     shutil.copytree(small_world.index_dir, tmp_path / "index", symlinks=True)
     shutil.rmtree(tmp_path / "index" / "kvcache", ignore_errors=True)  # another test's page may have built one
-    env = dict(small_env, RAG_INDEX_DIR=str(tmp_path / "index"))
+    env = dict(small_env, RAG_INDEX_DIR=str(tmp_path / "index"), RAG_KV_CACHE="1")  # the store is opt-in
 
     def rag(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
         out = subprocess.run(
@@ -229,7 +229,7 @@ def test_bench_measures_both_paths(small_world, tmp_path: Path) -> None:  # type
 
     shutil.copytree(small_world.index_dir, tmp_path / "index", symlinks=True)
     shutil.rmtree(tmp_path / "index" / "kvcache", ignore_errors=True)
-    settings = replace(small_world, index_dir=tmp_path / "index")
+    settings = replace(small_world, index_dir=tmp_path / "index", kv_cache=True)
     chunks = Index.load(settings.index_dir).chunks
     kvstore.update(settings, chunks, lambda: kvstore.open_engine(settings))
     questions = tmp_path / "q.jsonl"

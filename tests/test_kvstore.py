@@ -66,7 +66,7 @@ class FakeCachedGenerator:
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     isolate(monkeypatch, tmp_path)
-    s = tiny_settings(tmp_path, top_k=3, candidates=10, kv_block_tokens=120)
+    s = tiny_settings(tmp_path, top_k=3, candidates=10, kv_block_tokens=120, kv_cache=True)
     build(s, CountingFactory(), get_spec(s.embed_model).sha256)
     return s
 
@@ -350,6 +350,7 @@ def test_index_command_reports_the_store_and_how_to_build_it(settings, monkeypat
     from rag.cli import app
 
     monkeypatch.setenv("RAG_KV_BLOCK_TOKENS", str(settings.kv_block_tokens))
+    monkeypatch.setenv("RAG_KV_CACHE", "1")
 
     base = ["--corpus", str(settings.corpus_dir), "--index", str(settings.index_dir)]
     result = CliRunner().invoke(app, [*base, "index"], catch_exceptions=False)
@@ -361,3 +362,14 @@ def test_index_command_reports_the_store_and_how_to_build_it(settings, monkeypat
     monkeypatch.setenv("RAG_KV_BLOCK_TOKENS", "64")  # blocks of another size: not used, and said so
     other = CliRunner().invoke(app, [*base, "index"], catch_exceptions=False)
     assert "made with other settings" in other.output
+
+
+def test_index_kv_with_the_store_off_says_how_to_turn_it_on(settings, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from rag.cli import app
+
+    monkeypatch.setenv("RAG_KV_CACHE", "0")
+    base = ["--corpus", str(settings.corpus_dir), "--index", str(settings.index_dir)]
+    result = CliRunner().invoke(app, [*base, "index", "--kv"])
+    assert result.exit_code == 1 and "kv_cache = true" in result.output
