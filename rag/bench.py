@@ -753,13 +753,18 @@ def bench_cached(settings: Settings, pipeline: Pipeline, llm: Any, questions: Se
             records.append({"id": qid, "question": q, "skipped": "refused before generation"})
             progress(f"[{i}/{len(questions)}] {qid} no generation (refused before the model)")
             continue
+        once = c.tries == ["cached"]
         rec = {
-            "id": qid, "question": q, "path": c.path, "ordinary_ttft": o_ttft, "cached_ttft": c_ttft,
+            # the path of the first try, whose first token cached_ttft times (a rejected cached
+            # answer is written again on the ordinary path: tries ["cached", "ordinary"])
+            "id": qid, "question": q, "path": (c.tries or [c.path])[0], "tries": c.tries,
+            "ordinary_ttft": o_ttft, "cached_ttft": c_ttft,
             "ttft_ratio": ratio(c_ttft, o_ttft), "ordinary_prompt_tokens": o.prompt_tokens,
-            "cached_prompt_tokens": c.prompt_tokens, "cached_tokens": c.cached_tokens,
+            # token counts and rate describe the cached generation only when it was the only one
+            "cached_prompt_tokens": c.prompt_tokens if once else None, "cached_tokens": c.cached_tokens if once else None,
             "ordinary_total": o.timings.get("total"), "cached_total": c.timings.get("total"),
             "cached_rate": (c.completion_tokens - 1) / (c.timings["generation"] - c_ttft)
-            if c.completion_tokens > 1 and c.timings.get("generation", 0) > c_ttft else None,
+            if once and c.completion_tokens > 1 and c.timings.get("generation", 0) > c_ttft else None,
             "same_answer": o.raw_text == c.raw_text, "ordinary_answer": o.raw_text, "cached_answer": c.raw_text,
         }  # fmt: skip
         records.append(rec)

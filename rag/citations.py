@@ -345,6 +345,13 @@ def misses_the_count(answer: str, question: str) -> bool:
     )
 
 
+def is_degenerate(answer: str) -> bool:
+    """The model looped on one or two tokens ("1. 1. 1. 1. 1. 1."): nothing to show or check.
+    Small models do this on prompts they cannot follow; rendered, such text is an empty list."""
+    tokens = re.findall(r"\w+", _norm(_MARKER.sub("", answer)))
+    return len(tokens) >= 6 and len(set(tokens)) <= 2
+
+
 _MAGNITUDE = re.compile(r"(?<![0-9a-z.\-])(\d+(?:\.\d+)?)\s*([万亿千百]+|[%％])")
 
 

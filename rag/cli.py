@@ -297,6 +297,7 @@ def answer_to_dict(answer) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         "prompt_tokens": answer.prompt_tokens,
         "completion_tokens": answer.completion_tokens,
         "path": answer.path,
+        "tries": answer.tries,
         "cached_tokens": answer.cached_tokens,
         "timings": answer.timings,
     }

