@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from rag import offline  # noqa: F401
-from rag.cli_eval import eval_app
+from rag.cli_eval import eval_app, save_report
 from rag.config import Settings, load_settings
 from rag.errors import ConfigError, RagError
 
@@ -444,9 +444,7 @@ def bench_cmd(
     typer.echo(format_table(report.stats))
     typer.echo(f"\nload average at the end {report.machine['load_after']}; {report.seconds:.0f} s in all")
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report.to_dict(), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        typer.echo(f"Full record: {json_out}", err=True)
+        save_report(json_out, report.to_dict(), "Full record")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,13 @@ def eval_main() -> None:
     # A callback keeps `retrieval` a sub-command even while it is the only one.
 
 
+def save_report(json_out: Path, data: object, label: str = "Full report") -> None:
+    """Write a command's --json report (UTF-8, indented) and say where it went."""
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    typer.echo(f"\n{label}: {json_out}", err=True)
+
+
 def _fail(exc: RagError) -> None:
     typer.secho(f"Error: {exc.message}", fg="red", err=True)
     if exc.hint:
@@ -99,9 +106,7 @@ def retrieval_cmd(
         data["eval_file"] = str(eval_file)
         data["embed_model"] = settings.embed_model
         data["index_dir"] = str(settings.index_dir)
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        typer.echo(f"\nFull report: {json_out}", err=True)
+        save_report(json_out, data)
 
 
 @eval_app.command("answers")
@@ -191,9 +196,7 @@ def answers_cmd(
                     path=path, served=served)  # fmt: skip
         if twin_report is not None:
             data["cached"] = twin_report.to_dict()
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        typer.echo(f"\nFull report: {json_out}", err=True)
+        save_report(json_out, data)
 
 
 @eval_app.command("rgb")
@@ -285,9 +288,7 @@ def rgb_cmd(
     if json_out is not None:
         data.update(rgb_file=str(rgb_file), embed_model=settings.embed_model, chat_model=settings.chat_model,
                     peak_rss_mb=rgb.peak_rss_mb())  # fmt: skip
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        typer.echo(f"\nFull report: {json_out}", err=True)
+        save_report(json_out, data)
 
 
 @eval_app.command("scale")
@@ -314,9 +315,7 @@ def scale_cmd(
         raise typer.Exit(1) from None
     typer.echo(format_scale_report(report))
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
-        typer.echo(f"\nFull report: {json_out}", err=True)
+        save_report(json_out, report.to_dict())
 
 
 def _require_cached(pipeline) -> None:  # type: ignore[no-untyped-def]
