@@ -143,9 +143,13 @@ def _digits_of(names: set[str]) -> set[str]:
 def support(sentence_terms: set[str], passage: str, names: set[str] | frozenset[str] = frozenset()) -> float:
     """Share of the sentence's key terms the passage holds; 0 unless its figures are in the passage
     (and about the sentence's versioned `names`, when it has any: see `grounded`)."""
+    return _support_in(sentence_terms, _norm(clean_text(passage)), names)
+
+
+def _support_in(sentence_terms: set[str], text: str, names: set[str] | frozenset[str] = frozenset()) -> float:
+    """`support` against a passage already cleaned and normalised (`text`)."""
     if not sentence_terms:
         return 0.0
-    text = _norm(clean_text(passage))
     numbers = {t for t in sentence_terms if _NUMBER.fullmatch(t)} - _digits_of(names)
     if numbers and not any(grounded(n, names, text) for n in numbers):
         return 0.0  # a sentence's numbers must come from the passage, about the same thing
@@ -426,7 +430,7 @@ def check(
     passages = [h.chunk.text for h in hits]
     everywhere = passages + [h.chunk.text for h in further]
     asked = {t for t in key_terms(question) if not _NUMBER.fullmatch(t)} if question else set()
-    # Once per passage, not per sentence: what _claimed reads, and which passages are Chinese.
+    # Once per passage, not per sentence: the text _claimed and _support_in read, and which passages are Chinese.
     normed = [_norm(clean_text(p)) for p in passages]
     chinese = [language_of(p) == "zh" for p in passages]
     out_parts: list[str] = []
@@ -449,8 +453,8 @@ def check(
         terms, cross = key_terms(core), checkable_terms(core)
         names = versioned_names(core)
         scores = [
-            support(_claimed(cross if zh else terms, asked, text), p, names)
-            for p, text, zh in zip(passages, normed, chinese)
+            _support_in(_claimed(cross if zh else terms, asked, text), text, names)
+            for text, zh in zip(normed, chinese)
         ]
         best = max(range(len(scores)), key=lambda i: scores[i]) if scores else -1
         kept = [n for n in dict.fromkeys(numbers) if scores[n - 1] >= SUPPORTS]
