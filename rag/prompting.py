@@ -71,9 +71,14 @@ class Prompt:
         return [{"role": "system", "content": self.system}, {"role": "user", "content": self.user}]
 
 
+def _source_line(title: str, headings: Sequence[str]) -> str:
+    """Where a passage comes from: '《title》' and its last two headings (or the title again)."""
+    where = " > ".join(headings[-2:]) if headings else title
+    return f"《{title}》 {where}".rstrip()
+
+
 def passage_header(number: int, hit: Hit) -> str:
-    where = " > ".join(hit.chunk.headings[-2:]) if hit.chunk.headings else hit.chunk.title
-    return f"[{number}] 《{hit.chunk.title}》 {where}".rstrip()
+    return f"[{number}] {_source_line(hit.chunk.title, hit.chunk.headings)}"
 
 
 def _trim_to_tokens(text: str, limit: int, count_tokens: Callable[[str], int]) -> str:
@@ -140,7 +145,7 @@ def build_prompt(
         blocks.append(f"{header}\n{body}")
         used.append(hit)
         remaining -= cost + count_tokens(body)
-    user = "资料：\n\n" + "\n\n".join(blocks) + question_tail(question)
+    user = PASSAGES_HEADER + "\n\n".join(blocks) + question_tail(question)
     return Prompt(SYSTEM_PROMPT, user, used)
 
 
@@ -158,8 +163,7 @@ BLOCK_FORMAT = 1  # bump when block_text or the labels change: every stored bloc
 
 def block_text(title: str, headings: Sequence[str], text: str) -> str:
     """The cached text of a chunk. block_text('报告', ['A', 'B', 'C'], ' x ') -> '《报告》 B > C\\nx'"""
-    where = " > ".join(headings[-2:]) if headings else title
-    return f"《{title}》 {where}".rstrip() + "\n" + clean_text(text)
+    return _source_line(title, headings) + "\n" + clean_text(text)
 
 
 def block_label(number: int, first: bool | None = None) -> str:
