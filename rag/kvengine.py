@@ -218,7 +218,7 @@ class KVEngine:
         buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
         if self._L.llama_state_seq_set_data(self.ctx, buf, len(state), seq) == 0:
             raise ModelError("A cached passage block could not be restored (made by another model or version?).",
-                             "Run: rag index --kv-rebuild")  # fmt: skip
+                             "Run: rag index --kv (a store made for another model is rebuilt)")  # fmt: skip
 
     # ------------------------------------------------------------ index time
 
@@ -241,14 +241,14 @@ class KVEngine:
         """Labels and blocks one after another after the prefix, then the tail (+ the assistant turn opener).
 
         Returns the logits after the last token, the next free position, and
-        how many tokens were evaluated (the rest came from the blocks).
+        how many tokens were evaluated: the tail's (everything else came from the blocks).
         """
         L = self._L
         for i, (label, block) in enumerate(zip(labels, blocks, strict=True)):
             if i > 0 or label != block.label:
                 self.label_block(label)  # before the reset below: computing one uses the cache
         self._reset()
-        pos, evaluated = self.n_prefix, 0
+        pos = self.n_prefix
         for label, block in zip(labels, blocks, strict=True):
             if pos + len(label) + len(block.tokens) + 16 > self.n_ctx:
                 raise ModelError("The cached passages do not fit the KV context.", "Lower top_k or raise n_ctx.")
@@ -263,10 +263,10 @@ class KVEngine:
             L.llama_memory_seq_cp(self.mem, SEQ_SCRATCH, SEQ_MAIN, -1, -1)
             L.llama_memory_seq_rm(self.mem, SEQ_SCRATCH, -1, -1)
             pos += len(block.tokens)
-        tail_tokens = self.tokenize(tail) + self.tokenize(self._after, special=True)
+        tail_tokens = self.tokenize(tail) + self.after_tokens()
         logits = self._decode(tail_tokens, pos, SEQ_MAIN)
         assert logits is not None
-        return logits, pos + len(tail_tokens), evaluated + len(tail_tokens)
+        return logits, pos + len(tail_tokens), len(tail_tokens)
 
     def label_block(self, label: str) -> Block:
         """The KV cells of a label such as "\\n\\n[2] ", computed once per process after the prefix.
@@ -386,7 +386,6 @@ class CachedBlockGenerator:
         self.name = name
         self.temperature = temperature
         self._usage = Usage()
-        self.cached_tokens = 0
 
     @property
     def usage(self) -> Usage:
@@ -403,7 +402,6 @@ class CachedBlockGenerator:
             usage = Usage()
             logits, pos, evaluated = self.engine.place(labels, blocks, tail)
             usage.prompt_tokens = evaluated
-            self.cached_tokens = sum(len(b.tokens) for b in blocks)
             try:
                 for piece in self.engine.generate(logits, pos, max_tokens, self.temperature, stop):
                     usage.completion_tokens += 1
