@@ -419,9 +419,9 @@ def update(
     """
     t0 = time.perf_counter()
     current = status(settings, chunks)
-    meta = KVStore(store_dir(settings)).meta()
+    store = KVStore(store_dir(settings))
+    meta = store.meta()
     if current.complete and not (prefix_sha256 and meta is not None and meta.prefix_sha256 != prefix_sha256):
-        store = KVStore(store_dir(settings))
         removed = store.prune({block_key(c, settings.kv_block_tokens) for c in chunks})
         return StoreReport(
             kept=current.blocks, removed=removed, bytes=store.size_bytes(), seconds=time.perf_counter() - t0
@@ -477,9 +477,7 @@ class BackgroundBuild:
         settings = self.pipeline.settings
         try:
             chunks = self.pipeline.get_index().chunks
-            if status(settings, chunks).complete and self.pipeline.cached_generator is None:
-                # Nothing to compute: create the engine now anyway, so the first question does not pay for it.
-                self.pipeline.get_cached()
+            # Created even when nothing is left to compute, so the first question does not pay for it.
             cached = self.pipeline.get_cached()
             if cached is None:
                 self.error = self.pipeline.kv_unavailable or "the cached path is unavailable"

@@ -162,17 +162,13 @@ class Pipeline:
         generator = self.get_generator()
         with self._lock:
             if self.cached_generator is None:
-                llm = getattr(generator, "_llm", None)
-                if llm is None:
-                    self.kv_unavailable = "the chat model is not a llama.cpp model"
-                    return None
                 from rag.errors import RagError
-                from rag.kvengine import CachedBlockGenerator, KVEngine, context_size
+                from rag.kvengine import CachedBlockGenerator
+                from rag.kvstore import open_engine
 
                 s = self.settings
                 try:
-                    engine = KVEngine(llm, context_size(s), s.n_threads, s.n_batch, s.kv_cache_type,
-                                      prompting.PASSAGES_HEADER, lock=getattr(generator, "_lock", None))  # fmt: skip
+                    engine = open_engine(s, generator)
                 except RagError as exc:
                     self.kv_unavailable = exc.message
                     return None
