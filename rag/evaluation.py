@@ -638,7 +638,7 @@ def evaluate_answers(
             query=answer.query, unsupported=list(answer.unsupported), factual_sentences=answer.factual_sentences,
             timings=dict(answer.timings), prompt_tokens=answer.prompt_tokens,
             completion_tokens=answer.completion_tokens, raw_answer=answer.raw_text,
-            tries=list(getattr(answer, "tries", [])),
+            tries=list(answer.tries),
         )  # fmt: skip
         results.append(result)
         if on_progress:

@@ -52,7 +52,7 @@ TEXT: dict[str, dict[str, str]] = {
         "loading_model": "正在加载对话模型 {name}…",
         "searching": "正在检索…",
         "generating": "正在根据 {n} 个段落生成回答…",
-        "again": "第一稿未通过引用核对，正在重新回答…",
+        "again": "第一稿未采用（未通过核对或答“没有相关信息”），正在重新回答…",
         "stopped": "（已停止）",
         "error": "出错了：{message}",
         # sources panel
@@ -143,7 +143,7 @@ TEXT: dict[str, dict[str, str]] = {
         "loading_model": "Loading the chat model {name}…",
         "searching": "Searching…",
         "generating": "Writing the answer from {n} passages…",
-        "again": "The first draft did not pass the citation check; answering again…",
+        "again": "The first draft was not kept (it failed the check or said the documents do not cover it); answering again…",
         "stopped": "(stopped)",
         "error": "Something went wrong: {message}",
         "turn": "Turn {n}: {question}",
