@@ -404,11 +404,21 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """Aligned columns for a terminal: the first left-aligned, the rest right-aligned, a rule under the header."""
+    allrows = [header, *rows]
+    widths = [max(_display_width(r[i]) for r in allrows) for i in range(len(header))]
+    lines = []
+    for j, r in enumerate(allrows):
+        lines.append("  ".join([_ljust(r[0], widths[0])] + [_rjust(c, w) for c, w in zip(r[1:], widths[1:])]).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def format_table(report: RetrievalReport) -> str:
     """Rows overall + each type; columns hit@k, recall@k per k, MRR@10, question count."""
     header = ["", "n"] + [f"hit@{k}" for k in report.ks] + [f"recall@{k}" for k in report.ks] + [f"MRR@{MRR_CUTOFF}"]
-    rows = [header]
-
     def row(name: str, m: Metrics) -> list[str]:
         if m.questions == 0:
             return [name, f"({m.excluded})"] + ["-"] * (2 * len(report.ks) + 1)
@@ -419,24 +429,15 @@ def format_table(report: RetrievalReport) -> str:
             + [_fmt(m.mrr)]
         )
 
-    rows.append(row("overall", report.overall))
-    for t, m in report.by_type.items():
-        rows.append(row(t, m))
-    widths = [max(_display_width(r[i]) for r in rows) for i in range(len(header))]
-    lines = []
-    for j, r in enumerate(rows):
-        cells = [_ljust(r[0], widths[0])] + [_rjust(c, w) for c, w in zip(r[1:], widths[1:])]
-        lines.append("  ".join(cells).rstrip())
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    rows = [row("overall", report.overall)] + [row(t, m) for t, m in report.by_type.items()]
     o = report.overall
-    lines.append("")
-    lines.append(
-        f"n = answerable questions ({o.quotes} evidence quotes); "
+    return (
+        text_table(header, rows)
+        + "\n\n"
+        + f"n = answerable questions ({o.quotes} evidence quotes); "
         f"{o.excluded} unanswerable question(s) excluded, shown as (n). "
         f"{len(report.questions)} questions ranked in {report.seconds:.1f} s."
     )
-    return "\n".join(lines)
 
 
 def format_misses(report: RetrievalReport, k: int = 5, top: int = 3, width: int = 80) -> str:
@@ -669,13 +670,6 @@ def format_answer_table(report: AnswerReport) -> str:
         ("total p90", lambda m: "-" if m.total_p90 is None else f"{m.total_p90:.1f}s"),
         ("prompt tok", lambda m: "-" if m.prompt_tokens_median is None else f"{m.prompt_tokens_median:.0f}"),
     ]
-    rows = [[""] + [c[0] for c in cols]]
-    rows.append(["overall"] + [f(report.overall) for _, f in cols])
+    rows = [["overall"] + [f(report.overall) for _, f in cols]]
     rows += [[t] + [f(m) for _, f in cols] for t, m in report.by_type.items()]
-    widths = [max(_display_width(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for j, r in enumerate(rows):
-        lines.append("  ".join([_ljust(r[0], widths[0])] + [_rjust(c, w) for c, w in zip(r[1:], widths[1:])]).rstrip())
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table([""] + [c[0] for c in cols], rows)

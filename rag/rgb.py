@@ -47,6 +47,7 @@ import numpy as np
 
 from rag.chunking import ChunkerSettings, chunk_document, search_text
 from rag.errors import RagError
+from rag.evaluation import text_table
 from rag.schema import Chunk, Document, Hit
 
 if TYPE_CHECKING:
@@ -248,10 +249,10 @@ def _key_id(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _progress_bar(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-def]
+def progress_bar(total: int, desc: str, enabled: bool, unit: str = "passage"):  # type: ignore[no-untyped-def]
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="passage", disable=not enabled, file=sys.stderr, mininterval=2.0)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr, mininterval=2.0)
 
 
 def ensure_pool_index(
@@ -335,7 +336,7 @@ def _build_pool_index(
     t_embed = time.perf_counter()
     dense = faiss.IndexFlatIP(embedder.dim)
     texts = [search_text(c) for c in chunks]
-    with _progress_bar(len(texts), "embedding RGB passages", progress) as bar:
+    with progress_bar(len(texts), "embedding RGB passages", progress) as bar:
         for i in range(0, len(texts), EMBED_BATCH):
             vectors = embedder.encode_documents(texts[i : i + EMBED_BATCH])
             dense.add(np.ascontiguousarray(vectors, dtype=np.float32))
@@ -345,7 +346,7 @@ def _build_pool_index(
     del dense
 
     t_bm25 = time.perf_counter()
-    with _progress_bar(len(texts), "BM25 tokens", progress) as bar:
+    with progress_bar(len(texts), "BM25 tokens", progress) as bar:
         tokens = []
         for text in texts:
             tokens.append(tokenize(text))
@@ -528,19 +529,6 @@ def evaluate_pool_retrieval(
 # ---------------------------------------------------------------- tables
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    from rag.evaluation import _display_width, _ljust, _rjust
-
-    allrows = [header, *rows]
-    widths = [max(_display_width(r[i]) for r in allrows) for i in range(len(header))]
-    lines = []
-    for j, r in enumerate(allrows):
-        lines.append("  ".join([_ljust(r[0], widths[0])] + [_rjust(c, w) for c, w in zip(r[1:], widths[1:])]).rstrip())
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def _ms(v: float | None) -> str:
     return "-" if v is None else (f"{v:.1f} ms" if v >= 1 else f"{v:.2f} ms")
 
@@ -548,12 +536,12 @@ def _ms(v: float | None) -> str:
 def format_retrieval_report(report: RetrievalReport) -> str:
     header = ["mode", "rows", *[f"hit@{k}" for k in report.ks], f"MRR@{MRR_CUTOFF}"]
     rows = [[m.mode, str(m.rows), *[f"{m.hit[k]:.3f}" for k in report.ks], f"{m.mrr:.3f}"] for m in report.modes]
-    lat = _table(["query latency", "n", "p50", "p95"],
+    lat = text_table(["query latency", "n", "p50", "p95"],
                  [[x.what, str(x.n), _ms(x.p50_ms), _ms(x.p95_ms)] for x in report.latencies])  # fmt: skip
     info = report.index
     built = "reused (built earlier in" if info.reused else "built in"
     return (
-        f"{_table(header, rows)}\n\n{lat}\n\n"
+        f"{text_table(header, rows)}\n\n{lat}\n\n"
         f"Index: {info.passages} distinct passages -> {info.chunks} chunks, {built} {info.build_seconds:.0f} s"
         f"{')' if info.reused else ''}: embedding {info.embed_seconds:.0f} s, BM25 {info.bm25_seconds:.0f} s. "
         f"{info.directory}\nPeak memory (ru_maxrss): {peak_rss_mb():.0f} MB"
@@ -738,7 +726,7 @@ def format_noise_report(report: NoiseReport) -> str:
     ]  # fmt: skip
     header = ["noise rate", "n", "accuracy", "raw acc", "refused", "TTFT p50", "total p50"]
     return (
-        _table(header, rows)
+        text_table(header, rows)
         + "\n\naccuracy: a gold string (every group of the row's answer) occurs in the answer shown;"
         " raw acc: in the model's text before citation checking; refused: the product answered with its"
         " refusal (at noise 1.0 the right behaviour, the paper's rejection rate)."

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from rag.rgb import Latency, _table, peak_rss_mb
+from rag.evaluation import text_table
+from rag.rgb import Latency, peak_rss_mb, progress_bar
 from rag.schema import Chunk
 
 WORDS_PER_CHUNK = 90  # ~190 characters, the size of an RGB passage
@@ -119,14 +120,6 @@ class _LookupEmbedder:
         return self.vectors[text]
 
 
-def _bar(total: int, desc: str, enabled: bool, unit: str = "chunk"):  # type: ignore[no-untyped-def]
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr, mininterval=2.0)
-
-
 def _serialized_mb(index) -> float:  # type: ignore[no-untyped-def]
     import faiss
 
@@ -158,7 +151,7 @@ def run_scale(
 
     t0 = time.perf_counter()
     dense = faiss.IndexFlatIP(dim)
-    with _bar(chunks, "random vectors -> IndexFlatIP", progress) as bar:
+    with progress_bar(chunks, "random vectors -> IndexFlatIP", progress, unit="chunk") as bar:
         for start in range(0, chunks, VECTOR_BATCH):
             batch = random_unit_vectors(min(VECTOR_BATCH, chunks - start), dim, rng)
             dense.add(batch)
@@ -170,7 +163,7 @@ def run_scale(
     build["texts"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     tokens = []
-    with _bar(chunks, "BM25 tokens (jieba + bigrams)", progress) as bar:
+    with progress_bar(chunks, "BM25 tokens (jieba + bigrams)", progress, unit="chunk") as bar:
         for text in texts:
             tokens.append(tokenize(text))
             bar.update(1)
@@ -234,7 +227,7 @@ def run_scale(
         t0 = time.perf_counter()
         hnsw = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        with _bar(chunks, f"IndexHNSWFlat M={HNSW_M}", progress) as bar:
+        with progress_bar(chunks, f"IndexHNSWFlat M={HNSW_M}", progress, unit="chunk") as bar:
             for start in range(0, chunks, VECTOR_BATCH):
                 hnsw.add(dense.reconstruct_n(start, min(VECTOR_BATCH, chunks - start)))
                 bar.update(min(VECTOR_BATCH, chunks - start))
@@ -282,7 +275,7 @@ def format_scale_report(report: ScaleReport) -> str:
     def ms(v: float | None) -> str:
         return "-" if v is None else (f"{v:.1f} ms" if v >= 1 else f"{v:.2f} ms")
 
-    lat = _table(["query latency", "n", "p50", "p95"], [[x.what, str(x.n), ms(x.p50_ms), ms(x.p95_ms)] for x in report.latencies])
+    lat = text_table(["query latency", "n", "p50", "p95"], [[x.what, str(x.n), ms(x.p50_ms), ms(x.p95_ms)] for x in report.latencies])
     b = report.build
     lines = [
         f"{report.chunks:,} synthetic chunks, {report.dim}-d vectors, {report.queries} queries\n",
@@ -297,6 +290,6 @@ def format_scale_report(report: ScaleReport) -> str:
         rows = [[a.index, f"{a.build_seconds:.1f} s", f"{a.memory_mb:.0f} MB", ms(a.p50_ms), ms(a.p95_ms),
                  f"{a.recall_at_10:.3f}", f"{a.source_found:.3f}"] for a in report.ann]  # fmt: skip
         header = ["ANN index (top 10)", "build", "size", "p50", "p95", "recall@10 vs flat", "best found"]
-        lines += ["", _table(header, rows)]
+        lines += ["", text_table(header, rows)]
     lines += ["", f"Peak memory (ru_maxrss): {report.peak_rss_mb:.0f} MB"]
     return "\n".join(lines)
