@@ -532,26 +532,40 @@ def build(
 def _write_build(root: Path, manifest: Manifest, chunks: list[Chunk], vectors: np.ndarray) -> None:
     import faiss
 
-    builds = root / "builds"
-    builds.mkdir(parents=True, exist_ok=True)
-    build_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}"
-    staging = builds / f".{build_id}.partial"
-    staging.mkdir()
-
-    with (staging / "chunks.jsonl").open("w", encoding="utf-8") as fh:
-        for c in chunks:
-            fh.write(json.dumps(c.to_dict(), ensure_ascii=False) + "\n")
+    staging = new_staging(root)
     dense = faiss.IndexFlatIP(manifest.dim)
     if len(vectors):
         dense.add(np.ascontiguousarray(vectors, dtype=np.float32))
     faiss.write_index(dense, str(staging / "dense.faiss"))
     LexicalIndex.build([tokenize(search_text(c)) for c in chunks]).save(staging / "bm25")
+    publish(root, staging, manifest, chunks)
+
+
+def new_staging(root: Path) -> Path:
+    """An empty staging folder for the next build under `root` (fill it, then `publish` it)."""
+    builds = root / "builds"
+    builds.mkdir(parents=True, exist_ok=True)
+    staging = builds / f".{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}.partial"
+    staging.mkdir()
+    return staging
+
+
+def publish(root: Path, staging: Path, manifest: Manifest, chunks: list[Chunk]) -> None:
+    """Complete a staged build (its dense.faiss and bm25/ already written) and swap it in atomically.
+
+    Call with the build lock held. Chunks, manifest and checksums are written here,
+    the checksums last: a build directory without them is never valid.
+    """
+    with (staging / "chunks.jsonl").open("w", encoding="utf-8") as fh:
+        for c in chunks:
+            fh.write(json.dumps(c.to_dict(), ensure_ascii=False) + "\n")
     (staging / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
-    # The checksums go last: a build directory without them is never valid.
     _write_checksums(staging)
     _fsync_tree(staging)
     _pause_point("staged")
 
+    builds = staging.parent
+    build_id = staging.name.removeprefix(".").removesuffix(".partial")
     final = builds / build_id
     staging.rename(final)
     _fsync_dir(builds)

@@ -30,10 +30,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import resource
-import shutil
 import sys
 import time
 import unicodedata
@@ -311,7 +309,7 @@ def _build_pool_index(
     """Write one build in the product's layout; vectors go into FAISS one batch at a time."""
     import faiss
 
-    from rag.index import FORMAT_VERSION, FileEntry, Manifest, _write_checksums
+    from rag.index import FORMAT_VERSION, FileEntry, Manifest, new_staging, publish
     from rag.lexical import LexicalIndex, tokenize
 
     t0 = time.perf_counter()
@@ -327,11 +325,7 @@ def _build_pool_index(
         for pid in order
     }  # fmt: skip
 
-    builds = directory / "builds"
-    builds.mkdir(parents=True, exist_ok=True)
-    build_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}"
-    staging = builds / f".{build_id}.partial"
-    staging.mkdir()
+    staging = new_staging(directory)
 
     t_embed = time.perf_counter()
     dense = faiss.IndexFlatIP(embedder.dim)
@@ -355,23 +349,10 @@ def _build_pool_index(
     del tokens
     bm25_seconds = time.perf_counter() - t_bm25
 
-    with (staging / "chunks.jsonl").open("w", encoding="utf-8") as fh:
-        for c in chunks:
-            fh.write(json.dumps(c.to_dict(), ensure_ascii=False) + "\n")
     manifest = Manifest(FORMAT_VERSION, embed_model, embed_sha256, embedder.dim, chunker.as_dict(), files, built_at=now)
-    (staging / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
     stats = {"seconds": time.perf_counter() - t0, "embed_seconds": embed_seconds, "bm25_seconds": bm25_seconds}
     (staging / "rgb.json").write_text(json.dumps({"key": key, "build": stats}, indent=1), encoding="utf-8")
-    _write_checksums(staging)
-    final = builds / build_id
-    staging.rename(final)
-    link_tmp = directory / f".current.{os.getpid()}"
-    link_tmp.unlink(missing_ok=True)
-    link_tmp.symlink_to(Path("builds") / build_id)
-    os.replace(link_tmp, directory / "current")
-    for old in builds.iterdir():
-        if old != final and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
+    publish(directory, staging, manifest, chunks)
     return stats
 
 
