@@ -732,7 +732,7 @@ def bench_cached(settings: Settings, pipeline: Pipeline, llm: Any, questions: Se
 
     chunks = pipeline.get_index().chunks
     st = kvstore.status(settings, chunks)
-    why_not = "" if st.complete else f"{st.line()}; run: rag index --kv"
+    why_not = "" if st.complete else st.line()
     if not settings.kv_cache:
         why_not = "the passage KV store is off; set kv_cache = true (or RAG_KV_CACHE=1), then run: rag index --kv"
     if not why_not and pipeline.get_cached() is None:

@@ -15,6 +15,9 @@ from rag.cli_eval import eval_app, save_report
 from rag.config import Settings, load_settings
 from rag.errors import ConfigError, RagError
 
+# Printed where the streamed first try stops: it failed the check, or refused with the answer in passage [1].
+ANSWERING_AGAIN = " (not kept; answering again)\n"
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Offline question answering over your documents.")
 models_app = typer.Typer(help="List, fetch and verify the local models.", invoke_without_command=True)
 app.add_typer(models_app, name="models")
@@ -139,8 +142,7 @@ def run_kv_store(settings: Settings, build_missing: bool, quiet: bool = False) -
 
     chunks = Index.load(Path(settings.index_dir)).chunks
     if not build_missing:
-        line = kvstore.status(settings, chunks).line()
-        return line if "ready" in line else line.replace("run rag index", "run rag index --kv")
+        return kvstore.status(settings, chunks).line()
     from tqdm import tqdm
 
     bar: tqdm | None = None
@@ -320,7 +322,7 @@ def ask_cmd(
                 sys.stdout.write(event.text)
                 sys.stdout.flush()
             elif isinstance(event, Restart) and not as_json:
-                sys.stdout.write(" (asking again with the best passage alone)\n")
+                sys.stdout.write(ANSWERING_AGAIN)
             elif isinstance(event, Done):
                 answer = event.answer
     except RagError as exc:
@@ -374,7 +376,7 @@ def chat_cmd(ctx: typer.Context) -> None:
                     sys.stdout.write(event.text)
                     sys.stdout.flush()
                 elif isinstance(event, Restart):
-                    sys.stdout.write(" (asking again with the best passage alone)\n")
+                    sys.stdout.write(ANSWERING_AGAIN)
                 elif isinstance(event, Done):
                     answer = event.answer
                     history.append(Turn(question, answer.text))

@@ -225,9 +225,9 @@ class StoreStatus:
         """One line for people. Example: 'KV store: 206/206 passages, 812 MB (ready)'"""
         if not self.enabled:
             return "KV store: off (kv_cache = 0)"
-        state = "ready" if self.complete else ("building" if self.building else "incomplete: run rag index")
+        state = "ready" if self.complete else ("building" if self.building else "incomplete: run rag index --kv")
         if not self.valid:
-            state = "made with other settings (model, cache type, block size or prompt): run rag index"
+            state = "made with other settings (model, cache type, block size or prompt): run rag index --kv"
         return f"KV store: {self.blocks}/{self.total} passages, {self.bytes / 1e6:.0f} MB ({state})"
 
 
