@@ -313,11 +313,14 @@ def ask_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming.")] = False,
 ) -> None:
     """Answer a question from the documents, streaming, then list the cited sources."""
-    from rag.pipeline import Done, Restart, Token
+    from rag.pipeline import Done, Restart, Token, clean_question
 
     answer = None
     try:
-        for event in _pipeline(ctx).ask(question, k=k):
+        clean_question(question)  # a bad question costs no model loading
+        pipeline = _pipeline(ctx)
+        pipeline.load()
+        for event in pipeline.ask(question, k=k):
             if isinstance(event, Token) and not as_json:
                 sys.stdout.write(event.text)
                 sys.stdout.flush()
@@ -362,6 +365,12 @@ def chat_cmd(ctx: typer.Context) -> None:
 
     pipeline = Pipeline(_settings(ctx))
     history: list[Turn] = []
+    typer.echo("Loading the index and models…", err=True)
+    try:
+        pipeline.load()
+    except RagError as exc:
+        _fail(exc)
+        return
     typer.echo("Ask a question (empty line or Ctrl-D to quit).")
     while True:
         try:

@@ -128,12 +128,15 @@ class Pipeline:
     kv_unavailable: str = ""  # why the cached path cannot be used in this process ('' = it can)
     _index: Index | None = None
     _index_target: Path | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # the cached-block generator
+    # One lock per model, so that `load` can read both at once.
+    _embedder_lock: threading.Lock = field(default_factory=threading.Lock)
+    _generator_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ------------------------------------------------------------ parts
 
     def get_embedder(self) -> Embedder:
-        with self._lock:
+        with self._embedder_lock:
             if self.embedder is None:
                 from rag.embedding import load_embedder
 
@@ -141,13 +144,45 @@ class Pipeline:
             return self.embedder
 
     def get_generator(self) -> Generator:
-        with self._lock:
+        with self._generator_lock:
             if self.generator is None:
                 from rag.generation import load_generator
 
                 s = self.settings
                 self.generator = load_generator(s.chat_model, s.models_dir, s.n_ctx, s.n_threads, s.n_batch, s.temperature)
             return self.generator
+
+    def load(self) -> dict[str, float]:
+        """Load the index, the embedder and the chat model; the seconds each took.
+
+        The chat model loads in a second thread: llama.cpp reads and lays out its
+        weights in C, without Python's lock, while this thread imports torch and
+        sentence-transformers, so both are ready in about the time of the slower.
+        """
+        seconds: dict[str, float] = {}
+        failed: list[BaseException] = []
+
+        def timed(name: str, load: collections.abc.Callable[[], object]) -> None:
+            t = time.perf_counter()
+            load()
+            seconds[name] = time.perf_counter() - t
+
+        def chat() -> None:
+            try:
+                timed("chat model", self.get_generator)
+            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+                failed.append(exc)
+
+        thread = threading.Thread(target=chat, name="load-chat-model", daemon=True)
+        thread.start()
+        try:
+            timed("index", self.get_index)
+            timed("embedder", self.get_embedder)
+        finally:
+            thread.join()
+        if failed:
+            raise failed[0]
+        return seconds
 
     def get_cached(self) -> tuple[CachedBlockGenerator, BlockLookup] | None:
         """The cached-block generator on the ordinary generator's model, and the store lookup; None when off.

@@ -310,3 +310,47 @@ def test_missing_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     s = tiny_settings(tmp_path)
     with pytest.raises(IndexStateError, match="No index"):
         list(make(s, COST_REPLY).ask("问题？"))
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_load_reads_both_models_at_once(settings, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Each loader waits to see the other one started: loading one after the other would time out."""
+    import rag.embedding
+    import rag.generation
+
+    started = {"embedder": threading.Event(), "chat": threading.Event()}
+
+    def loader(me: str, other: str, made: object):  # type: ignore[no-untyped-def]
+        def load(*args, **kwargs):  # type: ignore[no-untyped-def]
+            started[me].set()
+            assert started[other].wait(timeout=10), f"{me} loaded before {other} started"
+            return made
+
+        return load
+
+    embedder, generator = FakeEmbedder(), FakeGenerator(["x"])
+    monkeypatch.setattr(rag.embedding, "load_embedder", loader("embedder", "chat", embedder))
+    monkeypatch.setattr(rag.generation, "load_generator", loader("chat", "embedder", generator))
+    pipeline = Pipeline(settings)
+
+    seconds = pipeline.load()
+
+    assert pipeline.embedder is embedder and pipeline.generator is generator
+    assert set(seconds) == {"index", "embedder", "chat model"}
+
+
+def test_load_raises_a_chat_model_failure_in_the_caller(settings, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import rag.embedding
+    import rag.generation
+    from rag.errors import ModelError
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise ModelError("The chat model file is damaged.", "Run: rag models fetch")
+
+    monkeypatch.setattr(rag.embedding, "load_embedder", lambda *a, **k: FakeEmbedder())
+    monkeypatch.setattr(rag.generation, "load_generator", broken)
+
+    with pytest.raises(ModelError, match="damaged"):
+        Pipeline(settings).load()

@@ -522,9 +522,7 @@ def launch(
     if pipeline is None:
         pipeline = Pipeline(settings)
         # Load the index and the configured models before the first visitor, so the first answer is not slowed.
-        pipeline.get_index()
-        pipeline.get_embedder()
-        pipeline.get_generator()
+        pipeline.load()
         # The passage KV store: computed in the background; answers switch to it once it is complete.
         kv_build = BackgroundBuild(pipeline)
         kv_build.start()
