@@ -28,9 +28,6 @@ _MD_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
 _MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 _SUPERSCRIPTS = re.compile(r"[⁰¹²³⁴⁵⁶⁷⁸⁹]+")
 _EMPHASIS = re.compile(r"\*\*|__")
-# Web-report citation tags: an upper-case domain, bare or as a dead link ("EN.WIKIPEDIA.ORG", "[IBM.COM](#)").
-# To a reader (embedder, BM25, model) they are noise that looks like a name.
-_SOURCE_TAG = re.compile(r"\[?\b(?:[A-Z0-9-]{2,}\.)+(?:COM|ORG|NET|AI|IO|CN|EDU|GOV|DEV|CO|UK)\b\]?(?:\(#\))?")
 _SPACES = re.compile(r"[ \t\u3000]+")
 _BLANK_LINES = re.compile(r"\n\s*\n+")
 
@@ -47,8 +44,8 @@ class ChunkerSettings:
     overlap: int
 
     def as_dict(self) -> dict[str, int | str]:
-        # Bump the strategy name when the algorithm or clean_text changes, so old indexes are rebuilt.
-        return {"strategy": "headings+paragraphs+sentences/4", "size": self.size, "overlap": self.overlap}
+        # Bump the strategy name when the algorithm changes, so old indexes are rebuilt.
+        return {"strategy": "headings+paragraphs+sentences/3", "size": self.size, "overlap": self.overlap}
 
 
 def clean_heading(raw: str) -> str:
@@ -58,7 +55,6 @@ def clean_heading(raw: str) -> str:
 def clean_text(text: str) -> str:
     """What the embedder, BM25 and the model read: markup and PDF footnote digits removed."""
     text = _SUPERSCRIPTS.sub("", text)
-    text = _SOURCE_TAG.sub("", text)
     text = _MD_IMAGE.sub("", text)  # image names are noise to every reader
     text = _MD_LINK.sub(r"\1", text)
     text = _EMPHASIS.sub("", text)

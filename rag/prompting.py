@@ -158,7 +158,7 @@ def build_prompt(
 # then reads exactly like build_prompt's, passage by passage.
 
 PASSAGES_HEADER = "资料：\n\n"  # ends the cached prefix (system prompt + this)
-BLOCK_FORMAT = 2  # bump when block_text, clean_text or the labels change: every stored block is then recomputed
+BLOCK_FORMAT = 1  # bump when block_text or the labels change: every stored block is then recomputed
 
 
 def block_text(title: str, headings: Sequence[str], text: str) -> str:
