@@ -831,7 +831,7 @@ def run_bench(
         progress("cold start: a fresh `rag ask --json` process…")
         stats += bench_cold_start(settings, questions[0].question, details)
     progress("loading the models in this process…")
-    loaded = bench_loads(settings, need_generator=asks_model)
+    loaded = bench_loads(settings, need_generator=asks_model or "cold" not in skip)  # ready = both models
     if "cold" not in skip:
         stats += loaded.stats
     if "index" not in skip:

@@ -435,7 +435,7 @@ def bench_cmd(
         Path | None, typer.Option("--json", help="Write the full record (every sample) to this file.")
     ] = None,
     skip: Annotated[
-        str, typer.Option("--skip", help="Sections to leave out, comma-separated: cold,index,retrieval,answers,conversation.")
+        str, typer.Option("--skip", help="Sections to leave out, comma-separated: cold,index,retrieval,answers,conversation,cached.")
     ] = "",
 ) -> None:
     """Measure start-up, indexing, retrieval and answering, next to raw llama-cpp-python and sentence-transformers."""

@@ -68,7 +68,11 @@ class Settings:
     n_batch: int = 512
     max_answer_tokens: int = 384
     temperature: float = 0.0  # deterministic answers are easier to check and test
-    passage_chars: int = 300  # each passage is cut to the sentences around the query's terms
+    # Each passage is cut to the sentences around the query's terms: passage [1] to passage_chars,
+    # the others to later_passage_chars. Shorter is faster (~90 prompt tokens/s on 2 cores), but
+    # the 1.5B model then answers less often: see "Lean prompts" in the README for the measured trade.
+    passage_chars: int = 300
+    later_passage_chars: int = 300
     prompt_token_budget: int = 1400  # tokens of passages at most; leaves room to answer
 
     # --- passage KV store (rag/kvstore.py; issue #8) ---

@@ -354,7 +354,8 @@ class Pipeline:
         from rag.lexical import words
 
         prompt = prompting.build_prompt(
-            question, hits, generator.count_tokens, s.prompt_token_budget, s.passage_chars, set(words(query))
+            question, hits, generator.count_tokens, s.prompt_token_budget, s.passage_chars, set(words(query)),
+            s.later_passage_chars,
         )
         return _Attempt(prompt, generator.stream(prompt.messages(), s.max_answer_tokens, stop), generator, "ordinary")
 

@@ -126,18 +126,22 @@ def build_prompt(
     budget: int,
     passage_chars: int = 10_000,
     terms: set[str] | None = None,
+    later_passage_chars: int | None = None,
 ) -> Prompt:
     """Number the passages [1..n] within `budget` tokens (measured with the model's tokenizer).
 
-    A passage that does not fit whole is cut at a sentence end; one that does
-    not fit at all is left out, so the runtime never truncates mid-passage.
+    Passage [1] is cut to `passage_chars` around the `terms`, the others to
+    `later_passage_chars` (default: the same). A passage that does not fit whole
+    is cut at a sentence end; one that does not fit at all is left out, so the
+    runtime never truncates mid-passage.
     """
     blocks: list[str] = []
     used: list[Hit] = []
     remaining = budget
     for hit in hits:
         header = passage_header(len(used) + 1, hit)
-        body = focus(clean_text(hit.chunk.text), terms or set(), passage_chars)
+        limit = passage_chars if not used or later_passage_chars is None else later_passage_chars
+        body = focus(clean_text(hit.chunk.text), terms or set(), limit)
         cost = count_tokens(header) + 2
         body = _trim_to_tokens(body, remaining - cost, count_tokens) if remaining > cost else ""
         if not body:

@@ -218,3 +218,11 @@ def test_build_prompt_focuses_passages_on_the_query() -> None:
     prompt = build_prompt("训练成本？", [hit(1, LONG)], len, 1000, passage_chars=60, terms={"训练", "成本"})
     body = blocks_of(prompt.user).split("\n", 1)[1]
     assert "557.6万美元" in body and len(body) <= 60
+
+
+def test_later_passages_get_their_own_length() -> None:
+    prompt = build_prompt("训练成本？", [hit(1, LONG), hit(2, LONG)], len, 1000, passage_chars=60,
+                          terms={"训练", "成本"}, later_passage_chars=30)  # fmt: skip
+    first, second = [b.split("\n", 1)[1] for b in blocks_of(prompt.user).split("\n\n")]
+    assert 30 < len(first) <= 60 and len(second) <= 30
+    assert "557.6万美元" in first
