@@ -456,9 +456,7 @@ def bench_cold_start(settings: Settings, question: str, details: dict[str, Any])
 
 @dataclass
 class Loaded:
-    embedder: Any
-    index: Any
-    generator: Any
+    pipeline: Pipeline  # index, embedder and (when asked for) chat model loaded
     stats: list[Stat]
 
 
@@ -468,14 +466,7 @@ def bench_loads(settings: Settings, need_generator: bool) -> Loaded:
 
     pipeline = Pipeline(settings)
     t = time.perf_counter()
-    if need_generator:
-        seconds = pipeline.load()  # the chat model in a second thread, as the page and `rag ask` do
-    else:
-        seconds = {}
-        for name, load in (("index", pipeline.get_index), ("embedder", pipeline.get_embedder)):
-            t_part = time.perf_counter()
-            load()
-            seconds[name] = time.perf_counter() - t_part
+    seconds = pipeline.load(chat_model=need_generator)  # the chat model in a second thread, as the page does
     total = time.perf_counter() - t
     stats = [
         stat("cold start", "load embedder in-process (incl. torch import)", "s", [seconds.get("embedder")]),
@@ -483,7 +474,7 @@ def bench_loads(settings: Settings, need_generator: bool) -> Loaded:
         stat("cold start", "load chat model in parallel (incl. llama_cpp import)", "s", [seconds.get("chat model")]),
         stat("cold start", "model load to ready, warm disk (wall)", "s", [total], Target("<=", 5.0)),
     ]
-    return Loaded(pipeline.embedder, pipeline.get_index(), pipeline.generator, stats)
+    return Loaded(pipeline, stats)
 
 
 def _one_file(corpus: Path) -> Path:
@@ -836,19 +827,18 @@ def run_bench(
         stats += loaded.stats
     if "index" not in skip:
         progress("index: full build, raw encode_document, one-file update, no-change runs (temporary copy)…")
-        stats += bench_index(settings, loaded.embedder, details)
+        stats += bench_index(settings, loaded.pipeline.get_embedder(), details)
     if "retrieval" not in skip:
         progress(f"retrieval: {len(questions)} queries…")
-        stats += bench_retrieval(settings, loaded.index, loaded.embedder, [q.question for q in questions], details)
+        stats += bench_retrieval(settings, loaded.pipeline.get_index(), loaded.pipeline.get_embedder(),
+                                 [q.question for q in questions], details)  # fmt: skip
     if asks_model:
         from llama_cpp import Llama
 
-        from rag.pipeline import Pipeline
-
-        llm = loaded.generator._llm  # the product's Llama (LlamaGenerator), watched by the probe
+        pipeline = loaded.pipeline
+        llm = pipeline.get_generator()._llm  # type: ignore[attr-defined]  # the product's Llama, watched by the probe
         raw = Llama(model_path=str(chat_path), n_ctx=settings.n_ctx, n_threads=settings.n_threads,
                     n_threads_batch=settings.n_threads, n_batch=settings.n_batch, verbose=False)  # fmt: skip
-        pipeline = Pipeline(settings, embedder=loaded.embedder, generator=loaded.generator)
         probe = LlamaProbe(llm)
         try:
             if "answers" not in skip:

@@ -152,8 +152,8 @@ class Pipeline:
                 self.generator = load_generator(s.chat_model, s.models_dir, s.n_ctx, s.n_threads, s.n_batch, s.temperature)
             return self.generator
 
-    def load(self) -> dict[str, float]:
-        """Load the index, the embedder and the chat model; the seconds each took.
+    def load(self, chat_model: bool = True) -> dict[str, float]:
+        """Load the index, the embedder and (unless told not to) the chat model; the seconds each took.
 
         The chat model loads in a second thread: llama.cpp reads and lays out its
         weights in C, without Python's lock, while this thread imports torch and
@@ -173,13 +173,15 @@ class Pipeline:
             except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
                 failed.append(exc)
 
-        thread = threading.Thread(target=chat, name="load-chat-model", daemon=True)
-        thread.start()
+        thread = threading.Thread(target=chat, name="load-chat-model", daemon=True) if chat_model else None
+        if thread:
+            thread.start()
         try:
             timed("index", self.get_index)
             timed("embedder", self.get_embedder)
         finally:
-            thread.join()
+            if thread:
+                thread.join()
         if failed:
             raise failed[0]
         return seconds

@@ -354,3 +354,18 @@ def test_load_raises_a_chat_model_failure_in_the_caller(settings, monkeypatch: p
 
     with pytest.raises(ModelError, match="damaged"):
         Pipeline(settings).load()
+
+
+def test_load_without_the_chat_model(settings, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import rag.embedding
+    import rag.generation
+
+    def never(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the chat model was loaded")
+
+    monkeypatch.setattr(rag.embedding, "load_embedder", lambda *a, **k: FakeEmbedder())
+    monkeypatch.setattr(rag.generation, "load_generator", never)
+    pipeline = Pipeline(settings)
+
+    assert set(pipeline.load(chat_model=False)) == {"index", "embedder"}
+    assert pipeline.generator is None and pipeline.embedder is not None
