@@ -176,6 +176,12 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"fusion '{s.fusion}' is not known.", "Use zscore (the default) or rrf.")
     if s.per_doc_cap < 0:
         raise ConfigError(f"per_doc_cap ({s.per_doc_cap}) cannot be negative.", "Use 0 for no limit, or 1 or more.")
+    if min(s.passage_chars, s.later_passage_chars) < 1:
+        raise ConfigError(
+            f"passage_chars ({s.passage_chars}) and later_passage_chars ({s.later_passage_chars}) must be >= 1:"
+            " a passage cut to nothing is left out of the prompt.",
+            "Use 300 (the default) or another positive number of characters.",
+        )
     if s.top_k < 1 or s.candidates < s.top_k:
         raise ConfigError(
             f"top_k ({s.top_k}) must be >= 1 and <= candidates ({s.candidates}).",
