@@ -23,7 +23,8 @@ from rag.prompting import language_of
 from rag.schema import Citation, Hit
 
 _MARKER = re.compile(r"\s?[\[【]\s*(\d{1,2}(?:\s*[,，、]\s*\d{1,2})*)\s*[\]】]")
-_SENTENCE = re.compile(r"[^。！？!?\n]*?(?:[。！？!?]+|\.(?=\s|$)|\n|$)")
+# A full stop ends an English sentence unless a lower-case word follows ("Vaswani et al. proposed").
+_SENTENCE = re.compile(r"[^。！？!?\n]*?(?:[。！？!?]+|\.(?=\s*$|\s+(?![a-z]))|\n|$)")
 # A number that stands alone: not the "3" of "DeepSeek-V3" or the "4" of "GPT-4o".
 _NUMBER = re.compile(r"(?<![a-z0-9.\-])\d+(?:\.\d+)?(?![a-z0-9])")
 

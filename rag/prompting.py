@@ -45,7 +45,7 @@ _REFUSAL_PATTERNS = re.compile(
     r"not mentioned in the|cannot answer|can't answer|not in the (?:documents|passages)",
     re.IGNORECASE,
 )
-_FIRST_SENTENCE = re.compile(r"^[^。！？!?\n]*(?:[。！？!?]|\.(?=\s|$)|\n|$)")
+_FIRST_SENTENCE = re.compile(r"^[^。！？!?\n]*?(?:[。！？!?]|\.(?=\s*$|\s+(?![a-z]))|\n|$)")
 
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 

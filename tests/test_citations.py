@@ -181,6 +181,12 @@ def test_english_decimal_is_not_a_sentence_end() -> None:
     assert result.text == "The training cost 5.576 million US dollars[1]."
 
 
+def test_an_abbreviation_does_not_end_an_english_sentence() -> None:
+    hits = [hit(1, "Vaswani 等人在 2017 年提出了 Transformer 架构。")]
+    result = check("Vaswani et al. proposed the Transformer architecture in 2017. It uses attention.", hits)
+    assert result.text.startswith("Vaswani et al. proposed the Transformer architecture in 2017[1].")
+
+
 @pytest.mark.parametrize("answer", ["", "好的。", "以下：", "\n\n"])
 def test_non_factual_text_is_left_alone(answer: str) -> None:
     result = check(answer, TWO)

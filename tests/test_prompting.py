@@ -159,6 +159,8 @@ def test_is_refusal(answer: str) -> None:
         "DeepSeek-V3 的训练成本为 557.6万美元[1]。",
         "Transformer 由谷歌在 2017 年提出[2]。",
         "The Transformer was introduced by Google in 2017 [1].",
+        # A caveat after an English answer is not a refusal ("et al." does not end the sentence).
+        "It was proposed by Vaswani et al. at Google in 2017 [1]. The passages do not mention the month.",
         "",
     ],
 )
