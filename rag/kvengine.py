@@ -37,7 +37,7 @@ import numpy as np
 
 from rag import offline  # noqa: F401
 from rag.errors import ModelError
-from rag.generation import Usage
+from rag.generation import Usage, chinese_token_ids
 
 KV_TYPES = ("f16", "q8_0")  # q4_0 broke the RoPE shift in the probe (issue #8)
 SEQ_MAIN, SEQ_SCRATCH, SEQ_LABEL = 0, 1, 2
@@ -126,6 +126,7 @@ class KVEngine:
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self._batch = L.llama_batch_init(n_batch, 0, 1)
         self._label_blocks: dict[str, Block] = {}
+        self._chinese: np.ndarray | None = None
 
         before, self._after = chat_frame(llm)
         self.prefix_tokens = self.tokenize(before + prefix_text, special=True, add_special=True)
@@ -168,6 +169,12 @@ class KVEngine:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
+
+    def chinese_tokens(self) -> np.ndarray:
+        """The tokens an English answer may not use (read from the vocabulary once)."""
+        if self._chinese is None:
+            self._chinese = chinese_token_ids(self.piece(i) for i in range(self.n_vocab))
+        return self._chinese
 
     # ------------------------------------------------------------ low level
 
@@ -321,15 +328,18 @@ class KVEngine:
 
     def generate(
         self, logits: np.ndarray, pos: int, max_tokens: int, temperature: float = 0.0,
-        stop: threading.Event | None = None, seed: int = 0,
+        stop: threading.Event | None = None, seed: int = 0, banned: np.ndarray | None = None,
     ) -> Iterator[str]:  # fmt: skip
-        """Decode from `logits` at `pos`: greedy at temperature 0 (as the ordinary path), text as it completes."""
+        """Decode from `logits` at `pos`: greedy at temperature 0 (as the ordinary path), text as it completes.
+        Tokens in `banned` are never chosen."""
         L = self._L
         rng = np.random.default_rng(seed)
         text = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for _ in range(max_tokens):
             if stop is not None and stop.is_set():
                 return
+            if banned is not None:
+                logits[banned] = -np.inf
             if temperature <= 0:
                 token = int(np.argmax(logits))
             else:
@@ -396,14 +406,16 @@ class CachedBlockGenerator:
 
     def stream_blocks(
         self, labels: Sequence[str], blocks: Sequence[Block], tail: str, max_tokens: int,
-        stop: threading.Event | None = None,
+        stop: threading.Event | None = None, english: bool = False,
     ) -> Iterator[str]:  # fmt: skip
+        """As LlamaGenerator.stream, from placed blocks."""
         with self.engine.lock:
             usage = Usage()
+            banned = self.engine.chinese_tokens() if english else None
             logits, pos, evaluated = self.engine.place(labels, blocks, tail)
             usage.prompt_tokens = evaluated
             try:
-                for piece in self.engine.generate(logits, pos, max_tokens, self.temperature, stop):
+                for piece in self.engine.generate(logits, pos, max_tokens, self.temperature, stop, banned=banned):
                     usage.completion_tokens += 1
                     if piece:
                         yield piece

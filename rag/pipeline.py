@@ -343,6 +343,9 @@ class Pipeline:
         stored, else from the whole prompt (passages trimmed around the `query`'s words)."""
         generator = self.get_generator()
         s = self.settings
+        # With Chinese passages in view the model answers some English questions in Chinese,
+        # whatever the prompt says; the generators then never choose a token that writes Chinese.
+        english = prompting.language_of(question) == "en"
         cached = self.get_cached() if path != "ordinary" else None
         blocks = cached[1].blocks([h.chunk for h in hits]) if cached else None
         if cached and blocks is not None and cached[0].engine.fits(blocks, s.max_answer_tokens):
@@ -351,7 +354,7 @@ class Pipeline:
             prompt = prompting.cached_prompt(question, numbered, [blocks[i].text for i, _ in placed], [n for _, n in placed])
             labels = [prompting.block_label(n, first=j == 0) for j, (_, n) in enumerate(placed)]
             stream = cached[0].stream_blocks(labels, [blocks[i] for i, _ in placed], prompting.question_tail(question),
-                                             s.max_answer_tokens, stop)  # fmt: skip
+                                             s.max_answer_tokens, stop, english=english)  # fmt: skip
             return _Attempt(prompt, stream, cached[0], "cached", sum(len(b.tokens) for b in blocks))
         from rag.lexical import words
 
@@ -359,7 +362,8 @@ class Pipeline:
             question, hits, generator.count_tokens, s.prompt_token_budget, s.passage_chars, set(words(query)),
             s.later_passage_chars,
         )
-        return _Attempt(prompt, generator.stream(prompt.messages(), s.max_answer_tokens, stop), generator, "ordinary")
+        stream = generator.stream(prompt.messages(), s.max_answer_tokens, stop, english=english)
+        return _Attempt(prompt, stream, generator, "ordinary")
 
     @staticmethod
     def _stream(attempt: _Attempt, timings: dict[str, float], t0: float) -> collections.abc.Generator[Event, None, str]:

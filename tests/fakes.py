@@ -122,9 +122,10 @@ class FakeGenerator:
         return self._usage
 
     def stream(
-        self, messages: list[dict[str, str]], max_tokens: int, stop: threading.Event | None = None
-    ) -> Iterator[str]:
-        self.calls.append({"messages": messages, "max_tokens": max_tokens})
+        self, messages: list[dict[str, str]], max_tokens: int, stop: threading.Event | None = None,
+        english: bool = False,
+    ) -> Iterator[str]:  # fmt: skip
+        self.calls.append({"messages": messages, "max_tokens": max_tokens, "english": english})
         pieces = self._replies.pop(0) if self._replies else []
         usage = Usage(prompt_tokens=sum(len(m["content"]) for m in messages))
         try:

@@ -208,8 +208,9 @@ class FakeLlamaGenerator:
         return self._usage
 
     def stream(
-        self, messages: list[dict[str, str]], max_tokens: int, stop: threading.Event | None = None
-    ) -> Iterator[str]:
+        self, messages: list[dict[str, str]], max_tokens: int, stop: threading.Event | None = None,
+        english: bool = False,
+    ) -> Iterator[str]:  # fmt: skip
         prompt = self._llm.tokenize("".join(f"<{m['role']}>{m['content']}" for m in messages).encode("utf-8"))
         for i, token in enumerate(self._llm.generate(prompt, temp=0.0)):
             yield f"t{token} "

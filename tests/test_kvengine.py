@@ -4,11 +4,13 @@
 - a shifted block carries its positions correctly: shifting it away and back
   stays within float16 rounding, while a shift left in place does change the result;
 - the cached path reads only the question, and streams text;
+- an English answer never writes Chinese, on either path;
 - a store built with the real model is refused after the prompt changes.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +149,22 @@ def test_generator_streams_text_and_counts_tokens(q8: KVEngine) -> None:
     # The same blocks again give the same greedy answer (the cache was reset in between).
     again = list(gen.stream_blocks([prompting.block_label(1)], blocks, prompting.question_tail(QUESTION), 12))
     assert "".join(again) == "".join(pieces)
+
+
+CHINESE = re.compile("[\u3000-\u303f\u3400-\u9fff\uff00-\uffef\ufffd]")
+
+
+def test_an_english_answer_never_writes_chinese_on_either_path(llm, q8: KVEngine) -> None:  # type: ignore[no-untyped-def]
+    # Asked to repeat Chinese, the tiny model does; told `english`, neither path writes a Chinese
+    # character or a piece of one (which would show as U+FFFD).
+    repeat = [{"role": "system", "content": "Repeat the user's text exactly."}, {"role": "user", "content": A}]
+    assert CHINESE.search("".join(llm.stream(repeat, 16)))
+    assert not CHINESE.search("".join(llm.stream(repeat, 16, english=True)))
+    gen = CachedBlockGenerator(q8, MODEL, 0.0)
+    blocks = [q8.compute_block(A, prompting.block_label(1))]
+    label, tail = [prompting.block_label(1)], prompting.question_tail(QUESTION)
+    assert CHINESE.search("".join(gen.stream_blocks(label, blocks, tail, 16)))
+    assert not CHINESE.search("".join(gen.stream_blocks(label, blocks, tail, 16, english=True)))
 
 
 def test_a_store_built_for_another_prompt_is_refused_then_rebuilt(q8: KVEngine, tmp_path: Path,

@@ -46,6 +46,7 @@ class FakeCachedGenerator:
         self.reply = reply
         self.engine = engine
         self.calls: list[tuple[list[str], list[Block], str]] = []
+        self.english: list[bool] = []
         self._usage = Usage()
 
     @property
@@ -53,8 +54,9 @@ class FakeCachedGenerator:
         return self._usage
 
     def stream_blocks(self, labels: Sequence[str], blocks: Sequence[Block], tail: str, max_tokens: int,
-                      stop: threading.Event | None = None) -> Iterator[str]:  # fmt: skip
+                      stop: threading.Event | None = None, english: bool = False) -> Iterator[str]:  # fmt: skip
         self.calls.append((list(labels), list(blocks), tail))
+        self.english.append(english)
         self._usage = Usage(prompt_tokens=len("".join(labels)) + len(tail), completion_tokens=0)
         for i in range(0, len(self.reply), 3):
             if stop is not None and stop.is_set():
@@ -262,6 +264,14 @@ def test_an_accepted_cached_answer_is_the_only_try(settings) -> None:  # type: i
     pipeline, ordinary, _ = cached_pipeline(settings, "DeepSeek-V3 的完整训练仅花费 557.6万美元[3]。")
     _, answer = answer_of(pipeline, "DeepSeek-V3 的训练成本是多少？")
     assert answer.tries == ["cached"] and not ordinary.calls and not answer.unsupported
+
+
+def test_an_english_question_is_answered_in_english_on_the_cached_path_too(settings) -> None:  # type: ignore[no-untyped-def]
+    kvstore.build_store(settings, chunks_of(settings), FakeEngine())
+    pipeline, _, cached = cached_pipeline(settings, "DeepSeek-V3 cost 557.6万美元 to train [3].")
+    answer_of(pipeline, "DeepSeek-V3 的训练成本是多少？")
+    answer_of(pipeline, "What did DeepSeek-V3 cost to train?")
+    assert cached.english[0] is False and cached.english[1] is True
 
 
 def test_path_ordinary_and_kv_cache_off_never_use_the_blocks(settings) -> None:  # type: ignore[no-untyped-def]

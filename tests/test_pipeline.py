@@ -121,6 +121,13 @@ def test_english_question_gets_english_label_and_refusal(settings) -> None:  # t
     assert user.endswith("Question：How do I make tomato soup?" + ENGLISH_REMINDER)
 
 
+def test_only_an_english_question_takes_chinese_away_from_the_model(settings) -> None:  # type: ignore[no-untyped-def]
+    pipeline = make(settings, "It cost 557.6万美元 [1].", "仅花费 557.6万美元[1]。")
+    run(pipeline, "What did DeepSeek-V3 cost to train?")
+    run(pipeline, "DeepSeek-V3 的训练成本是多少？")
+    assert [c["english"] for c in pipeline.generator.calls] == [True, False]  # type: ignore[union-attr]
+
+
 # ---------------------------------------------------------------- refusals
 
 

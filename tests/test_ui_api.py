@@ -73,8 +73,9 @@ class ScriptedByQuestion:
         return len(text)
 
     def stream(
-        self, messages: list[dict[str, str]], max_tokens: int, stop: threading.Event | None = None
-    ) -> Iterator[str]:
+        self, messages: list[dict[str, str]], max_tokens: int, stop: threading.Event | None = None,
+        english: bool = False,
+    ) -> Iterator[str]:  # fmt: skip
         question = re.split("问题：|Question：", messages[-1]["content"])[-1]  # and any note after it
         reply = next((r for key, r in self.replies.items() if key in question), "I do not know.")
         with self._lock:
