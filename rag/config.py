@@ -30,6 +30,10 @@ class Settings:
 
     # --- models (names from the registry in rag/models.py) ---
     embed_model: str = "embeddinggemma-300m"
+    # Questions are embedded by an ONNX export of the embedding model (made by `rag models fetch`),
+    # which loads without torch: model load to ready 6.5 s -> ~2 s, the same vectors. Passages are
+    # always embedded by sentence-transformers. Off: questions go through sentence-transformers too.
+    onnx_queries: bool = True
     chat_model: str = "qwen2.5-1.5b"
 
     # --- loading documents ---

@@ -1,7 +1,15 @@
-"""Text -> normalized float32 vectors. The only importer of sentence-transformers/torch."""
+"""Text -> normalized float32 vectors. The only importer of sentence-transformers/torch and onnxruntime.
+
+Passages are embedded by sentence-transformers. Questions, once the index exists,
+go through an ONNX export of the same sentence-transformers model, run by
+onnxruntime: it loads in ~2 s where importing torch and sentence-transformers
+takes ~6, and gives the same vectors (to 1e-6).
+"""
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -65,7 +73,168 @@ class SentenceTransformerEmbedder:
         return self._query(text)
 
 
-def load_embedder(name: str, models_dir: Path, threads: int | None = None) -> SentenceTransformerEmbedder:
+# ---------------------------------------------------------------- the question encoder (onnxruntime)
+
+QUERY_ENCODER_FORMAT = 1  # bump when the export changes: older exports are then made again
+_ONNX = "query.onnx"
+_INFO = "export.json"
+
+
+def query_encoder_dir(name: str, models_dir: Path) -> Path:
+    return models_dir / f"{name}.query-onnx"
+
+
+def _export_info(name: str, models_dir: Path) -> dict[str, object] | None:
+    """What the export in the cache was made from; None when there is none, or it is not for this model."""
+    from rag.models import get_spec
+
+    try:
+        info = json.loads((query_encoder_dir(name, models_dir) / _INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    fresh = info.get("format") == QUERY_ENCODER_FORMAT and info.get("model_sha256") == get_spec(name).sha256
+    return info if fresh and (query_encoder_dir(name, models_dir) / _ONNX).is_file() else None
+
+
+def export_query_encoder(name: str, models_dir: Path) -> Path:
+    """Trace the whole sentence-transformers model (transformer, pooling, dense layers) into ONNX.
+
+    Done once, at setup (`rag models fetch`), from the verified local model; ~75 s for
+    EmbeddingGemma. sentence-transformers' own ONNX backend cannot be used: it needs
+    optimum-onnx, which requires transformers < 4.58.
+    """
+    import contextlib
+    import io
+    import logging
+    import shutil
+    import tempfile
+    import warnings
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from rag.models import get_spec, locate
+
+    path = locate(name, models_dir)
+    model = SentenceTransformer(str(path), device="cpu", local_files_only=True).eval()
+
+    class Encode(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.model({"input_ids": input_ids, "attention_mask": attention_mask})["sentence_embedding"]
+
+    sample = model.tokenizer(["a question", "一个稍长一些的问题？"], padding=True, return_tensors="pt")
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
+    target = query_encoder_dir(name, models_dir)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=models_dir))
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # it reports every pass, and torchvision's absence
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                Encode(),
+                (sample["input_ids"], sample["attention_mask"]),
+                str(work / _ONNX),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["query_vector"],  # not "embedding": a node inside Gemma has that name
+                dynamic_shapes={"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}},
+                dynamo=True,
+                verbose=False,
+            )
+        info = {
+            "format": QUERY_ENCODER_FORMAT,
+            "model_sha256": get_spec(name).sha256,
+            "prompt": (model.prompts or {}).get("query", ""),
+            "max_length": int(model.max_seq_length),
+            "dim": int(model.get_embedding_dimension() or 0),
+        }
+        (work / _INFO).write_text(json.dumps(info), encoding="utf-8")  # last: its presence marks a whole export
+        if target.exists():
+            shutil.rmtree(target)
+        work.rename(target)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def ensure_query_encoder(name: str, models_dir: Path) -> bool:
+    """Export the question encoder unless a current one is there; True when it was made now."""
+    if _export_info(name, models_dir) is not None:
+        return False
+    export_query_encoder(name, models_dir)
+    return True
+
+
+class OnnxQueryEmbedder:
+    """Questions through onnxruntime; passages through sentence-transformers, loaded when first needed
+    (an index update from the chat page), so answering never imports torch."""
+
+    def __init__(self, name: str, models_dir: Path, info: dict[str, object], threads: int | None = None) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        from rag.models import locate
+
+        self.name = name
+        self.dim = int(info["dim"])  # type: ignore[call-overload]
+        self._prompt = str(info["prompt"])
+        self._models_dir, self._threads = models_dir, threads
+        self._tokenizer = Tokenizer.from_file(str(locate(name, models_dir) / "tokenizer.json"))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(int(info["max_length"]))  # type: ignore[call-overload]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or 0
+        options.inter_op_num_threads = 1
+        # Idle threads must not spin: llama.cpp needs both cores right after the question is embedded.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = ort.InferenceSession(
+            str(query_encoder_dir(name, models_dir) / _ONNX), options, providers=["CPUExecutionProvider"]
+        )
+        self._query = lru_cache(maxsize=512)(self._encode_query_uncached)
+        self._documents: SentenceTransformerEmbedder | None = None
+        self._lock = threading.Lock()
+
+    def _encode_query_uncached(self, text: str) -> np.ndarray:
+        encoding = self._tokenizer.encode(self._prompt + text)
+        ids = np.asarray([encoding.ids], dtype=np.int64)
+        (out,) = self._session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        vec = np.asarray(out[0], dtype=np.float32)
+        vec /= max(float(np.linalg.norm(vec)), 1e-12)
+        vec.setflags(write=False)  # cached: callers must not change it
+        return vec
+
+    def encode_query(self, text: str) -> np.ndarray:
+        return self._query(text)
+
+    def documents(self) -> SentenceTransformerEmbedder:
+        """The passage embedder (sentence-transformers), loaded on first use."""
+        with self._lock:
+            if self._documents is None:
+                self._documents = load_document_embedder(self.name, self._models_dir, self._threads)
+            return self._documents
+
+    def encode_documents(
+        self, texts: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        return self.documents().encode_documents(texts, progress)
+
+
+def load_document_embedder(name: str, models_dir: Path, threads: int | None = None) -> SentenceTransformerEmbedder:
+    """sentence-transformers itself: for building the index."""
     from rag.models import locate
 
     return SentenceTransformerEmbedder(name, locate(name, models_dir), threads=threads)
+
+
+def load_embedder(
+    name: str, models_dir: Path, threads: int | None = None, onnx_queries: bool = True
+) -> SentenceTransformerEmbedder | OnnxQueryEmbedder:
+    """For answering: the ONNX question encoder when setup exported a current one, else sentence-transformers."""
+    info = _export_info(name, models_dir) if onnx_queries else None
+    if info is None:
+        return load_document_embedder(name, models_dir, threads)
+    return OnnxQueryEmbedder(name, models_dir, info, threads)

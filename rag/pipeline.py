@@ -140,7 +140,8 @@ class Pipeline:
             if self.embedder is None:
                 from rag.embedding import load_embedder
 
-                self.embedder = load_embedder(self.settings.embed_model, self.settings.models_dir)
+                s = self.settings
+                self.embedder = load_embedder(s.embed_model, s.models_dir, s.n_threads, s.onnx_queries)
             return self.embedder
 
     def get_generator(self) -> Generator:
@@ -156,8 +157,8 @@ class Pipeline:
         """Load the index, the embedder and (unless told not to) the chat model; the seconds each took.
 
         The chat model loads in a second thread: llama.cpp reads and lays out its
-        weights in C, without Python's lock, while this thread imports torch and
-        sentence-transformers, so both are ready in about the time of the slower.
+        weights in C, without Python's lock, while this thread loads the question
+        encoder, so both are ready in about the time of the slower.
         """
         seconds: dict[str, float] = {}
         failed: list[BaseException] = []

@@ -293,7 +293,7 @@ def test_rgb_command_builds_once_and_prints_the_table(rgb_file: Path, tmp_path: 
     isolate(monkeypatch, tmp_path)
     loads: list[str] = []
 
-    def fake_load(name: str, models_dir: Path, threads: int | None = None) -> FakeEmbedder:
+    def fake_load(name: str, models_dir: Path, threads: int | None = None, onnx_queries: bool = True) -> FakeEmbedder:
         loads.append(name)
         return FakeEmbedder()
 

@@ -54,11 +54,12 @@ class Cli:
 
         self.loads: list[str] = []
 
-        def fake_load(name: str, models_dir: Path, threads: int | None = None) -> FakeEmbedder:
+        def fake_load(name: str, models_dir: Path, threads: int | None = None, onnx_queries: bool = True) -> FakeEmbedder:
             self.loads.append(name)
             return FakeEmbedder()
 
         monkeypatch.setattr(rag.embedding, "load_embedder", fake_load)
+        monkeypatch.setattr(rag.embedding, "load_document_embedder", fake_load)
 
     def __call__(self, settings, *args: str):  # type: ignore[no-untyped-def]
         from rag.cli import app
