@@ -34,6 +34,11 @@ def _jieba():
     return jieba
 
 
+def words_ready() -> None:
+    """Load jieba's dictionary now (~0.6 s) rather than on the first question."""
+    _jieba()
+
+
 def words(text: str) -> list[str]:
     """Content words. Example: 'DeepSeek-V3的训练成本' -> ['deepseek-v3', 'deepseek', 'v3', '训练', '成本']."""
     text = unicodedata.normalize("NFKC", text).lower()

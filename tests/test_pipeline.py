@@ -345,7 +345,7 @@ def test_load_reads_both_models_at_once(settings, monkeypatch: pytest.MonkeyPatc
     seconds = pipeline.load()
 
     assert pipeline.embedder is embedder and pipeline.generator is generator
-    assert set(seconds) == {"index", "embedder", "chat model"}
+    assert set(seconds) == {"index", "embedder", "jieba", "chat model"}
 
 
 def test_load_raises_a_chat_model_failure_in_the_caller(settings, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
@@ -374,5 +374,5 @@ def test_load_without_the_chat_model(settings, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(rag.generation, "load_generator", never)
     pipeline = Pipeline(settings)
 
-    assert set(pipeline.load(chat_model=False)) == {"index", "embedder"}
+    assert set(pipeline.load(chat_model=False)) == {"index", "embedder", "jieba"}
     assert pipeline.generator is None and pipeline.embedder is not None
