@@ -360,9 +360,12 @@ class Pipeline:
             return _Attempt(prompt, stream, cached[0], "cached", sum(len(b.tokens) for b in blocks))
         from rag.lexical import words
 
+        # A question that asks one thing gets the lean prompt (see lean_prompts in rag/config.py).
+        lean = s.lean_prompts and not prompting.asks_several_things(question)
+        first, later = (s.lean_first_chars, s.lean_later_chars) if lean else (s.passage_chars, s.passage_chars)
         prompt = prompting.build_prompt(
-            question, hits, generator.count_tokens, s.prompt_token_budget, s.passage_chars, set(words(query)),
-            s.later_passage_chars,
+            question, hits, generator.count_tokens, s.prompt_token_budget, first, set(words(query)), later,
+            brief_headers=lean,
         )
         stream = generator.stream(prompt.messages(), s.max_answer_tokens, stop, english=english)
         return _Attempt(prompt, stream, generator, "ordinary")

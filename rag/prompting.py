@@ -77,8 +77,25 @@ def _source_line(title: str, headings: Sequence[str]) -> str:
     return f"《{title}》 {where}".rstrip()
 
 
-def passage_header(number: int, hit: Hit) -> str:
+def passage_header(number: int, hit: Hit, brief: bool = False) -> str:
+    """'[n] 《title》 h1 > h2'; brief: '[n] h2', the passage's own heading (the title and the
+    path cost ~36 tokens a passage; the reader sees them in the citations anyway)."""
+    if brief:
+        return f"[{number}] {hit.chunk.headings[-1]}" if hit.chunk.headings else f"[{number}]"
     return f"[{number}] {_source_line(hit.chunk.title, hit.chunk.headings)}"
+
+
+# A question that asks two things or compares two: its second half is often in another passage.
+_SEVERAL = re.compile(
+    r"分别|各自|区别|不同|相比|对比|比较|异同|哪个更|谁更|优缺点|关系|\bvs\.?(?!\w)|versus|compar|differ|"
+    r"\band\s+(?:what|which|how|when|where|who|why)\b",
+    re.IGNORECASE,
+)
+
+
+def asks_several_things(question: str) -> bool:
+    """'GPT-3 有多大？能下载吗？' (two questions), 'A 和 B 相比…', 'How many…, and what…?' -> True."""
+    return question.count("？") + question.count("?") >= 2 or bool(_SEVERAL.search(question))
 
 
 def _trim_to_tokens(text: str, limit: int, count_tokens: Callable[[str], int]) -> str:
@@ -127,19 +144,20 @@ def build_prompt(
     passage_chars: int = 10_000,
     terms: set[str] | None = None,
     later_passage_chars: int | None = None,
+    brief_headers: bool = False,
 ) -> Prompt:
     """Number the passages [1..n] within `budget` tokens (measured with the model's tokenizer).
 
     Passage [1] is cut to `passage_chars` around the `terms`, the others to
     `later_passage_chars` (default: the same). A passage that does not fit whole
     is cut at a sentence end; one that does not fit at all is left out, so the
-    runtime never truncates mid-passage.
+    runtime never truncates mid-passage. `brief_headers`: see passage_header.
     """
     blocks: list[str] = []
     used: list[Hit] = []
     remaining = budget
     for hit in hits:
-        header = passage_header(len(used) + 1, hit)
+        header = passage_header(len(used) + 1, hit, brief_headers)
         limit = passage_chars if not used or later_passage_chars is None else later_passage_chars
         body = focus(clean_text(hit.chunk.text), terms or set(), limit)
         cost = count_tokens(header) + 2

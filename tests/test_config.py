@@ -113,7 +113,8 @@ def test_overrides_are_coerced(cwd: Path) -> None:
         ("chunk_overlap", str(Settings().chunk_size), "chunk_overlap"),  # not smaller than chunk_size
         ("chunk_overlap", "1000", "chunk_overlap"),
         ("passage_chars", "0", "passage_chars"),
-        ("later_passage_chars", "-5", "later_passage_chars"),
+        ("lean_first_chars", "0", "lean_first_chars"),
+        ("lean_later_chars", "-5", "lean_later_chars"),
     ],
 )
 def test_invalid_env_values(cwd: Path, monkeypatch: pytest.MonkeyPatch, key: str, value: str, match: str) -> None:

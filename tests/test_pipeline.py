@@ -22,7 +22,7 @@ from rag.pipeline import (
     clean_question,
     standalone_query,
 )
-from rag.prompting import ENGLISH_REMINDER, FOCUS_NOTE, REFUSAL
+from rag.prompting import ENGLISH_REMINDER, FOCUS_NOTE, REFUSAL, passage_header
 from rag.schema import Answer
 from tests.fakes import CountingFactory, FakeEmbedder, FakeGenerator, isolate, tiny_settings
 
@@ -88,8 +88,24 @@ def test_prompt_holds_the_numbered_passages(settings) -> None:  # type: ignore[n
     system, user = call["messages"]
     assert system["role"] == "system" and user["role"] == "user"
     for n, h in enumerate(answer.hits, start=1):
-        assert f"[{n}] 《{h.chunk.title}》" in user["content"]
+        assert f"\n\n{passage_header(n, h, brief=True)}\n" in user["content"]  # a question that asks one thing
     assert user["content"].endswith("问题：DeepSeek-V3 的训练成本是多少？")
+
+
+def test_a_question_that_asks_two_things_gets_whole_passages_with_their_source(settings) -> None:  # type: ignore[no-untyped-def]
+    long_doc = "DeepSeek-V3 的训练成本为 557.6万美元。" + "它的架构细节如下，这句话只是为了让段落变长。" * 20
+    (settings.corpus_dir / "long.md").write_text(f"# 长文档\n\n{long_doc}\n", encoding="utf-8")
+    build(settings, CountingFactory(), get_spec(settings.embed_model).sha256)
+    pipeline = make(settings, COST_REPLY, COST_REPLY)
+    one = run(pipeline, "DeepSeek-V3 的训练成本是多少？")[1]
+    two = run(pipeline, "DeepSeek-V3 的训练成本是多少？用了什么架构？")[1]
+    lean, whole = (c["messages"][1]["content"] for c in pipeline.generator.calls)  # type: ignore[union-attr]
+    assert all(f"[{n}] 《{h.chunk.title}》" in whole for n, h in enumerate(two.hits, start=1))
+    assert not any("《" in line for line in lean.splitlines() if line.startswith("["))
+    cut = [len(block.split("\n", 1)[1]) for block in lean.split("\n\n")[1:-1]]  # passages [1..n], headers off
+    assert cut[0] <= settings.lean_first_chars and max(cut[1:]) <= settings.lean_later_chars
+    assert max(len(block.split("\n", 1)[1]) for block in whole.split("\n\n")[1:-1]) > settings.lean_later_chars
+    assert len(one.hits) > 1
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,16 @@ import re
 
 import pytest
 
-from rag.prompting import ENGLISH_REMINDER, REFUSAL, SYSTEM_PROMPT, build_prompt, is_refusal, language_of, passage_header
+from rag.prompting import (
+    ENGLISH_REMINDER,
+    REFUSAL,
+    SYSTEM_PROMPT,
+    asks_several_things,
+    build_prompt,
+    is_refusal,
+    language_of,
+    passage_header,
+)
 from rag.schema import Chunk, Hit
 
 
@@ -53,6 +62,27 @@ def test_english_question_label() -> None:
 def test_passage_header() -> None:
     assert passage_header(2, hit(1, "x", ("A", "B", "C"), "书名")) == "[2] 《书名》 B > C"
     assert passage_header(1, hit(1, "x", (), "书名")) == "[1] 《书名》 书名"
+    assert passage_header(2, hit(1, "x", ("A", "B", "C"), "书名"), brief=True) == "[2] C"
+    assert passage_header(1, hit(1, "x", (), "书名"), brief=True) == "[1]"
+
+
+@pytest.mark.parametrize(
+    ("question", "several"),
+    [
+        ("GPT-3 的参数规模有多大？当时普通人能直接下载它吗？", True),
+        ("DeepSeek-R1 和 Kimi k1.5 的上下文窗口分别有多长？", True),
+        ("o1-mini 跟完整版 o1 相比有什么优势？", True),
+        ("BERT 和 GPT 的训练思路有什么根本不同？", True),
+        ("How many questions does TruthfulQA contain, and what does it test?", True),
+        ("How does GPT-4 compare with Claude 3?", True),
+        ("DeepSeek-V3 的训练成本是多少？", False),
+        ("混合专家模型是什么", False),
+        ("What Elo rating did OpenAI's o3 reach on Codeforces?", False),
+        ("Who developed BERT and GPT?", False),
+    ],
+)
+def test_asks_several_things(question: str, several: bool) -> None:
+    assert asks_several_things(question) is several
 
 
 def test_passage_text_is_cleaned() -> None:

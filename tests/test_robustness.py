@@ -314,9 +314,9 @@ def test_injected_instruction_stays_quoted_data(tmp_path: Path, monkeypatch: pyt
     # The user message is: "资料：", one block per numbered passage, then the question (blocks hold no blank line).
     blocks = user["content"].split("\n\n")
     assert blocks[0] == "资料：" and blocks[-1] == f"问题：{question}"
-    assert all(re.match(r"\[\d+\] 《", b) for b in blocks[1:-1])
+    assert all(re.match(r"\[\d+\][ \n]", b) for b in blocks[1:-1])
     holding = [b for b in blocks if INJECTION in b]
-    assert len(holding) == 1 and re.match(r"\[\d+\] 《机房管理规定》", holding[0])  # quoted inside its passage only
+    assert len(holding) == 1 and re.match(r"\[\d+\] 机房管理规定\n", holding[0])  # quoted inside its passage only
     assert user["content"].count(INJECTION) == 1
 
     # The answer is what the model wrote, cited: the injected text changed nothing but the quoted passage.
