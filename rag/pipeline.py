@@ -348,7 +348,10 @@ class Pipeline:
         # With Chinese passages in view the model answers some English questions in Chinese,
         # whatever the prompt says; the generators then never choose a token that writes Chinese.
         english = prompting.language_of(question) == "en"
-        cached = self.get_cached() if path != "ordinary" else None
+        # Cached blocks never saw one another, so a question that needs two passages read together
+        # (two parts, a comparison) is answered from the whole prompt.
+        several = prompting.asks_several_things(question)
+        cached = self.get_cached() if path != "ordinary" and not several else None
         blocks = cached[1].blocks([h.chunk for h in hits]) if cached else None
         if cached and blocks is not None and cached[0].engine.fits(blocks, s.max_answer_tokens):
             placed = prompting.block_order(len(blocks), s.kv_order)
@@ -361,7 +364,7 @@ class Pipeline:
         from rag.lexical import words
 
         # A question that asks one thing gets the lean prompt (see lean_prompts in rag/config.py).
-        lean = s.lean_prompts and not prompting.asks_several_things(question)
+        lean = s.lean_prompts and not several
         first, later = (s.lean_first_chars, s.lean_later_chars) if lean else (s.passage_chars, s.passage_chars)
         prompt = prompting.build_prompt(
             question, hits, generator.count_tokens, s.prompt_token_budget, first, set(words(query)), later,

@@ -266,6 +266,14 @@ def test_an_accepted_cached_answer_is_the_only_try(settings) -> None:  # type: i
     assert answer.tries == ["cached"] and not ordinary.calls and not answer.unsupported
 
 
+def test_a_question_that_asks_two_things_is_answered_from_the_whole_prompt(settings) -> None:  # type: ignore[no-untyped-def]
+    kvstore.build_store(settings, chunks_of(settings), FakeEngine())
+    pipeline, ordinary, cached = cached_pipeline(settings)
+    _, answer = answer_of(pipeline, "DeepSeek-V3 的训练成本是多少？用了什么精度？")
+    assert answer.path == "ordinary" and not cached.calls and len(ordinary.calls) == 1
+    assert "《" in ordinary.calls[0]["messages"][1]["content"]  # whole passages with their source line
+
+
 def test_an_english_question_is_answered_in_english_on_the_cached_path_too(settings) -> None:  # type: ignore[no-untyped-def]
     kvstore.build_store(settings, chunks_of(settings), FakeEngine())
     pipeline, _, cached = cached_pipeline(settings, "DeepSeek-V3 cost 557.6万美元 to train [3].")
