@@ -457,8 +457,13 @@ def check(
             _support_in(_claimed(cross if zh else terms, asked, text), text, names)
             for text, zh in zip(normed, chinese)
         ]
-        best = max(range(len(scores)), key=lambda i: scores[i]) if scores else -1
+        # The claim's own words may be in several passages (a bare year: "是2023年"); then the one
+        # that also names what the sentence is about (the question's words too) is its source.
+        whole = [_support_in(terms, text, names) for text in normed]
+        best = max(range(len(scores)), key=lambda i: (scores[i], whole[i])) if scores else -1
         kept = [n for n in dict.fromkeys(numbers) if scores[n - 1] >= SUPPORTS]
+        if len(kept) == 1 and (scores[best], whole[best]) > (scores[kept[0] - 1], whole[kept[0] - 1]):
+            kept = [best + 1]
         if not kept and best >= 0 and scores[best] >= (SUPPORTS if numbers else ATTACH):
             kept = [best + 1]  # repaired, or attached where the model wrote none
         if not kept and (best < 0 or scores[best] < SUPPORTS):

@@ -132,6 +132,15 @@ def test_uncited_supported_sentence_gets_a_marker() -> None:
     assert result.unsupported == []
 
 
+@pytest.mark.parametrize("written", ["", "[1]"])
+def test_of_two_passages_with_the_year_the_one_about_the_subject_is_cited(written: str) -> None:
+    # Both passages hold "2023", the one new word of the answer; only the second is about Moonshot AI.
+    hits = [hit(1, "间章 2023：Kimi Chat 在 2024 年收获了较高的热度，开源模型在 2023 年层出不穷。"),
+            hit(2, "Kimi k1.5：Moonshot AI 公司（成立于 2023 年的中国 AI 新创）推出的最新版本。")]  # fmt: skip
+    result = check(f"开发 Kimi 的 Moonshot AI 公司成立于 2023 年{written}。", hits, question="开发 Kimi 的公司是哪一年成立的？")
+    assert numbers_of(result) == [2]
+
+
 def test_marker_after_the_full_stop_is_not_lost() -> None:
     result = check("DeepSeek-V3 的训练花费了 557.6万美元。[1]", TWO)
     assert numbers_of(result) == [1]
