@@ -96,8 +96,17 @@ def models_fetch(
             typer.echo(f"{name}: ok ({path})")
             if get_spec(name).kind == "embedding" and s.onnx_queries:
                 typer.echo(f"{name}: checking the question encoder (an ONNX export, made once: about a minute)")
-                ensure_query_encoder(name, s.models_dir)
-                typer.echo(f"{name}: question encoder ok ({query_encoder_dir(name, s.models_dir)})")
+                try:
+                    ensure_query_encoder(name, s.models_dir)
+                except Exception as exc:  # noqa: BLE001 - an optional speed-up must not stop the set-up
+                    typer.echo(
+                        f"Note: could not export the question encoder of {name} ({type(exc).__name__}: {exc}).\n"
+                        "  -> Questions go through sentence-transformers instead (the same answers, ~4 s slower to"
+                        f" start). Retry with: rag models fetch {name}",
+                        err=True,
+                    )
+                else:
+                    typer.echo(f"{name}: question encoder ok ({query_encoder_dir(name, s.models_dir)})")
     except RagError as exc:
         _fail(exc)
 

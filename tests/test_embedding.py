@@ -87,3 +87,21 @@ def test_an_export_of_another_model_or_format_is_not_used(models_dir: Path) -> N
 def test_without_an_export_questions_go_through_sentence_transformers(models_dir: Path, tmp_path: Path) -> None:
     (tmp_path / MODEL).symlink_to((models_dir / MODEL).resolve(), target_is_directory=True)
     assert isinstance(load_embedder(MODEL, tmp_path), SentenceTransformerEmbedder)
+
+
+def test_a_failed_export_does_not_stop_the_set_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import rag.embedding
+    import rag.models
+    from rag.cli import app
+
+    def broken(name: str, models_dir: Path) -> bool:
+        raise RuntimeError("onnxscript is missing")
+
+    monkeypatch.setattr(rag.models, "fetch", lambda name, *a, **k: Path("/models") / name)
+    monkeypatch.setattr(rag.embedding, "ensure_query_encoder", broken)
+    result = CliRunner().invoke(app, ["models", "fetch", MODEL])
+    assert result.exit_code == 0, result.output
+    assert "could not export the question encoder" in result.output and "onnxscript is missing" in result.output
+    assert f"rag models fetch {MODEL}" in result.output
