@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -58,6 +59,17 @@ def chinese_token_ids(pieces: Iterable[bytes]) -> np.ndarray:
     )  # fmt: skip
 
 
+_CHINESE_OF: weakref.WeakKeyDictionary[Any, np.ndarray] = weakref.WeakKeyDictionary()
+
+
+def chinese_tokens(llm: Any) -> np.ndarray:
+    """The ids of a llama_cpp.Llama's tokens that write Chinese: read from its vocabulary on first
+    use (~0.5 s over Qwen's 152k tokens), then shared by both answer paths on that model."""
+    if llm not in _CHINESE_OF:
+        _CHINESE_OF[llm] = chinese_token_ids(llm.detokenize([i], special=False) for i in range(llm.n_vocab()))
+    return _CHINESE_OF[llm]
+
+
 def english_only(banned: np.ndarray) -> Callable[[object, np.ndarray], np.ndarray]:
     """A logits processor that never lets a token of `banned` be chosen.
 
@@ -90,13 +102,6 @@ class LlamaGenerator:
         self.n_ctx = n_ctx
         self._lock = threading.Lock()
         self._usage = Usage()
-        self._chinese: np.ndarray | None = None  # token ids, read from the vocabulary on first use
-
-    def chinese_tokens(self) -> np.ndarray:
-        if self._chinese is None:  # ~0.5 s over Qwen's 152k tokens, once per process
-            detokenize = self._llm.detokenize
-            self._chinese = chinese_token_ids(detokenize([i], special=False) for i in range(self._llm.n_vocab()))
-        return self._chinese
 
     @property
     def usage(self) -> Usage:
@@ -118,7 +123,7 @@ class LlamaGenerator:
                 max_tokens=max_tokens,
                 temperature=self.temperature,
                 stream=True,
-                logits_processor=[english_only(self.chinese_tokens())] if english else None,  # type: ignore[arg-type]
+                logits_processor=[english_only(chinese_tokens(self._llm))] if english else None,  # type: ignore[arg-type]
             )
             try:
                 for chunk in chunks:

@@ -37,7 +37,7 @@ import numpy as np
 
 from rag import offline  # noqa: F401
 from rag.errors import ModelError
-from rag.generation import Usage, chinese_token_ids
+from rag.generation import Usage, chinese_tokens
 
 KV_TYPES = ("f16", "q8_0")  # q4_0 broke the RoPE shift in the probe (issue #8)
 SEQ_MAIN, SEQ_SCRATCH, SEQ_LABEL = 0, 1, 2
@@ -126,7 +126,6 @@ class KVEngine:
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self._batch = L.llama_batch_init(n_batch, 0, 1)
         self._label_blocks: dict[str, Block] = {}
-        self._chinese: np.ndarray | None = None
 
         before, self._after = chat_frame(llm)
         self.prefix_tokens = self.tokenize(before + prefix_text, special=True, add_special=True)
@@ -169,12 +168,6 @@ class KVEngine:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
-
-    def chinese_tokens(self) -> np.ndarray:
-        """The tokens an English answer may not use (read from the vocabulary once)."""
-        if self._chinese is None:
-            self._chinese = chinese_token_ids(self.piece(i) for i in range(self.n_vocab))
-        return self._chinese
 
     # ------------------------------------------------------------ low level
 
@@ -411,7 +404,7 @@ class CachedBlockGenerator:
         """As LlamaGenerator.stream, from placed blocks."""
         with self.engine.lock:
             usage = Usage()
-            banned = self.engine.chinese_tokens() if english else None
+            banned = chinese_tokens(self.engine.llm) if english else None
             logits, pos, evaluated = self.engine.place(labels, blocks, tail)
             usage.prompt_tokens = evaluated
             try:

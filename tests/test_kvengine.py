@@ -165,6 +165,9 @@ def test_an_english_answer_never_writes_chinese_on_either_path(llm, q8: KVEngine
     label, tail = [prompting.block_label(1)], prompting.question_tail(QUESTION)
     assert CHINESE.search("".join(gen.stream_blocks(label, blocks, tail, 16)))
     assert not CHINESE.search("".join(gen.stream_blocks(label, blocks, tail, 16, english=True)))
+    from rag.generation import chinese_tokens
+
+    assert chinese_tokens(q8.llm) is chinese_tokens(llm._llm)  # one model, its vocabulary read once
 
 
 def test_a_store_built_for_another_prompt_is_refused_then_rebuilt(q8: KVEngine, tmp_path: Path,
