@@ -22,6 +22,12 @@ Metrics count answerable questions only (non-empty `evidence`):
 - MRR@10: mean over answerable questions of 1 / rank of the first chunk that
   covers any quote, 0 when none of the top 10 does.
 
+One diagnostic beside them, not a target: terms@5, the share of answerable
+questions with `must_include` terms whose top 5 passages together contain
+every term (the key-term rule of the answer metrics). An evidence quote marks
+one place that states the answer; a corpus often states it in several, and
+terms@5 shows whether the passages the model reads hold the answer at all.
+
 Example:
 
     >>> questions = load_questions("eval/dev.jsonl")
@@ -206,6 +212,7 @@ class QuestionResult:
     quotes: list[QuoteResult]
     passages: list[Passage]
     seconds: float = 0.0
+    must_include: tuple[str, ...] = ()
 
     @property
     def first_rank(self) -> int | None:
@@ -227,6 +234,12 @@ class QuestionResult:
         r = self.first_rank
         return 1.0 / r if r is not None and r <= cutoff else 0.0
 
+    def terms_at(self, k: int) -> bool | None:
+        """The top k passages together contain every key term (None: the question names none)."""
+        if not self.answerable or not self.must_include:
+            return None
+        return contains_terms("\n".join(p.text for p in self.passages[:k]), self.must_include)
+
     def top(self, n: int) -> list[Passage]:
         """What was retrieved (e.g. instead of the evidence, for a miss)."""
         return self.passages[:n]
@@ -237,6 +250,7 @@ class QuestionResult:
         d["hit"] = {str(k): self.hit_at(k) for k in ks} if self.answerable else None
         d["recall"] = {str(k): self.recall_at(k) for k in ks} if self.answerable else None
         d["reciprocal_rank"] = self.reciprocal_rank() if self.answerable else None
+        d["terms"] = {str(k): self.terms_at(k) for k in ks}
         return d
 
 
@@ -248,6 +262,7 @@ class Metrics:
     recall: dict[int, float]
     mrr: float  # MRR@10
     excluded: int = 0  # unanswerable questions (no evidence), not counted above
+    terms: dict[int, float | None] = field(default_factory=dict)  # diagnostic; None = no question has key terms
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -257,6 +272,7 @@ class Metrics:
             "hit": {str(k): v for k, v in self.hit.items()},
             "recall": {str(k): v for k, v in self.recall.items()},
             f"mrr@{MRR_CUTOFF}": self.mrr,
+            "terms": {str(k): v for k, v in self.terms.items()},
         }
 
 
@@ -265,6 +281,7 @@ def compute_metrics(results: Iterable[QuestionResult], ks: Sequence[int]) -> Met
     scored = [r for r in results if r.answerable]
     n_quotes = sum(len(r.quotes) for r in scored)
     n = len(scored)
+    with_terms = [r for r in scored if r.must_include]
     return Metrics(
         questions=n,
         quotes=n_quotes,
@@ -272,6 +289,7 @@ def compute_metrics(results: Iterable[QuestionResult], ks: Sequence[int]) -> Met
         recall={k: (sum(r.covered_at(k) for r in scored) / n_quotes if n_quotes else 0.0) for k in ks},
         mrr=sum(r.reciprocal_rank() for r in scored) / n if n else 0.0,
         excluded=len(results) - n,
+        terms={k: (sum(bool(r.terms_at(k)) for r in with_terms) / len(with_terms) if with_terms else None) for k in ks},
     )
 
 
@@ -343,7 +361,7 @@ def evaluate_question(
             qr.found_in = sorted({path for path, text in corpus if squashed_quotes[i] in text})
             qr.in_index = bool(qr.found_in)
         quotes.append(qr)
-    return QuestionResult(q.id, q.type, q.question, q.answerable, quotes, passages)
+    return QuestionResult(q.id, q.type, q.question, q.answerable, quotes, passages, must_include=q.must_include)
 
 
 def evaluate_retrieval(
@@ -416,17 +434,26 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def format_table(report: RetrievalReport) -> str:
-    """Rows overall + each type; columns hit@k, recall@k per k, MRR@10, question count."""
-    header = ["", "n"] + [f"hit@{k}" for k in report.ks] + [f"recall@{k}" for k in report.ks] + [f"MRR@{MRR_CUTOFF}"]
+def format_table(report: RetrievalReport, terms_k: int = 5) -> str:
+    """Rows overall + each type; columns hit@k, recall@k per k, MRR@10, and the terms@5 diagnostic.
+
+    terms@`terms_k` is shown when `terms_k` is one of the report's ks (the passages the model reads).
+    """
+    terms = [terms_k] if terms_k in report.ks else []
+    header = (
+        ["", "n"] + [f"hit@{k}" for k in report.ks] + [f"recall@{k}" for k in report.ks] + [f"MRR@{MRR_CUTOFF}"]
+        + [f"terms@{k}" for k in terms]
+    )  # fmt: skip
+
     def row(name: str, m: Metrics) -> list[str]:
         if m.questions == 0:
-            return [name, f"({m.excluded})"] + ["-"] * (2 * len(report.ks) + 1)
+            return [name, f"({m.excluded})"] + ["-"] * (2 * len(report.ks) + 1 + len(terms))
         return (
             [name, str(m.questions)]
             + [_fmt(m.hit[k]) for k in report.ks]
             + [_fmt(m.recall[k]) for k in report.ks]
             + [_fmt(m.mrr)]
+            + [_fmt(m.terms.get(k)) for k in terms]
         )
 
     rows = [row("overall", report.overall)] + [row(t, m) for t, m in report.by_type.items()]
@@ -437,7 +464,17 @@ def format_table(report: RetrievalReport) -> str:
         + f"n = answerable questions ({o.quotes} evidence quotes); "
         f"{o.excluded} unanswerable question(s) excluded, shown as (n). "
         f"{len(report.questions)} questions ranked in {report.seconds:.1f} s."
+        + (
+            f"\nterms@{terms_k} (a diagnostic, not a target): share of them whose top {terms_k} passages "
+            "together hold every must_include term."
+            if terms
+            else ""
+        )
     )
+
+
+def _yes_no(value: bool | None) -> str:
+    return "-" if value is None else "yes" if value else "no"
 
 
 def format_misses(report: RetrievalReport, k: int = 5, top: int = 3, width: int = 80) -> str:
@@ -446,7 +483,7 @@ def format_misses(report: RetrievalReport, k: int = 5, top: int = 3, width: int 
     for q in misses:
         lines.append("")
         rank = f"first covering rank {q.first_rank}" if q.first_rank else f"not in top {report.depth}"
-        lines.append(f"{q.id} [{q.type}] {q.question}  ({rank})")
+        lines.append(f"{q.id} [{q.type}] {q.question}  ({rank}; key terms in the top {k}: {_yes_no(q.terms_at(k))})")
         for qr in q.quotes:
             where = ""
             if qr.in_index is False:
@@ -456,6 +493,16 @@ def format_misses(report: RetrievalReport, k: int = 5, top: int = 3, width: int 
             lines.append(f"  evidence: {qr.quote!r} rank {qr.rank or '-'}{where}")
         for p in q.top(top):
             lines.append(f"  {p.rank}. {p.file}:{p.start}-{p.end}  {_one_line(p.text, width)}")
+    partial = [q for q in report.questions if q.answerable and q.hit_at(k) and q.covered_at(k) < len(q.quotes)]
+    if partial:
+        lines.append("")
+        lines.append(f"Found at hit@{k} but with evidence quotes outside the top {k}: {len(partial)} question(s)")
+        for q in partial:
+            lines.append(f"{q.id} [{q.type}] {q.question}  (key terms in the top {k}: {_yes_no(q.terms_at(k))})")
+            for qr in q.quotes:
+                if qr.rank is None or qr.rank > k:
+                    where = f"  (in {', '.join(qr.found_in)})" if qr.found_in else ""
+                    lines.append(f"  evidence: {qr.quote!r} rank {qr.rank or '-'}{where}")
     if report.unreachable:
         lines.append("")
         lines.append(f"Quotes no indexed chunk contains ({len(report.unreachable)}): retrieval cannot find these.")

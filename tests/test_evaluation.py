@@ -25,13 +25,15 @@ def chunk(text: str, path: str = "corpus-a.md", start: int = 0) -> Chunk:
     return Chunk(id=f"{path}:{start}", path=path, title=path, headings=(), start=start, end=start + len(text), text=text)
 
 
-def q(qid: str, quotes: list[str], qtype: str = "factoid", docs: list[str] | None = None) -> EvalQuestion:
+def q(
+    qid: str, quotes: list[str], qtype: str = "factoid", docs: list[str] | None = None, must: tuple[str, ...] = ()
+) -> EvalQuestion:
     docs = docs or ["000_seed.txt"] * len(quotes)
     return EvalQuestion(
         id=qid,
         question=f"question {qid}",
         answer="",
-        must_include=(),
+        must_include=must,
         evidence=tuple(Evidence(d, quote) for d, quote in zip(docs, quotes)),
         type=qtype,
     )
@@ -176,13 +178,51 @@ def test_per_type_breakdown_and_table() -> None:
 
     table = format_table(report)
     lines = table.splitlines()
-    assert lines[0].split() == ["n", "hit@1", "hit@5", "recall@1", "recall@5", "MRR@10"]
+    assert lines[0].split() == ["n", "hit@1", "hit@5", "recall@1", "recall@5", "MRR@10", "terms@5"]
     overall = lines[2].split()
-    assert overall == ["overall", "3", "0.333", "0.667", "0.333", "0.667", "0.500"]
+    assert overall == ["overall", "3", "0.333", "0.667", "0.333", "0.667", "0.500", "-"]  # no key terms given
     assert lines[3].split()[:2] == ["factoid", "2"]
     assert lines[5].split()[:2] == ["unanswerable", "(1)"]
     misses = format_misses(report, k=5)
     assert "f2 [factoid]" in misses and "d1" not in misses
+
+
+def test_key_terms_in_the_top_k_counted_beside_the_quotes() -> None:
+    # The quote's own passage is ranked 6th, but passages 2 and 4 together state the answer.
+    date, model = chunk("ChatGPT 于 2022年11月30日 上线。", "a.md"), chunk("它基于 GPT-3.5。", "b.md")
+    quoted = chunk("2022年底的 ChatGPT（基于GPT-3.5）", "c.md")
+    ranked = [FILLER[0], date, FILLER[1], model, FILLER[2], quoted]
+    questions = [
+        q("x", ["2022年底的 ChatGPT（基于GPT-3.5）"], "multi_doc", must=("11月30日", "３.５")),  # NFKC: ３ is 3
+        q("y", ["不在任何段落里的一句话"], must=("不在任何段落",)),
+        q("z", ["2022年底的"], must=()),  # no key terms: not counted in terms@k
+        q("u", [], "unanswerable", must=()),
+    ]
+    rank = fake_ranker({"x": ranked, "y": ranked, "z": ranked, "u": ranked})
+    report = evaluate_retrieval(questions, rank, ks=[3, 5, 10])
+    x, y, z, u = report.questions
+    assert (x.terms_at(3), x.terms_at(5), x.recall_at(5), x.recall_at(10)) == (False, True, 0.0, 1.0)
+    assert (y.terms_at(10), z.terms_at(5), u.terms_at(5)) == (False, None, None)
+    assert report.overall.terms == {3: 0.0, 5: 0.5, 10: 0.5}
+    assert report.by_type["unanswerable"].terms == {3: None, 5: None, 10: None}
+    assert format_table(report).splitlines()[2].split()[-1] == "0.500"
+    assert "terms@5" not in format_table(report, terms_k=4)
+    data = report.to_dict()
+    assert data["overall"]["terms"]["5"] == 0.5 and data["questions"][0]["terms"] == {"3": False, "5": True, "10": True}
+    misses = format_misses(report, k=5)
+    assert "x [multi_doc] question x  (first covering rank 6; key terms in the top 5: yes)" in misses
+    assert "y [factoid] question y  (not in top 10; key terms in the top 5: no)" in misses
+
+
+def test_misses_list_quotes_left_outside_the_top_k() -> None:
+    near, far = chunk("第一条证据在此。"), chunk("第二条证据在彼。", "b.md")
+    ranked = [near, *FILLER[:5], far]
+    report = evaluate_retrieval([q("p", ["第一条证据", "第二条证据"], "multi_doc", must=("在此",))], fake_ranker({"p": ranked}))
+    misses = format_misses(report, k=5)
+    assert "Missed at hit@5: 0 of 1" in misses
+    assert "evidence quotes outside the top 5: 1 question(s)" in misses
+    assert "p [multi_doc] question p  (key terms in the top 5: yes)" in misses
+    assert "evidence: '第二条证据' rank 7" in misses and "'第一条证据'" not in misses
 
 
 def test_report_json_holds_every_passage() -> None:
