@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from rag.chunking import clean_text
 from rag.lexical import STOPWORDS, mentions, words
-from rag.prompting import language_of
+from rag.prompting import english_figures, language_of
 from rag.schema import Citation, Hit
 
 _MARKER = re.compile(r"\s?[\[【]\s*(\d{1,2}(?:\s*[,，、]\s*\d{1,2})*)\s*[\]】]")
@@ -432,7 +432,8 @@ def check(
     everywhere = passages + [h.chunk.text for h in further]
     asked = {t for t in key_terms(question) if not _NUMBER.fullmatch(t)} if question else set()
     # Once per passage, not per sentence: the text _claimed and _support_in read, and which passages are Chinese.
-    normed = [_norm(clean_text(p)) for p in passages]
+    # An English answer takes its figures from the English glosses its prompt showed ("405 billion").
+    normed = [_norm(clean_text(f"{p}\n{english_figures(p)}" if lang == "en" else p)) for p in passages]
     chinese = [language_of(p) == "zh" for p in passages]
     out_parts: list[str] = []
     unsupported: list[str] = []

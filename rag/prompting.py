@@ -55,6 +55,32 @@ def language_of(text: str) -> str:
     return "zh" if _CJK.search(text) else "en"
 
 
+# A figure counted in 亿 (10^8): "4050亿", "6710 亿", "1万亿". Figures in 万 are left as they
+# are: "200K tokens（约15万字）" written out as "150,000" led the model to write "200,000" for 200K.
+_CN_FIGURE = re.compile(r"(?<![0-9.A-Za-z\-])(\d+(?:\.\d+)?)\s*(万亿|亿)")
+_MAGNITUDE_VALUE = {"亿": 1e8, "万亿": 1e12}
+_ENGLISH_SCALE = ((1e12, "trillion"), (1e9, "billion"), (1e6, "million"))
+
+
+def english_figures(text: str) -> str:
+    """Chinese magnitudes written in English: '高达4050亿参数' -> '高达 405 billion 参数'.
+
+    For English questions: the model cannot write 亿 there (see generation.chinese_tokens)
+    and converts it wrongly on its own ("4050 billion"); given the English figure, it copies it.
+    (Shown both ways, "4050亿 (405 billion)", it copied both: "405 billion (405 billion)".)
+    Examples: '1.5亿' -> ' 150 million '; '1万亿' -> ' 1 trillion '.
+    """
+
+    def gloss(m: re.Match[str]) -> str:
+        value = float(m.group(1)) * _MAGNITUDE_VALUE[m.group(2)]
+        for scale, word in _ENGLISH_SCALE:
+            if value >= scale:
+                return f" {round(value / scale, 4):g} {word} "
+        return m.group(0)  # below a million: cannot happen with 亿
+
+    return _CN_FIGURE.sub(gloss, text)
+
+
 def is_refusal(answer: str) -> bool:
     """The answer opens by saying the documents do not answer (a later caveat is not a refusal)."""
     first = _FIRST_SENTENCE.match(answer.strip())
@@ -156,10 +182,12 @@ def build_prompt(
     blocks: list[str] = []
     used: list[Hit] = []
     remaining = budget
+    english = language_of(question) == "en"
     for hit in hits:
         header = passage_header(len(used) + 1, hit, brief_headers)
         limit = passage_chars if not used or later_passage_chars is None else later_passage_chars
         body = focus(clean_text(hit.chunk.text), terms or set(), limit)
+        body = english_figures(body) if english else body
         cost = count_tokens(header) + 2
         body = _trim_to_tokens(body, remaining - cost, count_tokens) if remaining > cost else ""
         if not body:

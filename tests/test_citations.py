@@ -433,6 +433,15 @@ def test_english_sentence_is_checked_by_its_figures_and_names_against_chinese_pa
     assert wrong.citations == [] and wrong.unsupported  # a figure no passage gives
 
 
+def test_english_figure_converted_from_a_chinese_magnitude_is_supported() -> None:
+    hits = _hits("Meta发布Llama 3.1，其中包括一个高达4050亿参数的变体。", "DeepSeek-V3 最多包含 6710 亿个参数。")
+    checked = check("Llama 3.1 has a variant with 405 billion parameters. DeepSeek-V3 has 671 billion.", hits, lang="en")
+    assert checked.text == "Llama 3.1 has a variant with 405 billion parameters[1]. DeepSeek-V3 has 671 billion[2]."
+    assert checked.unsupported == []
+    # A Chinese answer is read against the passage as written.
+    assert check("Llama 3.1 有405参数。", hits).unsupported
+
+
 def test_trailing_filler_sentence_is_dropped() -> None:
     checked = check("训练成本仅557.6万美元[1]。根据资料中的描述。", TWO)
     assert checked.text == "训练成本仅557.6万美元[1]。"

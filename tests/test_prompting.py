@@ -12,6 +12,7 @@ from rag.prompting import (
     SYSTEM_PROMPT,
     asks_several_things,
     build_prompt,
+    english_figures,
     is_refusal,
     language_of,
     passage_header,
@@ -57,6 +58,28 @@ def test_messages_put_the_fixed_system_prompt_first() -> None:
 def test_english_question_label() -> None:
     prompt = build_prompt("  Who proposed the Transformer?  ", HITS, len, 1000)
     assert prompt.user.endswith("Question：Who proposed the Transformer?" + ENGLISH_REMINDER)
+
+
+@pytest.mark.parametrize(
+    ("text", "glossed"),
+    [
+        ("高达4050亿参数", "高达 405 billion 参数"),
+        ("1.5亿用户", " 150 million 用户"),
+        ("6710 亿个参数，其中 370 亿个", " 671 billion 个参数，其中  37 billion 个"),
+        ("1万亿参数", " 1 trillion 参数"),
+        ("约15万字", "约15万字"),  # 万 is left as it is
+        ("亿亿级别的参数", "亿亿级别的参数"),  # no figure
+        ("v2.5亿", "v2.5亿"),  # part of a name
+    ],
+)
+def test_english_figures_gloss_chinese_magnitudes(text: str, glossed: str) -> None:
+    assert english_figures(text) == glossed
+
+
+def test_only_an_english_question_sees_the_glosses() -> None:
+    hits = [hit(1, "Llama 3.1 有4050亿参数。")]
+    assert "有 405 billion 参数" in build_prompt("How large is Llama 3.1?", hits, len, 1000).user
+    assert "4050亿参数" in build_prompt("Llama 3.1 有多大？", hits, len, 1000).user
 
 
 def test_passage_header() -> None:
