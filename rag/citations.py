@@ -416,6 +416,22 @@ def _claimed(terms: set[str], asked: set[str], text: str) -> set[str]:
     return kept if any(len(t) >= 2 or t.isdigit() for t in kept - asked) else set()
 
 
+# Companies the Chinese sources name in Chinese and an English answer names in English.
+_ENGLISH_NAMES = {
+    "谷歌": "google", "微软": "microsoft", "英伟达": "nvidia", "深度求索": "deepseek", "月之暗面": "moonshot",
+    "阿里巴巴": "alibaba", "阿里": "alibaba", "百度": "baidu", "腾讯": "tencent", "字节跳动": "bytedance",
+    "智谱": "zhipu", "华为": "huawei", "亚马逊": "amazon", "脸书": "facebook", "斯坦福": "stanford",
+}  # fmt: skip
+
+
+def _as_english_reader_sees(passage: str) -> str:
+    """A Chinese passage as an English answer may restate it: its figures in 亿 written out
+    ("405 billion", as the English prompt showed them) and its companies' English names
+    ("谷歌" -> google), added after the passage as written."""
+    names = " ".join(dict.fromkeys(english for chinese, english in _ENGLISH_NAMES.items() if chinese in passage))
+    return f"{passage}\n{english_figures(passage)}\n{names}"
+
+
 def check(
     answer: str, hits: Sequence[Hit], lang: str = "zh", question: str = "", further: Sequence[Hit] = ()
 ) -> CheckedAnswer:
@@ -432,8 +448,7 @@ def check(
     everywhere = passages + [h.chunk.text for h in further]
     asked = {t for t in key_terms(question) if not _NUMBER.fullmatch(t)} if question else set()
     # Once per passage, not per sentence: the text _claimed and _support_in read, and which passages are Chinese.
-    # An English answer takes its figures from the English glosses its prompt showed ("405 billion").
-    normed = [_norm(clean_text(f"{p}\n{english_figures(p)}" if lang == "en" else p)) for p in passages]
+    normed = [_norm(clean_text(_as_english_reader_sees(p) if lang == "en" else p)) for p in passages]
     chinese = [language_of(p) == "zh" for p in passages]
     out_parts: list[str] = []
     unsupported: list[str] = []
