@@ -76,7 +76,7 @@ def english_figures(text: str) -> str:
         for scale, word in _ENGLISH_SCALE:
             if value >= scale:
                 return f" {round(value / scale, 4):g} {word} "
-        return m.group(0)  # below a million: cannot happen with 亿
+        return m.group(0)  # under a million ("0.005亿"): left as written
 
     return _CN_FIGURE.sub(gloss, text)
 
