@@ -19,12 +19,11 @@ from dataclasses import dataclass
 
 from rag.chunking import clean_text
 from rag.lexical import STOPWORDS, mentions, words
-from rag.prompting import english_figures, language_of
+from rag.prompting import ENGLISH_FULL_STOP, english_figures, language_of
 from rag.schema import Citation, Hit
 
 _MARKER = re.compile(r"\s?[\[【]\s*(\d{1,2}(?:\s*[,，、]\s*\d{1,2})*)\s*[\]】]")
-# A full stop ends an English sentence unless a lower-case word follows ("Vaswani et al. proposed").
-_SENTENCE = re.compile(r"[^。！？!?\n]*?(?:[。！？!?]+|\.(?=\s*$|\s+(?![a-z]))|\n|$)")
+_SENTENCE = re.compile(rf"[^。！？!?\n]*?(?:[。！？!?]+|{ENGLISH_FULL_STOP}|\n|$)")
 # A number that stands alone: not the "3" of "DeepSeek-V3" or the "4" of "GPT-4o".
 _NUMBER = re.compile(r"(?<![a-z0-9.\-])\d+(?:\.\d+)?(?![a-z0-9])")
 

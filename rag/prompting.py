@@ -45,7 +45,10 @@ _REFUSAL_PATTERNS = re.compile(
     r"not mentioned in the|cannot answer|can't answer|not in the (?:documents|passages)",
     re.IGNORECASE,
 )
-_FIRST_SENTENCE = re.compile(r"^[^。！？!?\n]*?(?:[。！？!?]|\.(?=\s*$|\s+(?![a-z]))|\n|$)")
+# A full stop ends an English sentence unless a lower-case word follows ("Vaswani et al. proposed").
+# Shared with the citation check's sentence splitter (rag/citations.py).
+ENGLISH_FULL_STOP = r"\.(?=\s*$|\s+(?![a-z]))"
+_FIRST_SENTENCE = re.compile(rf"^[^。！？!?\n]*?(?:[。！？!?]|{ENGLISH_FULL_STOP}|\n|$)")
 
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
