@@ -477,6 +477,15 @@ def _yes_no(value: bool | None) -> str:
     return "-" if value is None else "yes" if value else "no"
 
 
+def _evidence_line(qr: QuoteResult) -> str:
+    where = ""
+    if qr.in_index is False:
+        where = "  !! no indexed chunk contains this quote"
+    elif qr.found_in:
+        where = f"  (in {', '.join(qr.found_in)})"
+    return f"  evidence: {qr.quote!r} rank {qr.rank or '-'}{where}"
+
+
 def format_misses(report: RetrievalReport, k: int = 5, top: int = 3, width: int = 80) -> str:
     misses = report.misses(k)
     lines = [f"Missed at hit@{k}: {len(misses)} of {report.overall.questions} answerable questions"]
@@ -484,13 +493,7 @@ def format_misses(report: RetrievalReport, k: int = 5, top: int = 3, width: int 
         lines.append("")
         rank = f"first covering rank {q.first_rank}" if q.first_rank else f"not in top {report.depth}"
         lines.append(f"{q.id} [{q.type}] {q.question}  ({rank}; key terms in the top {k}: {_yes_no(q.terms_at(k))})")
-        for qr in q.quotes:
-            where = ""
-            if qr.in_index is False:
-                where = "  !! no indexed chunk contains this quote"
-            elif qr.found_in:
-                where = f"  (in {', '.join(qr.found_in)})"
-            lines.append(f"  evidence: {qr.quote!r} rank {qr.rank or '-'}{where}")
+        lines += [_evidence_line(qr) for qr in q.quotes]
         for p in q.top(top):
             lines.append(f"  {p.rank}. {p.file}:{p.start}-{p.end}  {_one_line(p.text, width)}")
     partial = [q for q in report.questions if q.answerable and q.hit_at(k) and q.covered_at(k) < len(q.quotes)]
@@ -499,10 +502,7 @@ def format_misses(report: RetrievalReport, k: int = 5, top: int = 3, width: int 
         lines.append(f"Found at hit@{k} but with evidence quotes outside the top {k}: {len(partial)} question(s)")
         for q in partial:
             lines.append(f"{q.id} [{q.type}] {q.question}  (key terms in the top {k}: {_yes_no(q.terms_at(k))})")
-            for qr in q.quotes:
-                if qr.rank is None or qr.rank > k:
-                    where = f"  (in {', '.join(qr.found_in)})" if qr.found_in else ""
-                    lines.append(f"  evidence: {qr.quote!r} rank {qr.rank or '-'}{where}")
+            lines += [_evidence_line(qr) for qr in q.quotes if qr.rank is None or qr.rank > k]
     if report.unreachable:
         lines.append("")
         lines.append(f"Quotes no indexed chunk contains ({len(report.unreachable)}): retrieval cannot find these.")
