@@ -78,6 +78,10 @@ def key_terms(sentence: str) -> set[str]:
 _PROPER = re.compile(r"(?<![A-Za-z0-9.\-])(?:[A-Z][A-Za-z0-9.\-]+|[A-Za-z]+-?\d[A-Za-z0-9.\-]*)")
 
 
+# A figure with a one-letter unit or a percent sign, as both languages write it: "128k", "671b", "71.7%".
+_SHORT_UNIT = re.compile(r"(?<![a-z0-9.\-])\d+(?:\.\d+)?(?:[kmbt]|%)(?![a-z0-9])")
+
+
 def checkable_terms(sentence: str) -> set[str]:
     """The terms a passage can be checked for. In an English sentence about Chinese passages
     only figures and names can match ("TruthfulQA has 817 questions" -> {'truthfulqa', '817'});
@@ -86,7 +90,7 @@ def checkable_terms(sentence: str) -> set[str]:
         return key_terms(sentence)
     body = _MARKER.sub("", sentence)
     names = {m.group(0).rstrip(".-").lower() for m in _PROPER.finditer(unicodedata.normalize("NFKC", body))}
-    return (names - STOPWORDS) | set(_NUMBER.findall(_norm(body)))
+    return (names - STOPWORDS) | set(_NUMBER.findall(_norm(body))) | set(_SHORT_UNIT.findall(_norm(body)))
 
 
 # A name that carries a version: "GPT-4", "o3-mini", "DeepSeek-V3", "A100", "Llama 3", "Claude 3.5".
@@ -115,7 +119,8 @@ def grounded(number: str, names: set[str], text: str) -> bool:
     the 1750 belongs to GPT-3. Examples: grounded('1750', {'gpt-4'}, 'gpt-3 有1750亿参数')
     is False; with {'gpt-3'} True; grounded('71.7', {'o3'}, 'o3：\n- 编程：达到 71.7%') True.
     """
-    spots = [m.start() for m in re.finditer(r"(?<![0-9.])" + re.escape(number) + r"(?![0-9])", text)]
+    # Not the digit of a name: the 1 of "o1" is no "1个".
+    spots = [m.start() for m in re.finditer(r"(?<![0-9a-z.])" + re.escape(number) + r"(?![0-9])", text)]
     if not spots or not all(mentions(text, name) for name in names):
         return False
     if not names:
@@ -364,6 +369,12 @@ def _magnitudes(sentence: str) -> set[str]:
     return {n + u for n, u in _MAGNITUDE.findall(_norm(sentence))}
 
 
+def _states(figures: set[str], solid: str) -> bool:
+    """The passage (normalised, spaces removed) writes every one of `figures` (see `_magnitudes`)
+    with its magnitude. _states({'32亿'}, 'gpt-4可达32k') is False: the 32 there counts tokens."""
+    return all(re.search(r"(?<![0-9.])" + re.escape(figure), solid) for figure in figures)
+
+
 def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], question: str = "") -> bool:
     """No sentence is supported, and the answer states figures or names no passage gives.
 
@@ -381,7 +392,7 @@ def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], questi
     texts = [_norm(clean_text(h.chunk.text)) for h in hits]
     solid = [re.sub(r"\s+", "", t) for t in texts]
     for sentence in checked.unsupported:
-        if any(not any(f in t for t in solid) for f in _magnitudes(sentence)):
+        if any(not any(_states({f}, t) for t in solid) for f in _magnitudes(sentence)):
             return True  # "1.5亿" that no passage writes (the 1.5 of "Kimi k1.5" is not a figure)
         names = versioned_names(sentence)
         numbers = set(_NUMBER.findall(_norm(sentence))) - _digits_of(names)
@@ -448,6 +459,7 @@ def check(
     asked = {t for t in key_terms(question) if not _NUMBER.fullmatch(t)} if question else set()
     # Once per passage, not per sentence: the text _claimed and _support_in read, and which passages are Chinese.
     normed = [_norm(clean_text(_as_english_reader_sees(p) if lang == "en" else p)) for p in passages]
+    solid = [re.sub(r"\s+", "", t) for t in normed]
     chinese = [language_of(p) == "zh" for p in passages]
     out_parts: list[str] = []
     unsupported: list[str] = []
@@ -468,13 +480,17 @@ def check(
         factual += 1
         terms, cross = key_terms(core), checkable_terms(core)
         names = versioned_names(core)
+        # A figure in 亿, 万 or % must stand in the passage with its magnitude: from "GPT-4可达32k"
+        # (tokens) the model wrote "GPT-4 的参数量是32亿", and the bare 32 matched.
+        figures = _magnitudes(core)
+        states = [_states(figures, text) for text in solid]
         scores = [
-            _support_in(_claimed(cross if zh else terms, asked, text), text, names)
-            for text, zh in zip(normed, chinese)
+            _support_in(_claimed(cross if zh else terms, asked, text), text, names) if ok else 0.0
+            for text, zh, ok in zip(normed, chinese, states)
         ]
         # The claim's own words may be in several passages (a bare year: "是2023年"); then the one
         # that also names what the sentence is about (the question's words too) is its source.
-        whole = [_support_in(terms, text, names) for text in normed]
+        whole = [_support_in(terms, text, names) if ok else 0.0 for text, ok in zip(normed, states)]
         best = max(range(len(scores)), key=lambda i: (scores[i], whole[i])) if scores else -1
         kept = [n for n in dict.fromkeys(numbers) if scores[n - 1] >= SUPPORTS]
         if len(kept) == 1 and (scores[best], whole[best]) > (scores[kept[0] - 1], whole[kept[0] - 1]):

@@ -329,6 +329,34 @@ def test_answer_with_only_unsupported_invented_figures_is_invented() -> None:
     assert not is_invented(check(paraphrase, hits), paraphrase, hits)
 
 
+def test_figure_in_yi_must_stand_in_the_passage_with_its_magnitude() -> None:
+    from rag.citations import is_invented
+
+    hits = _hits("上下文窗口通常用token数量衡量，如GPT-3为2048 tokens，GPT-4可达32k。")
+    invented = "GPT-4 的参数量是32亿[1]。"  # the 32 of "32k" tokens, counted in 亿 parameters
+    checked = check(invented, hits)
+    assert checked.citations == [] and checked.unsupported == ["GPT-4 的参数量是32亿"]
+    assert is_invented(checked, invented, hits)
+
+
+def test_figure_with_a_magnitude_matches_as_written() -> None:
+    hits = _hits("o3-mini 错误率减少了39%，响应速度提高了24% HELICONE.AI 。总参数 1750 亿。")
+    assert numbers_of(check("o3-mini 的响应速度提高了24%[1]。", hits)) == [1]
+    assert numbers_of(check("o3-mini 的响应速度提高了4%[1]。", hits)) == []  # 4% is not the 4 of 24%
+    assert numbers_of(check("o3-mini 总参数1750亿[1]。", hits)) == [1]
+
+
+def test_digit_of_a_name_is_no_figure() -> None:
+    hits = _hits("推理模型 代表模型：OpenAI o1、DeepSeek-R1、Qwen3。")
+    assert check("Qwen3 是用1个 GPU 训练的[1]。", hits).citations == []  # the 1 of "o1"
+
+
+def test_english_figure_with_a_unit_is_the_claim_checked() -> None:
+    hits = _hits("Kimi k1.5支持**128K tokens**的上下文窗口，能一次处理海量文本。")
+    checked = check("The context window of Kimi k1.5 is 128K tokens.", hits, "en", "What is the context window of Kimi k1.5?")
+    assert numbers_of(checked) == [1] and checked.unsupported == []
+
+
 # ---------------------------------------------------------------- figures and the names they belong to
 
 
