@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rag.chunking import clean_text
-from rag.lexical import STOPWORDS, mentions, words
+from rag.lexical import COMPANIES, STOPWORDS, mentions, words
 from rag.prompting import ENGLISH_FULL_STOP, english_figures, language_of
 from rag.schema import Citation, Hit
 
@@ -426,19 +426,11 @@ def _claimed(terms: set[str], asked: set[str], text: str) -> set[str]:
     return kept if any(len(t) >= 2 or t.isdigit() for t in kept - asked) else set()
 
 
-# Companies the Chinese sources name in Chinese and an English answer names in English.
-_ENGLISH_NAMES = {
-    "谷歌": "google", "微软": "microsoft", "英伟达": "nvidia", "深度求索": "deepseek", "月之暗面": "moonshot",
-    "阿里巴巴": "alibaba", "阿里": "alibaba", "百度": "baidu", "腾讯": "tencent", "字节跳动": "bytedance",
-    "智谱": "zhipu", "华为": "huawei", "亚马逊": "amazon", "脸书": "facebook", "斯坦福": "stanford",
-}  # fmt: skip
-
-
 def _as_english_reader_sees(passage: str) -> str:
     """A Chinese passage as an English answer may restate it: its figures in 亿 written out
     ("405 billion", as the English prompt showed them) and its companies' English names
     ("谷歌" -> google), added after the passage as written."""
-    names = " ".join(dict.fromkeys(english for chinese, english in _ENGLISH_NAMES.items() if chinese in passage))
+    names = " ".join(dict.fromkeys(english for chinese, english in COMPANIES.items() if chinese in passage))
     return f"{passage}\n{english_figures(passage)}\n{names}"
 
 

@@ -200,6 +200,10 @@ class Index:
     def lexical_search(self, query: str, n: int) -> list[tuple[int, float]]:
         return self._lexical.search(tokenize(query), n)
 
+    def knows(self, text: str) -> bool:
+        """The passages write `text` (see LexicalIndex.knows)."""
+        return self._lexical.knows(text)
+
     def vectors(self) -> np.ndarray:
         if not self.chunks:
             return np.zeros((0, self.manifest.dim), dtype=np.float32)

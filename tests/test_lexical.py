@@ -126,6 +126,12 @@ def test_empty_index() -> None:
     assert empty.search(tokenize("任何问题"), 5) == []
 
 
+def test_knows_whether_the_passages_write_a_name(index: LexicalIndex) -> None:
+    assert index.knows("谷歌") and index.knows("DeepSeek-V3") and index.knows("混合专家")  # jieba: 由谷歌
+    assert not index.knows("苹果") and not index.knows("谷歌 苹果") and not index.knows("")
+    assert not LexicalIndex.build([]).knows("谷歌")
+
+
 def test_index_of_only_empty_passages() -> None:
     idx = LexicalIndex.build([[], []])
     assert idx.size == 2

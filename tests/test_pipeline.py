@@ -211,6 +211,17 @@ def test_name_no_passage_mentions_refuses_without_calling_the_model(settings) ->
     assert not english.refused
 
 
+def test_company_no_document_names_refuses_without_calling_the_model(settings) -> None:  # type: ignore[no-untyped-def]
+    generator = FakeGenerator(["苹果公司的大模型叫 DeepSeek-V3[1]。"])
+    pipeline = Pipeline(settings, embedder=FakeEmbedder(), generator=generator)
+    events, answer = run(pipeline, "苹果公司的大模型是哪个？")
+    assert isinstance(events[0], Retrieved) and events[0].hits == []
+    assert answer.refused and generator.calls == []
+    # 谷歌 is in the documents: the question goes to the model.
+    _, answered = run(make(settings, "Transformer 架构由谷歌在 2017 年提出[1]。"), "谷歌在哪一年提出了 Transformer？")
+    assert not answered.refused
+
+
 @pytest.mark.parametrize(
     ("question", "reply"),
     [

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rag.index import Index, build
-from rag.retrieval import RetrievalParams, Retriever, rrf, spread, zscore_fusion
+from rag.retrieval import RetrievalParams, Retriever, rrf, spread, unknown_companies, zscore_fusion
 from rag.schema import Chunk, Hit
 from tests.fakes import CountingFactory, FakeEmbedder, isolate, tiny_settings
 
@@ -228,3 +228,14 @@ def test_weights_change_the_order(world) -> None:  # type: ignore[no-untyped-def
     lexical_only = _retriever(index, dense_weight=0.0).rank(query, 3)
     assert lexical_only[0].chunk.path == "transformer.txt"
     assert lexical_only[0].lexical_score is not None
+
+
+def test_unknown_companies_are_those_no_document_names_in_either_language() -> None:
+    corpus = {"谷歌", "google", "字节跳动", "nvidia", "阿里"}
+    knows = corpus.__contains__
+    assert unknown_companies("苹果公司的大模型叫什么？", knows) == ["苹果"]
+    assert unknown_companies("华为和苹果谁的模型大？", knows) == ["华为", "苹果"]
+    assert unknown_companies("谷歌的 Gemini 3 Pro 有什么新功能？", knows) == []
+    assert unknown_companies("英伟达的 GPU 为什么适合训练？", knows) == []  # named "NVIDIA" in the documents
+    assert unknown_companies("阿里巴巴的通义千问是什么？", knows) == []  # the documents write 阿里
+    assert unknown_companies("Transformer 是谁提出的？", knows) == []
