@@ -406,15 +406,27 @@ def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], questi
 ON_TOPIC = 0.7  # share of a Chinese question's words a passage must hold to be plainly about it
 
 
-def on_topic(question: str, passage: str) -> bool:
-    """The passage holds most of the question's words, or, for an English question over a
-    Chinese passage, every name and figure it asks about ("DeepSeek-V3")."""
+def topic_share(question: str, passage: str) -> float:
+    """How plainly the passage is about the question: the share of a Chinese question's words it
+    holds; for an English question over a Chinese passage, 1.0 when it holds every name and figure
+    the question asks about ("DeepSeek-V3"), else 0.0."""
     text = _norm(clean_text(passage))
     if language_of(question) == "zh":
         terms = key_terms(question) - _META
-        return bool(terms) and sum(1 for t in terms if t in text) / len(terms) >= ON_TOPIC
+        return sum(1 for t in terms if t in text) / len(terms) if terms else 0.0
     terms = checkable_terms(question)
-    return bool(terms) and all(t in text for t in terms)
+    return 1.0 if terms and all(t in text for t in terms) else 0.0
+
+
+def on_topic(question: str, passage: str) -> bool:
+    return topic_share(question, passage) >= ON_TOPIC
+
+
+def most_on_topic(question: str, passages: Sequence[str]) -> int | None:
+    """The index of the passage most plainly about the question (the first, on a tie); None if none is on topic."""
+    shares = [topic_share(question, p) for p in passages]
+    best = max(range(len(shares)), key=lambda i: (shares[i], -i), default=None)
+    return best if best is not None and shares[best] >= ON_TOPIC else None
 
 
 def _claimed(terms: set[str], asked: set[str], text: str) -> set[str]:

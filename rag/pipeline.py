@@ -307,14 +307,16 @@ class Pipeline:
             # saw the first token at once.
             yield Restart()
             attempt, raw, checked = yield from answer_from(question, hits, "ordinary")
-        if not stopped() and prompting.is_refusal(raw) and len(hits) > 1 and citations.on_topic(question, hits[0].chunk.text):
-            # The 1.5B model sometimes says "资料中没有相关信息" with the answer in passage [1]
-            # (a release date in a timeline among four other passages). Asked again with that
-            # passage alone, told it is on topic, it answers; what it invents then is caught
-            # like any answer.
-            yield Restart()
-            note = f"{question}\n{prompting.FOCUS_NOTE[lang]}"
-            attempt, raw, checked = yield from answer_from(note, hits[:1], attempt.path)
+        if not stopped() and prompting.is_refusal(raw) and len(hits) > 1:
+            # The 1.5B model sometimes says "资料中没有相关信息" with the answer in a passage that is
+            # plainly about the question (a release date in a timeline among four other passages).
+            # Asked again with that passage alone, as [1], told it is on topic, it answers; what it
+            # invents then is caught like any answer.
+            plain = citations.most_on_topic(question, [h.chunk.text for h in hits])
+            if plain is not None:
+                yield Restart()
+                note = f"{question}\n{prompting.FOCUS_NOTE[lang]}"
+                attempt, raw, checked = yield from answer_from(note, [hits[plain]], attempt.path)
 
         prompt = attempt.prompt
         if checked is None:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from rag.citations import check, key_terms, parse_markers, support, tidy_figures
+from rag.citations import check, key_terms, most_on_topic, parse_markers, support, tidy_figures
 from rag.schema import Chunk, Hit
 
 P_COST = "DeepSeek-V3 的完整训练仅花费 557.6万美元，使用 FP8 混合精度训练。"
@@ -344,6 +344,14 @@ def test_figure_with_a_magnitude_matches_as_written() -> None:
     assert numbers_of(check("o3-mini 的响应速度提高了24%[1]。", hits)) == [1]
     assert numbers_of(check("o3-mini 的响应速度提高了4%[1]。", hits)) == []  # 4% is not the 4 of 24%
     assert numbers_of(check("o3-mini 总参数1750亿[1]。", hits)) == [1]
+
+
+def test_most_on_topic_passage_is_the_one_holding_most_of_the_question() -> None:
+    passages = ["代表模型：Llama 3 405B、Qwen3-235B。MoE架构通过稀疏激活降低计算成本。", "LLaMA3.1 405B：非 MoE 结构。", "Mamba：新结构的尝试。"]
+    assert most_on_topic("Llama 3.1 405B 用的是 MoE 结构吗？", passages) == 1
+    assert most_on_topic("Llama 3.1 405B 用的是 MoE 结构吗？", passages[:1] + passages[2:]) is None  # 4 of 6 words at best
+    assert most_on_topic("Is LLaMA3.1 405B a MoE model?", passages) == 1  # English: every name and figure
+    assert most_on_topic("任何问题", []) is None
 
 
 def test_digit_of_a_name_is_no_figure() -> None:

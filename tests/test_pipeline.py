@@ -174,6 +174,20 @@ def test_self_refusal_with_an_on_topic_first_passage_is_asked_again_with_it_alon
     assert answer.timings["first_token"] <= answer.timings["total"]
 
 
+def test_self_refusal_is_asked_again_with_the_most_on_topic_passage_whatever_its_rank(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from rag.retrieval import Retriever
+
+    rank = Retriever.rank
+    monkeypatch.setattr(Retriever, "rank", lambda self, q, k: (r := rank(self, q, k))[1:2] + r[:1] + r[2:])  # best second
+    reply = "DeepSeek-V3 采用混合专家（MoE）架构[1]。"
+    generator = FakeGenerator(["资料中没有相关信息。", reply])
+    events, answer = run(Pipeline(settings, embedder=FakeEmbedder(), generator=generator), "DeepSeek-V3 采用混合专家架构吗？")
+    plain = events[0].hits[1]
+    assert "混合专家" in plain.chunk.text and "混合专家" not in events[0].hits[0].chunk.text
+    assert len(generator.calls) == 2 and answer.hits == [plain]
+    assert not answer.refused and [c.number for c in answer.citations] == [1]
+
+
 def test_self_refusal_off_topic_is_not_asked_again(settings) -> None:  # type: ignore[no-untyped-def]
     generator = FakeGenerator(["资料中没有相关信息。", COST_REPLY])
     pipeline = Pipeline(settings, embedder=FakeEmbedder(), generator=generator)
