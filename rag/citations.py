@@ -354,11 +354,17 @@ def misses_the_count(answer: str, question: str) -> bool:
     )
 
 
+# One list item three times running: "有三个型号：Qwen3-235B、Qwen3-235B、Qwen3-235B".
+_REPEATED_ITEM = re.compile(r"([^、，,；;。\s]{2,})(?:[、，,；;]\s*\1){2,}")
+
+
 def is_degenerate(answer: str) -> bool:
-    """The model looped on one or two tokens ("1. 1. 1. 1. 1. 1."): nothing to show or check.
-    Small models do this on prompts they cannot follow; rendered, such text is an empty list."""
-    tokens = re.findall(r"\w+", _norm(_MARKER.sub("", answer)))
-    return len(tokens) >= 6 and len(set(tokens)) <= 2
+    """The model looped on one or two tokens ("1. 1. 1. 1. 1. 1."), or on one list item: nothing to
+    show or check. Small models do this on prompts they cannot follow (asked for three models where
+    the passages name one); rendered, such text is an empty or a made-up list."""
+    text = _MARKER.sub("", answer)
+    tokens = re.findall(r"\w+", _norm(text))
+    return len(tokens) >= 6 and len(set(tokens)) <= 2 or bool(_REPEATED_ITEM.search(text))
 
 
 _MAGNITUDE = re.compile(r"(?<![0-9a-z.\-])(\d+(?:\.\d+)?)\s*([万亿千百]+|[%％])")

@@ -533,9 +533,12 @@ def test_chinese_answer_figures_are_tidied_english_left_alone() -> None:
         ("[1] [1] [1] 的 的 的 的 的 的", True),
         ("1750亿", False),
         ("GPT-3 有 1750 亿参数[1]。", False),
+        ("Qwen3 有三个型号：Qwen3-235B、Qwen3-235B、Qwen3-235B[1]。", True),
+        ("代表模型：Llama 3 405B、Qwen3-235B、Qwen3-235B[1]。", False),  # twice may be a slip
+        ("模型、模型训练、训练", False),
     ],
 )
-def test_a_loop_on_one_token_is_degenerate(answer: str, degenerate: bool) -> None:
+def test_a_loop_on_one_token_or_one_item_is_degenerate(answer: str, degenerate: bool) -> None:
     from rag.citations import is_degenerate
 
     assert is_degenerate(answer) is degenerate
