@@ -406,7 +406,14 @@ def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], questi
             return True  # a model, product or chip no passage names ("A100")
         if any(not any(grounded(n, names, t) for t in texts) for n in numbers):
             return True  # a figure no passage gives for that name
+        if language_of(sentence) == "zh" and any(not any(mentions(t, name) for t in texts) for name in _latin_names(sentence)):
+            return True  # in a Chinese sentence, a Latin name no passage gives ("杰克·多尔西（Jeffrey Dorr）")
     return False
+
+
+def _latin_names(sentence: str) -> set[str]:
+    """Capitalised Latin words of a sentence, lower-cased: '创始人是 Jeffrey Dorr' -> {'jeffrey', 'dorr'}."""
+    return {m.group(0).rstrip(".-").lower() for m in _PROPER.finditer(unicodedata.normalize("NFKC", sentence))}
 
 
 ON_TOPIC = 0.7  # share of a Chinese question's words a passage must hold to be plainly about it

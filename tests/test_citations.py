@@ -329,6 +329,16 @@ def test_answer_with_only_unsupported_invented_figures_is_invented() -> None:
     assert not is_invented(check(paraphrase, hits), paraphrase, hits)
 
 
+def test_unsupported_chinese_answer_naming_a_person_no_passage_names_is_invented() -> None:
+    from rag.citations import is_invented
+
+    hits = _hits("OpenAI 于 2022 年底发布 ChatGPT，基于 GPT-3.5。")
+    invented = "OpenAI 的创始人是伯克利大学的杰克·多尔西（Jeffrey Dorr）。"
+    assert is_invented(check(invented, hits), invented, hits)
+    named = "这家公司叫 OpenAI，做了很多研究。"  # unsupported, but OpenAI is in the passage: kept, flagged
+    assert not is_invented(check(named, hits), named, hits)
+
+
 def test_figure_in_yi_must_stand_in_the_passage_with_its_magnitude() -> None:
     from rag.citations import is_invented
 
