@@ -333,6 +333,7 @@ def adds_nothing(answer: str, question: str) -> bool:
 
 # "多少参数", "多少种语言", "多少 token 的数据": the thing a Chinese question counts.
 _COUNTED = re.compile(r"多少\s*([^，。？！?,;；的是呢吗]{1,12})")
+_MONEY = re.compile(r"[元$¥￥]|美金|dollar|yuan", re.IGNORECASE)
 
 
 def misses_the_count(answer: str, question: str) -> bool:
@@ -342,7 +343,10 @@ def misses_the_count(answer: str, question: str) -> bool:
     "Kimi k1.5 有多少参数？" answered with its context window is about another
     figure: the model found no parameter count and reported what it did find.
     """
-    m = _COUNTED.search(unicodedata.normalize("NFKC", question))
+    question = unicodedata.normalize("NFKC", question)
+    if "多少钱" in question:  # "DeepSeek-R1 的训练花了多少钱？" answered "大约一个月的时间"
+        return not _MONEY.search(_MARKER.sub("", answer))
+    m = _COUNTED.search(question)
     counted = {w for w in words(m.group(1)) if len(w) >= 2} if m else set()
     if not counted:
         return False

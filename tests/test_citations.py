@@ -459,6 +459,9 @@ def test_unsupported_answer_that_only_restates_the_question_is_a_non_answer() ->
         # a parameter count, but of the model next to the one asked about
         ("GPT-4 到底有多少参数？", "GPT-4 沿用了 Transformer。凭借惊人的1750亿参数，GPT-3 突破了界限[1]。", True),
         ("GPT-4 到底有多少参数？", "GPT-4 的参数量约为1.8万亿[1]。", False),
+        # "how much money": the answer must give a sum
+        ("DeepSeek-R1 的训练花了多少钱？", "DeepSeek-R1 的训练花了大约一个月的时间[3]。", True),
+        ("DeepSeek-V3 的训练花了多少钱？", "约557.6万美元[1]。", False),
     ],
 )
 def test_misses_the_count(question: str, answer: str, expected: bool) -> None:
