@@ -385,6 +385,22 @@ def _states(figures: set[str], solid: str) -> bool:
     return all(re.search(r"(?<![0-9.])" + re.escape(figure), solid) for figure in figures)
 
 
+# Chinese measure words: what a number counts ("57个学科" are not "57道题").
+_MEASURE = "个道张块名位项种家款篇条门台次倍人"
+_COUNT = re.compile(rf"(?<![0-9.a-z])(\d+(?:\.\d+)?)\s*([{_MEASURE}])")
+
+
+def _counts_agree(sentence: str, solid: str) -> bool:
+    """Each number the sentence counts with a measure word ("57道") is not one the passage (normalised,
+    spaces removed) counts only with other measure words ("57个学科"). A passage that writes the
+    number bare ("57题") or not at all is no disagreement."""
+    for number, measure in _COUNT.findall(_norm(sentence)):
+        used = set(re.findall(r"(?<![0-9.a-z])" + re.escape(number) + rf"([{_MEASURE}])", solid))
+        if used and measure not in used:
+            return False
+    return True
+
+
 def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], question: str = "") -> bool:
     """No sentence is supported, and the answer states figures or names no passage gives.
 
@@ -404,6 +420,8 @@ def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], questi
     for sentence in checked.unsupported:
         if any(not any(_states({f}, t) for t in solid) for f in _magnitudes(sentence)):
             return True  # "1.5亿" that no passage writes (the 1.5 of "Kimi k1.5" is not a figure)
+        if not _counts_agree(sentence, "\n".join(solid)):
+            return True  # "57道题" where the passages count 57 of something else ("57个学科")
         names = versioned_names(sentence)
         numbers = set(_NUMBER.findall(_norm(sentence))) - _digits_of(names)
         if any(not any(mentions(t, name) for t in texts) for name in names):
@@ -504,7 +522,7 @@ def check(
         # A figure in 亿, 万 or % must stand in the passage with its magnitude: from "GPT-4可达32k"
         # (tokens) the model wrote "GPT-4 的参数量是32亿", and the bare 32 matched.
         figures = _magnitudes(core)
-        states = [_states(figures, text) for text in solid]
+        states = [_states(figures, text) and _counts_agree(core, text) for text in solid]
         scores = [
             _support_in(_claimed(cross if zh else terms, asked, text), text, names) if ok else 0.0
             for text, zh, ok in zip(normed, chinese, states)

@@ -364,6 +364,17 @@ def test_most_on_topic_passage_is_the_one_holding_most_of_the_question() -> None
     assert most_on_topic("任何问题", []) is None
 
 
+def test_a_number_counted_with_another_measure_word_is_no_support() -> None:
+    from rag.citations import is_invented
+
+    hits = _hits("MMLU：综合性知识测评基准，涵盖57个学科的考试题，难度相当于大学本科水平。")
+    wrong = "MMLU 一共有57道题[1]。"  # 57 subjects, not 57 questions
+    checked = check(wrong, hits)
+    assert checked.citations == [] and is_invented(checked, wrong, hits)
+    assert numbers_of(check("MMLU 涵盖57个学科[1]。", hits)) == [1]
+    assert numbers_of(check("训练在2048块 H800 GPU 上完成[1]。", _hits("训练在 2048 块 H800 GPU 上完成。"))) == [1]
+
+
 def test_digit_of_a_name_is_no_figure() -> None:
     hits = _hits("推理模型 代表模型：OpenAI o1、DeepSeek-R1、Qwen3。")
     assert check("Qwen3 是用1个 GPU 训练的[1]。", hits).citations == []  # the 1 of "o1"
