@@ -78,6 +78,11 @@ def key_terms(sentence: str) -> set[str]:
 _PROPER = re.compile(r"(?<![A-Za-z0-9.\-])(?:[A-Z][A-Za-z0-9.\-]+|[A-Za-z]+-?\d[A-Za-z0-9.\-]*)")
 
 
+def _latin_names(text: str) -> set[str]:
+    """Capitalised or versioned Latin words, lower-cased: '创始人是 Jeffrey Dorr' -> {'jeffrey', 'dorr'}."""
+    return {m.group(0).rstrip(".-").lower() for m in _PROPER.finditer(unicodedata.normalize("NFKC", text))}
+
+
 # A figure with a one-letter unit or a percent sign, as both languages write it: "128k", "671b", "71.7%".
 _SHORT_UNIT = re.compile(r"(?<![a-z0-9.\-])\d+(?:\.\d+)?(?:[kmbt]|%)(?![a-z0-9])")
 
@@ -89,8 +94,7 @@ def checkable_terms(sentence: str) -> set[str]:
     if language_of(sentence) == "zh":
         return key_terms(sentence)
     body = _MARKER.sub("", sentence)
-    names = {m.group(0).rstrip(".-").lower() for m in _PROPER.finditer(unicodedata.normalize("NFKC", body))}
-    return (names - STOPWORDS) | set(_NUMBER.findall(_norm(body))) | set(_SHORT_UNIT.findall(_norm(body)))
+    return (_latin_names(body) - STOPWORDS) | set(_NUMBER.findall(_norm(body))) | set(_SHORT_UNIT.findall(_norm(body)))
 
 
 # A name that carries a version: "GPT-4", "o3-mini", "DeepSeek-V3", "A100", "Llama 3", "Claude 3.5".
@@ -368,7 +372,7 @@ def is_degenerate(answer: str) -> bool:
     the passages name one); rendered, such text is an empty or a made-up list."""
     text = _MARKER.sub("", answer)
     tokens = re.findall(r"\w+", _norm(text))
-    return len(tokens) >= 6 and len(set(tokens)) <= 2 or bool(_REPEATED_ITEM.search(text))
+    return (len(tokens) >= 6 and len(set(tokens)) <= 2) or bool(_REPEATED_ITEM.search(text))
 
 
 _MAGNITUDE = re.compile(r"(?<![0-9a-z.\-])(\d+(?:\.\d+)?)\s*([万亿千百]+|[%％])")
@@ -379,21 +383,20 @@ def _magnitudes(sentence: str) -> set[str]:
     return {n + u for n, u in _MAGNITUDE.findall(_norm(sentence))}
 
 
-def _states(figures: set[str], solid: str) -> bool:
-    """The passage (normalised, spaces removed) writes every one of `figures` (see `_magnitudes`)
-    with its magnitude. _states({'32亿'}, 'gpt-4可达32k') is False: the 32 there counts tokens."""
-    return all(re.search(r"(?<![0-9.])" + re.escape(figure), solid) for figure in figures)
-
-
 # Chinese measure words: what a number counts ("57个学科" are not "57道题").
 _MEASURE = "个道张块名位项种家款篇条门台次倍人"
 _COUNT = re.compile(rf"(?<![0-9.a-z])(\d+(?:\.\d+)?)\s*([{_MEASURE}])")
 
 
-def _counts_agree(sentence: str, solid: str) -> bool:
-    """Each number the sentence counts with a measure word ("57道") is not one the passage (normalised,
-    spaces removed) counts only with other measure words ("57个学科"). A passage that writes the
-    number bare ("57题") or not at all is no disagreement."""
+def _figures_agree(sentence: str, solid: str) -> bool:
+    """The passage (normalised, spaces removed) writes each figure the sentence gives in 亿, 万 or %
+    with that magnitude, and counts no number the sentence counts ("57道") only with other measure
+    words ("57个学科"); a passage that writes such a number bare ("57题") does not disagree.
+    From "GPT-4可达32k" (tokens) the model wrote "GPT-4 的参数量是32亿": the bare 32 matched.
+    Examples: _figures_agree('参数量是32亿', 'gpt-4可达32k') and _figures_agree('57道题', '57个学科')
+    are False; _figures_agree('57道题', '共57题') is True."""
+    if not all(re.search(r"(?<![0-9.])" + re.escape(figure), solid) for figure in _magnitudes(sentence)):
+        return False
     for number, measure in _COUNT.findall(_norm(sentence)):
         used = set(re.findall(r"(?<![0-9.a-z])" + re.escape(number) + rf"([{_MEASURE}])", solid))
         if used and measure not in used:
@@ -418,10 +421,8 @@ def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], questi
     texts = [_norm(clean_text(h.chunk.text)) for h in hits]
     solid = [re.sub(r"\s+", "", t) for t in texts]
     for sentence in checked.unsupported:
-        if any(not any(_states({f}, t) for t in solid) for f in _magnitudes(sentence)):
-            return True  # "1.5亿" that no passage writes (the 1.5 of "Kimi k1.5" is not a figure)
-        if not _counts_agree(sentence, "\n".join(solid)):
-            return True  # "57道题" where the passages count 57 of something else ("57个学科")
+        if not _figures_agree(sentence, "\n".join(solid)):
+            return True  # "1.5亿" no passage writes, or "57道题" where they count 57 of something else
         names = versioned_names(sentence)
         numbers = set(_NUMBER.findall(_norm(sentence))) - _digits_of(names)
         if any(not any(mentions(t, name) for t in texts) for name in names):
@@ -431,11 +432,6 @@ def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], questi
         if language_of(sentence) == "zh" and any(not any(mentions(t, name) for t in texts) for name in _latin_names(sentence)):
             return True  # in a Chinese sentence, a Latin name no passage gives ("杰克·多尔西（Jeffrey Dorr）")
     return False
-
-
-def _latin_names(sentence: str) -> set[str]:
-    """Capitalised Latin words of a sentence, lower-cased: '创始人是 Jeffrey Dorr' -> {'jeffrey', 'dorr'}."""
-    return {m.group(0).rstrip(".-").lower() for m in _PROPER.finditer(unicodedata.normalize("NFKC", sentence))}
 
 
 ON_TOPIC = 0.7  # share of a Chinese question's words a passage must hold to be plainly about it
@@ -519,17 +515,14 @@ def check(
         factual += 1
         terms, cross = key_terms(core), checkable_terms(core)
         names = versioned_names(core)
-        # A figure in 亿, 万 or % must stand in the passage with its magnitude: from "GPT-4可达32k"
-        # (tokens) the model wrote "GPT-4 的参数量是32亿", and the bare 32 matched.
-        figures = _magnitudes(core)
-        states = [_states(figures, text) and _counts_agree(core, text) for text in solid]
+        agree = [_figures_agree(core, text) for text in solid]
         scores = [
             _support_in(_claimed(cross if zh else terms, asked, text), text, names) if ok else 0.0
-            for text, zh, ok in zip(normed, chinese, states)
+            for text, zh, ok in zip(normed, chinese, agree)
         ]
         # The claim's own words may be in several passages (a bare year: "是2023年"); then the one
         # that also names what the sentence is about (the question's words too) is its source.
-        whole = [_support_in(terms, text, names) if ok else 0.0 for text, ok in zip(normed, states)]
+        whole = [_support_in(terms, text, names) if ok else 0.0 for text, ok in zip(normed, agree)]
         best = max(range(len(scores)), key=lambda i: (scores[i], whole[i])) if scores else -1
         kept = [n for n in dict.fromkeys(numbers) if scores[n - 1] >= SUPPORTS]
         if len(kept) == 1 and (scores[best], whole[best]) > (scores[kept[0] - 1], whole[kept[0] - 1]):
