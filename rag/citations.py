@@ -405,23 +405,24 @@ def _figures_agree(sentence: str, solid: str) -> bool:
 
 
 def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], question: str = "") -> bool:
-    """No sentence is supported, and the answer states figures or names no passage gives.
+    """No sentence is supported, and the answer cannot be a paraphrase of the passages.
 
-    The 1.5B model answers unanswerable questions with made-up numbers ("16 张 GPU",
-    "NVIDIA A100") or with a figure that belongs to another model ("GPT-4 has 175B
-    parameters" from a passage on GPT-3); such an answer is replaced by a refusal.
-    So is an unsupported answer that only restates the `question`. Other
-    unsupported answers are kept (paraphrases often fail the lexical check) and
-    only flagged.
+    The 1.5B model answers unanswerable questions with made-up facts ("16 张 GPU", a founder
+    "杰克·多尔西（Jeffrey Dorr）", "总部位于美国") or with a figure that belongs to another model
+    ("GPT-4 has 175B parameters" from a passage on GPT-3); such an answer is replaced by a refusal.
+    A Chinese answer copies the Chinese passages nearly word for word, so one that no passage
+    supports is the model's own (no answerable dev question, in 947 stored answers, was one).
+    An English answer translates, and the lexical check often fails it: it is kept, only
+    flagged, unless it restates the `question` or gives figures or names no passage gives.
     """
     if not checked.factual_sentences or len(checked.unsupported) < checked.factual_sentences:
         return False
-    if question and adds_nothing(answer, question):
-        return True  # nothing supported and nothing new: the documents did not answer
+    if language_of(answer) == "zh" or (question and adds_nothing(answer, question)):
+        return True
     texts = [_norm(clean_text(h.chunk.text)) for h in hits]
-    solid = [re.sub(r"\s+", "", t) for t in texts]
+    solid = "\n".join(re.sub(r"\s+", "", t) for t in texts)
     for sentence in checked.unsupported:
-        if not _figures_agree(sentence, "\n".join(solid)):
+        if not _figures_agree(sentence, solid):
             return True  # "1.5亿" no passage writes, or "57道题" where they count 57 of something else
         names = versioned_names(sentence)
         numbers = set(_NUMBER.findall(_norm(sentence))) - _digits_of(names)
@@ -429,8 +430,6 @@ def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], questi
             return True  # a model, product or chip no passage names ("A100")
         if any(not any(grounded(n, names, t) for t in texts) for n in numbers):
             return True  # a figure no passage gives for that name
-        if language_of(sentence) == "zh" and any(not any(mentions(t, name) for t in texts) for name in _latin_names(sentence)):
-            return True  # in a Chinese sentence, a Latin name no passage gives ("杰克·多尔西（Jeffrey Dorr）")
     return False
 
 
