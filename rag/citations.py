@@ -106,10 +106,14 @@ _VERSIONED = re.compile(
 )
 
 
+_MONTHS = frozenset(["january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december"])
+
+
 def versioned_names(text: str) -> set[str]:
-    """'GPT-4 比 Llama 3 贵' -> {'gpt-4', 'llama 3'}."""
+    """'GPT-4 比 Llama 3 贵' -> {'gpt-4', 'llama 3'}; a date is no name ('In April 2024' -> set())."""
     text = unicodedata.normalize("NFKC", _MARKER.sub("", text))
-    return {m.group(0).rstrip(".-").lower() for m in _VERSIONED.finditer(text)}
+    found = {m.group(0).rstrip(".-").lower() for m in _VERSIONED.finditer(text)}
+    return {name for name in found if name.split()[0] not in _MONTHS}
 
 
 _CLAUSE_END = re.compile(r"[。！？；!?;\n]")
@@ -163,8 +167,8 @@ def _support_in(sentence_terms: set[str], text: str, names: set[str] | frozenset
     if numbers and not any(grounded(n, names, text) for n in numbers):
         return 0.0  # a sentence's numbers must come from the passage, about the same thing
     parts = set(names) | _digits_of(names) | {p for name in names for p in re.split(r"[\s\-]", name)}
-    if any(t not in text for t in sentence_terms if _DIGIT.search(t) and t not in numbers and t not in parts):
-        return 0.0  # a figure with its unit ("100k", "4-8b") must be in the passage as written
+    if any(not grounded(t, names, text) for t in sentence_terms if _DIGIT.search(t) and t not in numbers and t not in parts):
+        return 0.0  # a figure with its unit ("100k", "4-8b") must be in the passage as written, about the same thing
     return sum(1 for t in sentence_terms if t in text) / len(sentence_terms)
 
 

@@ -379,6 +379,21 @@ def test_a_number_counted_with_another_measure_word_is_no_support() -> None:
     assert numbers_of(check("训练在2048块 H800 GPU 上完成[1]。", _hits("训练在 2048 块 H800 GPU 上完成。"))) == [1]
 
 
+def test_figure_with_a_unit_must_be_about_the_model_the_sentence_names() -> None:
+    hits = _hits("代表模型：GPT-5.2（256K）、Gemini 3 Pro（1M）、Claude 4 Opus（500K）。", "GPT-4o 是多模态模型。")
+    assert check("GPT-4o 的上下文窗口为500K tokens[1]。", hits).citations == []  # 500K is Claude 4 Opus's
+    assert numbers_of(check("Claude 4 Opus 的上下文窗口为500K[1]。", hits)) == [1]
+
+
+def test_a_date_is_no_versioned_name() -> None:
+    from rag.citations import versioned_names
+
+    assert versioned_names("In April 2024, Llama 3 was first released with 8B and 70B versions.") == {"llama 3"}
+    hits = _hits("llama 3:于2024年推出。llama 3在2024年\n- 4月首先发布8b和70b两个规模的模型")
+    checked = check("In April 2024, Llama 3 was first released with 8B and 70B versions.", hits, "en")
+    assert numbers_of(checked) == [1]
+
+
 def test_digit_of_a_name_is_no_figure() -> None:
     hits = _hits("推理模型 代表模型：OpenAI o1、DeepSeek-R1、Qwen3。")
     assert check("Qwen3 是用1个 GPU 训练的[1]。", hits).citations == []  # the 1 of "o1"
