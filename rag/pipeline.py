@@ -270,7 +270,7 @@ class Pipeline:
         retriever = self.retriever()
         ranked = retriever.rank(query, max(k, 3, self.settings.conflict_depth))
         hits = ranked[:k] if retriever.has_evidence(ranked[: max(k, 3)]) else []
-        if lang == "zh" and (uncovered_names(query, hits) or unknown_companies(query, retriever.index.knows)):
+        if lang == "zh" and (uncovered_names(query, hits) or unknown_companies(query, retriever.knows)):
             hits = []  # the question names something no passage mentions: refuse, show the closest
         timings = {"retrieval": time.perf_counter() - t0}
         yield Retrieved(query, hits)

@@ -160,6 +160,10 @@ class Retriever:
             for row, score in fused[:k]
         ]
 
+    def knows(self, text: str) -> bool:
+        """Some document writes `text` (a name), anywhere in the index."""
+        return self.index.knows(text)
+
     def has_evidence(self, hits: list[Hit]) -> bool:
         """Some passage is close in meaning, or shares words with the query."""
         if not hits:

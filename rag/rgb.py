@@ -641,6 +641,9 @@ def _given_passages_pipeline(settings: Settings, generator: Generator) -> Pipeli
         def has_evidence(self, hits: list[Hit]) -> bool:
             return bool(hits)
 
+        def knows(self, text: str) -> bool:
+            return any(text.lower() in h.chunk.text.lower() for h in self.hits)
+
     class GivenPassagesPipeline(Pipeline):
         passages: list[Hit] = []  # noqa: RUF012  (set per question by evaluate_noise)
 
