@@ -414,14 +414,19 @@ def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], questi
     The 1.5B model answers unanswerable questions with made-up facts ("16 张 GPU", a founder
     "杰克·多尔西（Jeffrey Dorr）", "总部位于美国") or with a figure that belongs to another model
     ("GPT-4 has 175B parameters" from a passage on GPT-3); such an answer is replaced by a refusal.
-    A Chinese answer copies the Chinese passages nearly word for word, so one that no passage
-    supports is the model's own (no answerable dev question, in 947 stored answers, was one).
+    A Chinese answer copies the Chinese passages nearly word for word, so one in which no
+    sentence is supported well enough to cite is the model's own (of 947 stored answers, no
+    answer to an answerable question was one).
     An English answer translates, and the lexical check often fails it: it is kept, only
     flagged, unless it restates the `question` or gives figures or names no passage gives.
     """
-    if not checked.factual_sentences or len(checked.unsupported) < checked.factual_sentences:
+    if not checked.factual_sentences:
         return False
-    if language_of(answer) == "zh" or (question and adds_nothing(answer, question)):
+    if language_of(answer) == "zh" and not checked.citations:
+        return True  # no sentence a passage supports well enough to cite ("GPQA 一共有15亿道题")
+    if len(checked.unsupported) < checked.factual_sentences:
+        return False
+    if question and adds_nothing(answer, question):
         return True
     texts = [_norm(clean_text(h.chunk.text)) for h in hits]
     solid = "\n".join(re.sub(r"\s+", "", t) for t in texts)

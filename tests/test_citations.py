@@ -343,6 +343,15 @@ def test_chinese_answer_no_passage_supports_is_invented(answer: str) -> None:
     assert checked.citations == [] and is_invented(checked, answer, hits)
 
 
+def test_chinese_answer_with_no_sentence_to_cite_is_invented() -> None:
+    from rag.citations import is_invented
+
+    hits = _hits("OpenAI 发布了 GPT-2，这是一个参数量达 15 亿的更大模型。")
+    answer = "GPQA 一共有15亿道题。"  # half its words are in the passage: not cited, not flagged either
+    checked = check(answer, hits, "zh", "GPQA 一共有多少道题？")
+    assert checked.citations == [] and is_invented(checked, answer, hits, "GPQA 一共有多少道题？")
+
+
 def test_figure_in_yi_must_stand_in_the_passage_with_its_magnitude() -> None:
     from rag.citations import is_invented
 
