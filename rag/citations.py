@@ -401,8 +401,9 @@ def _figures_agree(sentence: str, solid: str) -> bool:
     are False; _figures_agree('57道题', '共57题') is True."""
     if not all(re.search(r"(?<![0-9.])" + re.escape(figure), solid) for figure in _magnitudes(sentence)):
         return False
+    counted = _COUNT.findall(solid)
     for number, measure in _COUNT.findall(_norm(sentence)):
-        used = set(re.findall(r"(?<![0-9.a-z])" + re.escape(number) + rf"([{_MEASURE}])", solid))
+        used = {m for n, m in counted if n == number}
         if used and measure not in used:
             return False
     return True
@@ -427,7 +428,7 @@ def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], questi
     if len(checked.unsupported) < checked.factual_sentences:
         return False
     if question and adds_nothing(answer, question):
-        return True
+        return True  # nothing supported and nothing new: the documents did not answer
     texts = [_norm(clean_text(h.chunk.text)) for h in hits]
     solid = "\n".join(re.sub(r"\s+", "", t) for t in texts)
     for sentence in checked.unsupported:
@@ -455,10 +456,6 @@ def topic_share(question: str, passage: str) -> float:
         return sum(1 for t in terms if t in text) / len(terms) if terms else 0.0
     terms = checkable_terms(question)
     return 1.0 if terms and all(t in text for t in terms) else 0.0
-
-
-def on_topic(question: str, passage: str) -> bool:
-    return topic_share(question, passage) >= ON_TOPIC
 
 
 def most_on_topic(question: str, passages: Sequence[str]) -> int | None:
