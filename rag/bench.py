@@ -715,7 +715,7 @@ def bench_cached(settings: Settings, pipeline: Pipeline, llm: Any, questions: Se
     """Ordinary path (from an empty KV cache, as in 'answering'), then the cached path, per question."""
     from rag import kvstore
 
-    chunks = pipeline.get_index().chunks
+    chunks = pipeline.get_index().readable(settings.join_max_chars)
     st = kvstore.status(settings, chunks)
     why_not = "" if st.complete else st.line()
     if not settings.kv_cache:

@@ -15,7 +15,9 @@ size limit).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rag.schema import Chunk, Document
@@ -188,6 +190,61 @@ def chunk_document(doc: Document, settings: ChunkerSettings) -> list[Chunk]:
                 back += sentences[k][1] - sentences[k][0]
             i = k
     return _drop_duplicates(chunks)
+
+
+# A chunk whose cleaned text ends in one of these finished what it was saying: a sentence, a
+# bracket or quote, a table row or a code fence. Anything else was cut mid-sentence.
+_FINISHED = "。！？!?；;.…)）」』”\"]】|│`"
+
+
+def runs_on(chunk: Chunk, following: Chunk) -> bool:
+    """Whether `chunk` stops mid-sentence and `following`, the next chunk of its section, goes on with it.
+
+    The chunker cuts at the size limit wherever the sentences fall, and a PDF page break can end a
+    paragraph mid-sentence; the reader of such a chunk misses how its last sentence ends.
+    """
+    last = clean_text(chunk.text)[-1:]
+    return bool(last) and last not in _FINISHED and (chunk.path, chunk.headings) == (following.path, following.headings)
+
+
+def joined(first: Chunk, second: Chunk) -> Chunk:
+    """One passage of two neighbouring chunks of a document, their overlap once.
+
+    Where the chunker skipped characters between them (whitespace, or markup that cleans to
+    nothing, such as an image link) up to two line breaks stand in for them, so the text is
+    the file's slice as every reader sees it (see clean_text), not always byte for byte.
+    """
+    if second.start <= first.end:
+        text = first.text + second.text[first.end - second.start :]
+    else:
+        text = first.text + "\n" * min(second.start - first.end, 2) + second.text
+    return Chunk(
+        id=chunk_id(first.path, first.start, second.end, text),
+        path=first.path,
+        title=first.title,
+        headings=first.headings,
+        start=first.start,
+        end=second.end,
+        text=text,
+        page=first.page,
+    )
+
+
+def passages(chunks: Sequence[Chunk], max_chars: int) -> list[Chunk]:
+    """What the model reads for each chunk: the chunk, or it joined with the next one when it
+    `runs_on` into it and the two span at most `max_chars` (0: never joined).
+
+    Example: the chunks "甲说，", "乙。", "丙。" of one section -> "甲说，" and "乙。" joined, "乙。", "丙。".
+    """
+    out = list(chunks)
+    if max_chars <= 0:
+        return out
+    order = sorted(range(len(chunks)), key=lambda i: (chunks[i].path, chunks[i].start))
+    for a, b in itertools.pairwise(order):
+        first, second = chunks[a], chunks[b]
+        if second.end - first.start <= max_chars and runs_on(first, second):  # runs_on: same document too
+            out[a] = joined(first, second)
+    return out
 
 
 def _drop_duplicates(chunks: list[Chunk]) -> list[Chunk]:

@@ -154,7 +154,7 @@ def run_kv_store(settings: Settings, build_missing: bool, quiet: bool = False) -
     from rag import kvstore
     from rag.index import Index
 
-    chunks = Index.load(Path(settings.index_dir)).chunks
+    chunks = Index.load(Path(settings.index_dir)).readable(settings.join_max_chars)  # what the model reads
     if not build_missing:
         return kvstore.status(settings, chunks).line()
     from tqdm import tqdm

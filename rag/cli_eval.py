@@ -324,7 +324,7 @@ def _require_cached(pipeline) -> None:  # type: ignore[no-untyped-def]
 
     if not pipeline.settings.kv_cache:
         raise ConfigError("The passage KV store is turned off (kv_cache = 0).", "Set kv_cache = 1, then run: rag index --kv")
-    st = kvstore.status(pipeline.settings, pipeline.get_index().chunks)
+    st = kvstore.status(pipeline.settings, pipeline.get_index().readable(pipeline.settings.join_max_chars))
     if not st.complete:
         raise ConfigError(f"The passage KV store is not complete ({st.line()}).", "Run: rag index --kv")
     if pipeline.get_cached() is None:

@@ -58,6 +58,11 @@ class Settings:
     # At most this many of the first top_k passages come from one document, so sources that
     # state the same fact (or disagree about it) both reach the answer. 0 = no limit.
     per_doc_cap: int = 2
+    # A chunk cut mid-sentence is given to the model joined with the next chunk of its section
+    # when the two span at most this many characters (0: never). Ranking is unchanged; a chunk
+    # inside a passage already given is not given again. recall@5 0.925 -> 0.938, passages
+    # 313 -> 354 characters on average (README, "What was tried").
+    join_max_chars: int = 700
     # The passages ranked after top_k, down to this rank, are read (not shown to the model) for a
     # source that dates a release differently from the answer; such a passage is cited in the
     # "sources differ" note. A lone dissenting source tends to rank 6-9th behind the majority.
@@ -186,6 +191,10 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"fusion '{s.fusion}' is not known.", "Use zscore (the default) or rrf.")
     if s.per_doc_cap < 0:
         raise ConfigError(f"per_doc_cap ({s.per_doc_cap}) cannot be negative.", "Use 0 for no limit, or 1 or more.")
+    if s.join_max_chars < 0:
+        raise ConfigError(
+            f"join_max_chars ({s.join_max_chars}) cannot be negative.", "Use 0 to never join chunks, or e.g. 700."
+        )
     for name in ("passage_chars", "lean_first_chars", "lean_later_chars"):
         if getattr(s, name) < 1:
             raise ConfigError(

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 
 from rag.chunking import ChunkerSettings, chunk_document, search_text
+from rag.chunking import passages as reading_passages
 from rag.errors import DocumentError, IndexStateError
 from rag.lexical import LexicalIndex, tokenize
 from rag.loaders import check_path, file_sha256, iter_corpus, load_file, printable_name
@@ -135,6 +136,19 @@ class Index:
         self.chunks = chunks
         self._dense = dense
         self._lexical = lexical
+        self._passages: dict[int, list[Chunk]] = {}
+
+    def passages(self, join_max_chars: int) -> list[Chunk]:
+        """What the model reads for each row (chunking.passages), computed once per setting."""
+        if join_max_chars not in self._passages:
+            self._passages[join_max_chars] = reading_passages(self.chunks, join_max_chars)
+        return self._passages[join_max_chars]
+
+    def readable(self, join_max_chars: int) -> list[Chunk]:
+        """Every passage the model may be given (the passage KV store computes a block for each):
+        each row's passage, and also the chunk alone where it was joined (see retrieval.given_once)."""
+        joined = [c for c, p in zip(self.chunks, self.passages(join_max_chars), strict=True) if p is not c]
+        return self.passages(join_max_chars) + joined
 
     def __len__(self) -> int:
         return len(self.chunks)

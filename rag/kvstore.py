@@ -1,13 +1,17 @@
-"""The passage KV store: each chunk's precomputed KV block, on disk inside the index directory.
+"""The passage KV store: each passage's precomputed KV block, on disk inside the index directory.
+
+A passage is what the model reads for a chunk: the chunk, or the chunk joined with the next
+one when it stops mid-sentence; callers pass every passage the model may be given
+(`Index.readable`), so a joined passage has its own block.
 
 Layout (outside `builds/`, so index swaps keep it; one store per chat model):
 
     index/kvcache/<chat model>/meta.json        what every block was made with (see StoreMeta)
-    index/kvcache/<chat model>/blocks/<key>.kv  one chunk's block: header + zlib-compressed KV cells
+    index/kvcache/<chat model>/blocks/<key>.kv  one passage's block: header + zlib-compressed KV cells
 
-A block's key hashes the chunk's title, headings, text, the block format and
-the token cap, so an update computes only new or changed chunks, and blocks
-of removed chunks are dropped (`prune`). The meta records the GGUF sha256,
+A block's key hashes the passage's title, headings, text, the block format and
+the token cap, so an update computes only new or changed passages, and blocks
+of removed ones are dropped (`prune`). The meta records the GGUF sha256,
 the KV cache type and the sha256 of the prefix tokens (system prompt in the
 model's chat template): a store made for another model, cache type or prompt
 is wiped and rebuilt, never used.
@@ -211,8 +215,8 @@ class KVStore:
 @dataclass
 class StoreStatus:
     enabled: bool
-    blocks: int  # indexed chunks whose block is stored
-    total: int  # indexed chunks
+    blocks: int  # passages whose block is stored
+    total: int  # passages the model may be given (Index.readable)
     bytes: int
     valid: bool  # the store was made for this model, cache type and prompt
     building: bool = False  # a background build is running (set by the UI)
@@ -476,7 +480,7 @@ class BackgroundBuild:
 
         settings = self.pipeline.settings
         try:
-            chunks = self.pipeline.get_index().chunks
+            chunks = self.pipeline.get_index().readable(settings.join_max_chars)
             # Created even when nothing is left to compute, so the first question does not pay for it.
             cached = self.pipeline.get_cached()
             if cached is None:
@@ -496,7 +500,7 @@ class BackgroundBuild:
     def status(self) -> StoreStatus:
         settings = self.pipeline.settings
         try:
-            chunks = self.pipeline.get_index().chunks
+            chunks = self.pipeline.get_index().readable(settings.join_max_chars)
         except Exception:  # noqa: BLE001 - no index yet
             chunks = []
         st = status(settings, chunks)

@@ -12,7 +12,7 @@ import numpy as np
 
 from rag.chunking import clean_text
 from rag.lexical import COMPANIES, mentions, names
-from rag.schema import Hit
+from rag.schema import Chunk, Hit
 
 if TYPE_CHECKING:
     from rag.config import Settings
@@ -110,6 +110,7 @@ class RetrievalParams:
     fusion: str = "zscore"
     per_doc_cap: int = 2
     diverse_depth: int = 5  # the slots per_doc_cap applies to: the passages the model reads
+    join_max_chars: int = 0  # see Settings.join_max_chars
 
     @classmethod
     def from_settings(cls, s: Settings) -> RetrievalParams:
@@ -122,7 +123,31 @@ class RetrievalParams:
             fusion=s.fusion,
             per_doc_cap=s.per_doc_cap,
             diverse_depth=s.top_k,
+            join_max_chars=s.join_max_chars,
         )
+
+
+def given_once(
+    items: Sequence[tuple[int, float]], chunks: Sequence[Chunk], passages: Sequence[Chunk]
+) -> list[tuple[int, float, Chunk]]:
+    """Each ranked row with the passage the model reads for it, no text given twice.
+
+    A row whose chunk lies inside a passage ranked before it was read already: it is dropped.
+    A row joined with the next chunk (`passages`) whose continuation a passage ranked before it
+    already gives reads its own chunk alone.
+    """
+    given: dict[str, list[tuple[int, int]]] = {}
+    out: list[tuple[int, float, Chunk]] = []
+    for row, score in items:
+        chunk, passage = chunks[row], passages[row]
+        spans = given.setdefault(chunk.path, [])
+        if any(a <= chunk.start and chunk.end <= b for a, b in spans):
+            continue
+        if passage.end > chunk.end and any(a < passage.end and b > chunk.end for a, b in spans):
+            passage = chunk
+        spans.append((passage.start, passage.end))
+        out.append((row, score, passage))
+    return out
 
 
 class Retriever:
@@ -149,15 +174,16 @@ class Retriever:
         else:
             fused = zscore_fusion([dense, lexical], weights, floors=[None, 0.0])
         chunks = self.index.chunks
-        fused = spread(fused, lambda row: chunks[row].path, p.per_doc_cap, p.diverse_depth)
+        read = {row: (score, passage) for row, score, passage in given_once(fused, chunks, self.index.passages(p.join_max_chars))}
+        ranked = spread([(row, score) for row, (score, _) in read.items()], lambda row: chunks[row].path, p.per_doc_cap, p.diverse_depth)
         return [
             Hit(
-                chunk=self.index.chunks[row],
+                chunk=read[row][1],
                 score=score,
                 dense_score=dense_by_row.get(row),
                 lexical_score=lexical_by_row.get(row),
             )
-            for row, score in fused[:k]
+            for row, score in ranked[:k]
         ]
 
     def knows(self, text: str) -> bool:

@@ -34,7 +34,8 @@ class Document:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A passage. `text` is exactly `document.text[start:end]`."""
+    """A passage. `text` is exactly `document.text[start:end]` (for two chunks joined into one
+    passage, see chunking.joined)."""
 
     id: str
     path: str

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from rag.chunking import ChunkerSettings, chunk_document, clean_heading, clean_text, search_text
+from rag.chunking import (
+    ChunkerSettings,
+    chunk_document,
+    clean_heading,
+    clean_text,
+    joined,
+    passages,
+    runs_on,
+    search_text,
+)
 from rag.loaders import load_file, parse_text
 from rag.schema import Chunk, Document
 
@@ -418,3 +427,64 @@ def test_search_text_adds_title_and_heading_path() -> None:
     chunk = Chunk("id", "a.md", "文档标题", ("第一节", "小节"), 0, 10, "**重点**内容¹")
     assert search_text(chunk) == "文档标题 > 第一节 > 小节\n重点内容"
     assert search_text(Chunk("id", "a.md", "文档标题", (), 0, 4, "内容")) == "文档标题\n内容"
+
+
+# ---------------------------------------------------------------- passages: a chunk cut mid-sentence joined with the next
+
+
+def _piece(path: str, start: int, text: str, headings: tuple[str, ...] = ("H",)) -> Chunk:
+    return Chunk(id=f"{path}:{start}", path=path, title="T", headings=headings, start=start, end=start + len(text), text=text)
+
+
+@pytest.mark.parametrize(
+    ("text", "open_"),
+    [
+        ("甲说，", True),
+        ("它通过人与反馈强", True),  # a PDF page break inside a word
+        ("结论如下：", True),
+        ("乙。", False),
+        ("乙。⁹", False),  # a footnote digit after the full stop is cleaned first
+        ("（见上文）", False),
+        ("| a | b |", False),  # a table row is finished
+        ("```", False),
+        ("Done.", False),
+    ],
+)
+def test_runs_on_is_a_chunk_that_stops_mid_sentence(text: str, open_: bool) -> None:
+    assert runs_on(_piece("a.md", 0, text), _piece("a.md", 20, "下文。")) is open_
+
+
+def test_runs_on_only_within_one_section_of_one_document() -> None:
+    first = _piece("a.md", 0, "甲说，")
+    assert runs_on(first, _piece("a.md", 5, "乙。"))
+    assert not runs_on(first, _piece("a.md", 5, "乙。", headings=("Other",)))
+    assert not runs_on(first, _piece("b.md", 5, "乙。"))
+
+
+def test_joined_keeps_the_overlap_once_and_spans_both() -> None:
+    doc = doc_of("## H\n" + "甲说，乙说。" * 30, "a.md")
+    chunks = [c for c in chunk_document(doc, ChunkerSettings(size=60, overlap=20)) if c.text != "## H"]
+    a, b = chunks[0], chunks[1]
+    assert b.start < a.end  # they overlap
+    passage = joined(a, b)
+    assert (passage.start, passage.end) == (a.start, b.end)
+    assert passage.text == doc.text[a.start : b.end]
+    assert passage.id not in {a.id, b.id} and passage.headings == a.headings
+
+
+def test_joined_across_a_gap_stands_a_line_break_in_for_what_the_chunker_skipped() -> None:
+    a, b = _piece("a.md", 0, "甲说，"), _piece("a.md", 5, "乙。")
+    passage = joined(a, b)
+    assert passage.text == "甲说，\n\n乙。" and (passage.start, passage.end) == (0, 7)
+    assert joined(a, _piece("a.md", 4, "乙。")).text == "甲说，\n乙。"
+
+
+def test_passages_join_each_cut_chunk_with_the_next_within_the_limit() -> None:
+    cut, rest, other = _piece("a.md", 0, "甲说，"), _piece("a.md", 5, "乙。"), _piece("a.md", 9, "丙，")
+    chunks = [other, rest, cut, _piece("b.md", 0, "丁，")]  # row order is not document order
+    out = passages(chunks, max_chars=100)
+    assert out[2].text == "甲说，\n\n乙。"  # cut mid-sentence: joined with the chunk after it
+    assert out[1] is rest  # finished its sentence
+    assert out[0] is other and out[3] is chunks[3]  # nothing follows them in their document
+    assert passages(chunks, max_chars=6)[2] is cut  # the two would span 7 characters
+    assert passages(chunks, max_chars=0) == chunks

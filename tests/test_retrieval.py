@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from rag.chunking import clean_text
 from rag.index import Index, build
-from rag.retrieval import RetrievalParams, Retriever, rrf, spread, unknown_companies, zscore_fusion
+from rag.retrieval import RetrievalParams, Retriever, given_once, rrf, spread, unknown_companies, zscore_fusion
 from rag.schema import Chunk, Hit
 from tests.fakes import CountingFactory, FakeEmbedder, isolate, tiny_settings
 
@@ -104,6 +105,38 @@ def test_spread_caps_a_source_within_the_first_slots() -> None:
     assert spread(items, source, cap=0, depth=4) == items  # 0 = no limit
     one_source = [(i, 0.0) for i in (1, 2, 3, 5)]
     assert spread(one_source, source, cap=1, depth=3) == one_source  # nothing else to bring up
+
+
+def test_given_once_gives_no_text_twice() -> None:
+    def piece(path: str, start: int, end: int) -> Chunk:
+        return Chunk(id=f"{path}{start}-{end}", path=path, title="t", headings=(), start=start, end=end, text="x" * (end - start))
+
+    # chunk rows 0-3; row 0 (a 0-60) runs on into row 1 (a 50-90): its passage spans 0-90
+    chunks = [piece("a", 0, 60), piece("a", 50, 90), piece("b", 50, 90), piece("a", 85, 120)]
+    passages = [piece("a", 0, 90), chunks[1], chunks[2], chunks[3]]
+    first_then_continuation = given_once([(0, 0.9), (1, 0.8), (2, 0.7), (3, 0.6)], chunks, passages)
+    assert [(row, p.start, p.end) for row, _, p in first_then_continuation] == [(0, 0, 90), (2, 50, 90), (3, 85, 120)]
+    continuation_first = given_once([(1, 0.9), (0, 0.8), (2, 0.7)], chunks, passages)
+    assert [(row, p.start, p.end) for row, _, p in continuation_first] == [(1, 50, 90), (0, 0, 60), (2, 50, 90)]
+
+
+def test_retriever_gives_a_chunk_cut_mid_sentence_joined_with_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    isolate(monkeypatch, tmp_path)
+    text = "# 报告\n\n" + "这一段讲训练方法，" * 12 + "最后说到 GPT-1 采用仅解码器的结构。\n\n另一段讲别的事情。" * 3
+    settings = tiny_settings(tmp_path, {"r.md": text}, chunk_size=80, chunk_overlap=0)
+    build(settings, CountingFactory(), "e" * 64)
+    index = Index.load(Path(settings.index_dir))
+    cut = next(i for i, c in enumerate(index.chunks) if not clean_text(c.text).endswith("。"))
+    # the passage KV store computes blocks for the joined passage and for the chunk alone
+    assert index.passages(400)[cut] in index.readable(400) and index.chunks[cut] in index.readable(400)
+    assert index.readable(0) == index.chunks
+    for limit, joined in ((0, False), (400, True)):
+        hits = _retriever(index, join_max_chars=limit).rank(index.chunks[cut].text, 10)
+        texts = [h.chunk.text for h in hits]
+        assert any(t.startswith(index.chunks[cut].text) and (len(t) > len(index.chunks[cut].text)) is joined for t in texts)
+        # no text is given twice: no passage lies inside one ranked before it
+        spans = [(h.chunk.start, h.chunk.end) for h in hits]
+        assert not any(a <= c and d <= b for i, (c, d) in enumerate(spans) for a, b in spans[:i])
 
 
 def test_retriever_spreads_over_documents(world) -> None:  # type: ignore[no-untyped-def]
@@ -217,9 +250,9 @@ def test_params_from_settings(world) -> None:  # type: ignore[no-untyped-def]
     settings, _ = world
     s = replace(
         settings, candidates=12, rrf_k=7, dense_weight=0.5, lexical_weight=2.0, min_dense_score=0.4,
-        fusion="rrf", per_doc_cap=3, top_k=4,
+        fusion="rrf", per_doc_cap=3, top_k=4, join_max_chars=650,
     )  # fmt: skip
-    assert RetrievalParams.from_settings(s) == RetrievalParams(12, 7, 0.5, 2.0, 0.4, "rrf", 3, 4)
+    assert RetrievalParams.from_settings(s) == RetrievalParams(12, 7, 0.5, 2.0, 0.4, "rrf", 3, 4, 650)
 
 
 def test_weights_change_the_order(world) -> None:  # type: ignore[no-untyped-def]
