@@ -140,6 +140,21 @@ def _trim_to_tokens(text: str, limit: int, count_tokens: Callable[[str], int]) -
     return out.strip()
 
 
+_STRUCTURE_LINE = re.compile(r"[ \t]*(?:[-*+>|#│├└┌]|\d+(?:[.)][ \t]|、))")  # not "3.5 Sonnet"
+
+
+def _wrapped(piece: str, following: str) -> bool:
+    """Whether `piece` ends at a line break inside a sentence: where a PDF wrapped a line (it may
+    cut a name in two, "Claude\n3.5 Sonnet…"), not after a finished sentence, a list item,
+    a table row or a heading."""
+    return (
+        piece.endswith("\n")
+        and piece.rstrip()[-1:] not in ("", *"。！？；!?")
+        and not _STRUCTURE_LINE.match(piece)
+        and not _STRUCTURE_LINE.match(following)
+    )
+
+
 def focus(text: str, terms: set[str], limit: int) -> str:
     """The contiguous run of sentences around the one matching most query terms, within `limit` chars.
 
@@ -149,8 +164,17 @@ def focus(text: str, terms: set[str], limit: int) -> str:
     if len(text) <= limit:
         return text
     sentences = [s for s in re.split(r"(?<=[。！？；!?\n])", text) if s]
+    # A sentence is scored with the lines a wrap cut it into, so a name cut by a wrap still counts.
+    groups, start = [0] * len(sentences), 0
+    for i in range(1, len(sentences)):
+        if not _wrapped(sentences[i - 1], sentences[i]):
+            start = i
+        groups[i] = start
+    whole = {g: "".join(sentences[j] for j in range(len(sentences)) if groups[j] == g).lower() for g in set(groups)}
     lowered = [s.lower() for s in sentences]
-    scores = [sum(1 for t in terms if t in s) for s in lowered]
+    scores = [
+        (sum(1 for t in terms if t in whole[groups[i]]), sum(1 for t in terms if t in lowered[i])) for i in range(len(sentences))
+    ]  # the best sentence: its whole sentence's terms first, then its own
     best = max(range(len(sentences)), key=lambda i: scores[i])
     lo, hi, size = best, best + 1, len(sentences[best])
     while True:  # grow forward first: a fact's details usually follow its subject

@@ -269,6 +269,26 @@ def test_focus_without_terms_starts_at_the_beginning() -> None:
     assert LONG.startswith(out)
 
 
+def test_focus_scores_a_sentence_with_the_lines_a_wrap_cut_it_into() -> None:
+    from rag.prompting import focus
+
+    # a PDF wrapped the line inside the name; the other sentence names the model on one line
+    text = (
+        "前文讲评测。Claude\n3.5 Sonnet还将上下文窗口扩展到200K tokens，可以\n处理超长文档而一次性输出结果。"
+        + "中间是别的内容。" * 6
+        + "Claude 3.5 Sonnet提供免费网页版体验。"
+    )
+    out = focus(text, {"claude", "3.5", "sonnet", "一次"}, 60)
+    assert "200K" in out and out in text
+
+
+def test_focus_keeps_list_items_and_table_rows_apart() -> None:
+    from rag.prompting import focus
+
+    text = "- 甲：别的内容\n- 乙：也是别的\n| GPT-4o | 128K |\n" + "填充。" * 20
+    assert focus(text, {"gpt-4o"}, 20) == "| GPT-4o | 128K |"
+
+
 def test_build_prompt_focuses_passages_on_the_query() -> None:
     prompt = build_prompt("训练成本？", [hit(1, LONG)], len, 1000, passage_chars=60, terms={"训练", "成本"})
     body = blocks_of(prompt.user).split("\n", 1)[1]
