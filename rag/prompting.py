@@ -170,8 +170,10 @@ def focus(text: str, terms: set[str], limit: int) -> str:
         if not _wrapped(sentences[i - 1], sentences[i]):
             start = i
         groups[i] = start
-    whole = {g: "".join(sentences[j] for j in range(len(sentences)) if groups[j] == g).lower() for g in set(groups)}
     lowered = [s.lower() for s in sentences]
+    whole: dict[int, str] = {}
+    for group, sentence in zip(groups, lowered, strict=True):
+        whole[group] = whole.get(group, "") + sentence
     scores = [
         (sum(1 for t in terms if t in whole[groups[i]]), sum(1 for t in terms if t in lowered[i])) for i in range(len(sentences))
     ]  # the best sentence: its whole sentence's terms first, then its own

@@ -174,11 +174,12 @@ class Retriever:
         else:
             fused = zscore_fusion([dense, lexical], weights, floors=[None, 0.0])
         chunks = self.index.chunks
-        read = {row: (score, passage) for row, score, passage in given_once(fused, chunks, self.index.passages(p.join_max_chars))}
-        ranked = spread([(row, score) for row, (score, _) in read.items()], lambda row: chunks[row].path, p.per_doc_cap, p.diverse_depth)
+        given = given_once(fused, chunks, self.index.passages(p.join_max_chars))
+        passage_of = {row: passage for row, _, passage in given}
+        ranked = spread([(row, score) for row, score, _ in given], lambda row: chunks[row].path, p.per_doc_cap, p.diverse_depth)
         return [
             Hit(
-                chunk=read[row][1],
+                chunk=passage_of[row],
                 score=score,
                 dense_score=dense_by_row.get(row),
                 lexical_score=lexical_by_row.get(row),
