@@ -197,14 +197,14 @@ def chunk_document(doc: Document, settings: ChunkerSettings) -> list[Chunk]:
 _FINISHED = "。！？!?；;.…)）」』”\"]】|│`"
 
 
-def runs_on(chunk: Chunk, following: Chunk) -> bool:
-    """Whether `chunk` stops mid-sentence and `following`, the next chunk of its section, goes on with it.
+def runs_on(chunk: Chunk, next_chunk: Chunk) -> bool:
+    """Whether `chunk` stops mid-sentence and `next_chunk`, the next chunk of its section, goes on with it.
 
     The chunker cuts at the size limit wherever the sentences fall, and a PDF page break can end a
     paragraph mid-sentence; the reader of such a chunk misses how its last sentence ends.
     """
     last = clean_text(chunk.text)[-1:]
-    return bool(last) and last not in _FINISHED and (chunk.path, chunk.headings) == (following.path, following.headings)
+    return bool(last) and last not in _FINISHED and (chunk.path, chunk.headings) == (next_chunk.path, next_chunk.headings)
 
 
 def joined(first: Chunk, second: Chunk) -> Chunk:
@@ -230,21 +230,21 @@ def joined(first: Chunk, second: Chunk) -> Chunk:
     )
 
 
-def passages(chunks: Sequence[Chunk], max_chars: int) -> list[Chunk]:
-    """What the model reads for each chunk: the chunk, or it joined with the next one when it
-    `runs_on` into it and the two span at most `max_chars` (0: never joined).
-
-    Example: the chunks "甲说，", "乙。", "丙。" of one section -> "甲说，" and "乙。" joined, "乙。", "丙。".
-    """
-    out = list(chunks)
-    if max_chars <= 0:
-        return out
+def following(chunks: Sequence[Chunk]) -> dict[int, int]:
+    """Row -> the row of the next chunk of the same document (rows need not be in document order)."""
     order = sorted(range(len(chunks)), key=lambda i: (chunks[i].path, chunks[i].start))
-    for a, b in itertools.pairwise(order):
-        first, second = chunks[a], chunks[b]
-        if second.end - first.start <= max_chars and runs_on(first, second):  # runs_on: same document too
-            out[a] = joined(first, second)
-    return out
+    return {a: b for a, b in itertools.pairwise(order) if chunks[a].path == chunks[b].path}
+
+
+def passage(chunk: Chunk, next_chunk: Chunk | None, max_chars: int) -> Chunk:
+    """What the model reads for `chunk`: the chunk, or it joined with the next chunk of its document
+    when it `runs_on` into it and the two span at most `max_chars` (0: never joined).
+
+    Example: of the chunks "甲说，", "乙。", "丙。" of one section, "甲说，" is read joined with "乙。".
+    """
+    if next_chunk is not None and next_chunk.end - chunk.start <= max_chars and runs_on(chunk, next_chunk):
+        return joined(chunk, next_chunk)
+    return chunk
 
 
 def _drop_duplicates(chunks: list[Chunk]) -> list[Chunk]:

@@ -33,8 +33,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from rag.chunking import ChunkerSettings, chunk_document, search_text
-from rag.chunking import passages as reading_passages
+from rag.chunking import ChunkerSettings, chunk_document, following, passage, search_text
 from rag.errors import DocumentError, IndexStateError
 from rag.lexical import LexicalIndex, tokenize
 from rag.loaders import check_path, file_sha256, iter_corpus, load_file, printable_name
@@ -136,19 +135,26 @@ class Index:
         self.chunks = chunks
         self._dense = dense
         self._lexical = lexical
-        self._passages: dict[int, list[Chunk]] = {}
+        self._following: dict[int, int] | None = None
+        self._passages: dict[tuple[int, int], Chunk] = {}
 
-    def passages(self, join_max_chars: int) -> list[Chunk]:
-        """What the model reads for each row (chunking.passages), computed once per setting."""
-        if join_max_chars not in self._passages:
-            self._passages[join_max_chars] = reading_passages(self.chunks, join_max_chars)
-        return self._passages[join_max_chars]
+    def passage(self, row: int, join_max_chars: int) -> Chunk:
+        """What the model reads for a row (chunking.passage). Computed when first asked for, so
+        loading a large index does not pay for the rows no question reaches."""
+        key = (row, join_max_chars)
+        if key not in self._passages:
+            if self._following is None:
+                self._following = following(self.chunks)
+            after = self._following.get(row)
+            nxt = self.chunks[after] if after is not None else None
+            self._passages[key] = passage(self.chunks[row], nxt, join_max_chars)
+        return self._passages[key]
 
     def readable(self, join_max_chars: int) -> list[Chunk]:
         """Every passage the model may be given (the passage KV store computes a block for each):
         each row's passage, and also the chunk alone where it was joined (see retrieval.given_once)."""
-        joined = [c for c, p in zip(self.chunks, self.passages(join_max_chars), strict=True) if p is not c]
-        return self.passages(join_max_chars) + joined
+        rows = [self.passage(row, join_max_chars) for row in range(len(self.chunks))]
+        return rows + [c for c, p in zip(self.chunks, rows, strict=True) if p is not c]
 
     def __len__(self) -> int:
         return len(self.chunks)

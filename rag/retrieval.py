@@ -128,18 +128,18 @@ class RetrievalParams:
 
 
 def given_once(
-    items: Sequence[tuple[int, float]], chunks: Sequence[Chunk], passages: Sequence[Chunk]
+    items: Sequence[tuple[int, float]], chunks: Sequence[Chunk], passage_of: Callable[[int], Chunk]
 ) -> list[tuple[int, float, Chunk]]:
     """Each ranked row with the passage the model reads for it, no text given twice.
 
     A row whose chunk lies inside a passage ranked before it was read already: it is dropped.
-    A row joined with the next chunk (`passages`) whose continuation a passage ranked before it
+    A row joined with the next chunk (`passage_of(row)`) whose continuation a passage ranked before it
     already gives reads its own chunk alone.
     """
     given: dict[str, list[tuple[int, int]]] = {}
     out: list[tuple[int, float, Chunk]] = []
     for row, score in items:
-        chunk, passage = chunks[row], passages[row]
+        chunk, passage = chunks[row], passage_of(row)
         spans = given.setdefault(chunk.path, [])
         if any(a <= chunk.start and chunk.end <= b for a, b in spans):
             continue
@@ -174,7 +174,7 @@ class Retriever:
         else:
             fused = zscore_fusion([dense, lexical], weights, floors=[None, 0.0])
         chunks = self.index.chunks
-        given = given_once(fused, chunks, self.index.passages(p.join_max_chars))
+        given = given_once(fused, chunks, lambda row: self.index.passage(row, p.join_max_chars))
         passage_of = {row: passage for row, _, passage in given}
         ranked = spread([(row, score) for row, score, _ in given], lambda row: chunks[row].path, p.per_doc_cap, p.diverse_depth)
         return [

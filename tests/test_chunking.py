@@ -14,8 +14,9 @@ from rag.chunking import (
     chunk_document,
     clean_heading,
     clean_text,
+    following,
     joined,
-    passages,
+    passage,
     runs_on,
     search_text,
 )
@@ -479,9 +480,15 @@ def test_joined_across_a_gap_stands_a_line_break_in_for_what_the_chunker_skipped
     assert joined(a, _piece("a.md", 4, "乙。")).text == "甲说，\n乙。"
 
 
+def passages(chunks: list[Chunk], max_chars: int) -> list[Chunk]:
+    after = following(chunks)
+    return [passage(c, chunks[after[i]] if i in after else None, max_chars) for i, c in enumerate(chunks)]
+
+
 def test_passages_join_each_cut_chunk_with_the_next_within_the_limit() -> None:
     cut, rest, other = _piece("a.md", 0, "甲说，"), _piece("a.md", 5, "乙。"), _piece("a.md", 9, "丙，")
     chunks = [other, rest, cut, _piece("b.md", 0, "丁，")]  # row order is not document order
+    assert following(chunks) == {2: 1, 1: 0}
     out = passages(chunks, max_chars=100)
     assert out[2].text == "甲说，\n\n乙。"  # cut mid-sentence: joined with the chunk after it
     assert out[1] is rest  # finished its sentence

@@ -114,9 +114,9 @@ def test_given_once_gives_no_text_twice() -> None:
     # chunk rows 0-3; row 0 (a 0-60) runs on into row 1 (a 50-90): its passage spans 0-90
     chunks = [piece("a", 0, 60), piece("a", 50, 90), piece("b", 50, 90), piece("a", 85, 120)]
     passages = [piece("a", 0, 90), chunks[1], chunks[2], chunks[3]]
-    first_then_continuation = given_once([(0, 0.9), (1, 0.8), (2, 0.7), (3, 0.6)], chunks, passages)
+    first_then_continuation = given_once([(0, 0.9), (1, 0.8), (2, 0.7), (3, 0.6)], chunks, passages.__getitem__)
     assert [(row, p.start, p.end) for row, _, p in first_then_continuation] == [(0, 0, 90), (2, 50, 90), (3, 85, 120)]
-    continuation_first = given_once([(1, 0.9), (0, 0.8), (2, 0.7)], chunks, passages)
+    continuation_first = given_once([(1, 0.9), (0, 0.8), (2, 0.7)], chunks, passages.__getitem__)
     assert [(row, p.start, p.end) for row, _, p in continuation_first] == [(1, 50, 90), (0, 0, 60), (2, 50, 90)]
 
 
@@ -128,7 +128,7 @@ def test_retriever_gives_a_chunk_cut_mid_sentence_joined_with_the_next(tmp_path:
     index = Index.load(Path(settings.index_dir))
     cut = next(i for i, c in enumerate(index.chunks) if not clean_text(c.text).endswith("。"))
     # the passage KV store computes blocks for the joined passage and for the chunk alone
-    assert index.passages(400)[cut] in index.readable(400) and index.chunks[cut] in index.readable(400)
+    assert index.passage(cut, 400) in index.readable(400) and index.chunks[cut] in index.readable(400)
     assert index.readable(0) == index.chunks
     for limit, joined in ((0, False), (400, True)):
         hits = _retriever(index, join_max_chars=limit).rank(index.chunks[cut].text, 10)
