@@ -26,6 +26,9 @@ _HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 _FENCE = re.compile(r"^[ \t]*(```|~~~)", re.MULTILINE)
 # A sentence ends after a terminal mark (plus closing quotes/brackets) or a newline.
 _SENTENCE_END = re.compile(r"[。！？；!?]+[”’」』）)\]】]*|\.(?=\s)|\n")
+# Where a chunk is split into the pieces that are embedded one by one (piece_texts): after a
+# sentence's end or a line (a list item, a table row). Measured on the dev questions (README).
+_PIECE_END = re.compile(r"(?<=[。！？!?\n])")
 _MD_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
 _MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 _SUPERSCRIPTS = re.compile(r"[⁰¹²³⁴⁵⁶⁷⁸⁹]+")
@@ -64,10 +67,37 @@ def clean_text(text: str) -> str:
     return _BLANK_LINES.sub("\n", text).strip()
 
 
+def context_line(chunk: Chunk) -> str:
+    """Document title and heading path: "title > heading > sub-heading" (the title alone without headings)."""
+    return " > ".join([chunk.title, *chunk.headings]) if chunk.headings else chunk.title
+
+
 def search_text(chunk: Chunk) -> str:
     """The chunk as indexed: document title and heading path give the passage its context."""
-    context = " > ".join([chunk.title, *chunk.headings]) if chunk.headings else chunk.title
-    return f"{context}\n{clean_text(chunk.text)}"
+    return f"{context_line(chunk)}\n{clean_text(chunk.text)}"
+
+
+def piece_texts(chunk: Chunk, max_chars: int) -> list[str]:
+    """The chunk's sentences, grouped in order into pieces of at most `max_chars` characters (a longer
+    sentence is a piece of its own), each headed by the chunk's context line, as they are embedded.
+
+    A chunk's vector averages everything it says, so a question about one sentence of a chunk on
+    something else can rank it low; the piece's vector says that one thing (see Index.dense_search).
+    [] when max_chars is 0 or the whole chunk is one piece: its own vector already says it.
+    Example: "甲。乙。丙丙丙丙。" (title T) with max_chars 4 -> ["T\n甲。乙。", "T\n丙丙丙丙。"].
+    """
+    if max_chars <= 0:
+        return []
+    groups: list[str] = []
+    for sentence in _PIECE_END.split(clean_text(chunk.text)):
+        if groups and len(groups[-1].strip()) + len(sentence.strip()) <= max_chars:
+            groups[-1] += sentence
+        elif sentence.strip():
+            groups.append(sentence)
+    if len(groups) < 2:
+        return []
+    context = context_line(chunk)
+    return [f"{context}\n{g.strip()}" for g in groups]
 
 
 def _fenced_ranges(text: str) -> list[tuple[int, int]]:

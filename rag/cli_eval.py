@@ -298,6 +298,8 @@ def scale_cmd(
     queries: Annotated[int, typer.Option("--queries", help="Queries to time.")] = 200,
     ann: Annotated[str, typer.Option("--ann", help="Also time these FAISS index types: hnsw,ivf (or none).")] = "",
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    pieces: Annotated[int, typer.Option("--pieces-per-chunk",
+                                        help="Sentence-piece vectors per chunk (the corpus here: ~5; 0: none).")] = 5,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
@@ -309,7 +311,7 @@ def scale_cmd(
         typer.secho(f"Error: --chunks ({chunks}) must be at least --queries ({queries}).", fg="red", err=True)
         raise typer.Exit(1)
     try:
-        report = run_scale(chunks, dim, queries, kinds, seed, progress=not quiet)
+        report = run_scale(chunks, dim, queries, kinds, seed, progress=not quiet, pieces_per_chunk=pieces)
     except ValueError as exc:
         typer.secho(f"Error: {exc}.", fg="red", err=True)
         raise typer.Exit(1) from None

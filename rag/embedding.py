@@ -54,13 +54,16 @@ class SentenceTransformerEmbedder:
         self, texts: Sequence[str], progress: Callable[[int], None] | None = None
     ) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i in range(0, len(texts), self.batch_size):
-            batch = list(texts[i : i + self.batch_size])
-            out[i : i + len(batch)] = self._model.encode_document(
-                batch, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
+        # Texts of similar length share a batch: a batch is padded to its longest text, and
+        # sentence pieces (~40 characters) batched with whole chunks (~300) would cost as much as chunks.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for i in range(0, len(order), self.batch_size):
+            rows = order[i : i + self.batch_size]
+            out[rows] = self._model.encode_document(
+                [texts[r] for r in rows], batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
             )
             if progress:
-                progress(len(batch))
+                progress(len(rows))
         return out
 
     def _encode_query_uncached(self, text: str) -> np.ndarray:

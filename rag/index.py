@@ -6,6 +6,7 @@ Layout under the index directory:
     builds/<id>/manifest.json                format version, embedder, chunker, files
     builds/<id>/chunks.jsonl                 one Chunk per line, row order = vector order
     builds/<id>/dense.faiss                  inner-product index of normalized vectors
+    builds/<id>/pieces.faiss, pieces.npy     vectors of each chunk's sentence pieces, and the row each belongs to
     builds/<id>/bm25/                        bm25s state over jieba tokens
     builds/<id>/SHA256SUMS                   every file's sha256, written last (`sha256sum -c` format)
     .lock, .lock.info                        flock held while a build runs; who holds it
@@ -15,7 +16,7 @@ one rename, so a crash at any point leaves the previous index serving.
 Loading checks SHA256SUMS before FAISS sees a byte, so a truncated or edited
 file is reported with the fix (`rag index --full`) instead of crashing.
 Updates are incremental: files whose sha256 matches the manifest keep their
-chunks and vectors; only new and changed files are read and embedded.
+chunks and vectors (and their pieces'); only new and changed files are read and embedded.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from rag.chunking import ChunkerSettings, chunk_document, following, passage, search_text
+from rag.chunking import ChunkerSettings, chunk_document, following, passage, piece_texts, search_text
 from rag.errors import DocumentError, IndexStateError
 from rag.lexical import LexicalIndex, tokenize
 from rag.loaders import check_path, file_sha256, iter_corpus, load_file, printable_name
@@ -68,6 +69,7 @@ class Manifest:
     files: dict[str, FileEntry]
     skipped: dict[str, dict[str, str]] = field(default_factory=dict)  # path -> {sha256, max_bytes, reason}
     built_at: str = ""
+    piece_chars: int = 0  # the chunks' sentence pieces were embedded too (pieces.faiss); 0: none
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=1)
@@ -89,6 +91,7 @@ class BuildReport:
     documents: int = 0
     chunks: int = 0
     embedded: int = 0  # chunks embedded in this run
+    pieces_embedded: int = 0  # and their sentence pieces
     seconds: float = 0.0
     wrote: bool = False  # False when nothing changed
     notes: list[str] = field(default_factory=list)  # things the user should know (a stale lock, a damaged index)
@@ -106,7 +109,8 @@ class BuildReport:
         if not self.wrote:
             return [f"No changes: {self.documents} documents, {self.chunks} chunks (checked in {self.seconds:.2f} s)."]
         head = f"Updated the index in {self.seconds:.1f} s: {self.documents} documents, {self.chunks} chunks"
-        lines = [f"{head} (embedded {self.embedded})."]
+        pieces = f", and {self.pieces_embedded} sentence pieces" if self.pieces_embedded else ""
+        lines = [f"{head} (embedded {self.embedded}{pieces})."]
         for label, paths in (("added", self.added), ("updated", self.updated), ("removed", self.removed)):
             shown = ", ".join(paths[:10]) + (f", … and {len(paths) - 10} more" if len(paths) > 10 else "")
             lines.append(f"  {label:<9} {len(paths):>3}  {shown}".rstrip())
@@ -126,15 +130,28 @@ def _now() -> str:
 # ---------------------------------------------------------------- loading
 
 
+@dataclass
+class Pieces:
+    """Vectors of the chunks' sentence pieces (chunking.piece_texts) and the row of the chunk each belongs to."""
+
+    dense: Any  # a faiss index
+    owners: np.ndarray  # int64, one row per piece vector
+
+    def __len__(self) -> int:
+        return int(self.dense.ntotal)
+
+
 class Index:
     """A loaded, read-only index."""
 
-    def __init__(self, directory: Path, manifest: Manifest, chunks: list[Chunk], dense, lexical: LexicalIndex):  # type: ignore[no-untyped-def]
+    def __init__(self, directory: Path, manifest: Manifest, chunks: list[Chunk], dense, lexical: LexicalIndex,  # type: ignore[no-untyped-def]
+                 pieces: Pieces | None = None) -> None:  # fmt: skip
         self.directory = directory
         self.manifest = manifest
         self.chunks = chunks
         self._dense = dense
         self._lexical = lexical
+        self.pieces = pieces
         self._following: dict[int, int] | None = None
         self._passages: dict[tuple[int, int], Chunk] = {}
 
@@ -209,13 +226,27 @@ class Index:
             )
         if listed != [c.id for c in chunks]:
             raise IndexStateError(f"The index in {directory} is inconsistent (manifest and chunk store disagree).", REBUILD_HINT)
-        return cls(directory, manifest, chunks, dense, lexical)
+        return cls(directory, manifest, chunks, dense, lexical, _load_pieces(directory, manifest, len(chunks)))
 
-    def dense_search(self, vector: np.ndarray, n: int) -> list[tuple[int, float]]:
+    def dense_search(self, vector: np.ndarray, n: int, pieces: int = 0) -> list[tuple[int, float]]:
+        """The n rows closest to `vector`, best first. A row scores the cosine of its chunk or of its
+        closest sentence piece, whichever is higher; pieces are looked up `pieces` deep (0: chunks only).
+
+        A row that only the piece search finds scores its piece; one that only the chunk search finds,
+        its chunk (its pieces are all further than the `pieces`-th).
+        """
         if not self.chunks:
             return []
-        scores, rows = self._dense.search(vector.reshape(1, -1).astype(np.float32), min(n, len(self.chunks)))
-        return [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
+        query = vector.reshape(1, -1).astype(np.float32)
+        scores, rows = self._dense.search(query, min(n, len(self.chunks)))
+        best = {int(r): float(s) for r, s in zip(rows[0], scores[0]) if r >= 0}
+        if pieces > 0 and self.pieces is not None and len(self.pieces):
+            scores, ids = self.pieces.dense.search(query, min(pieces, len(self.pieces)))
+            for i, s in zip(ids[0], scores[0]):
+                if i >= 0:
+                    row = int(self.pieces.owners[i])
+                    best[row] = max(best.get(row, -np.inf), float(s))
+        return sorted(best.items(), key=lambda kv: -kv[1])[:n]
 
     def lexical_search(self, query: str, n: int) -> list[tuple[int, float]]:
         return self._lexical.search(tokenize(query), n)
@@ -228,6 +259,33 @@ class Index:
         if not self.chunks:
             return np.zeros((0, self.manifest.dim), dtype=np.float32)
         return self._dense.reconstruct_n(0, self._dense.ntotal)
+
+    def piece_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors, owner rows) of every sentence piece; empty without pieces."""
+        if self.pieces is None or not len(self.pieces):
+            return np.zeros((0, self.manifest.dim), dtype=np.float32), np.zeros(0, dtype=np.int64)
+        return self.pieces.dense.reconstruct_n(0, len(self.pieces)), self.pieces.owners
+
+
+def _load_pieces(directory: Path, manifest: Manifest, rows: int) -> Pieces | None:
+    if manifest.piece_chars <= 0:
+        return None
+    import faiss
+
+    try:
+        dense = faiss.read_index(str(directory / "pieces.faiss"))
+        owners = np.load(directory / "pieces.npy").astype(np.int64)
+    except Exception as exc:
+        raise IndexStateError(f"The index in {directory} is damaged ({exc.__class__.__name__}: {exc}).", REBUILD_HINT) from exc
+    if dense.ntotal != len(owners) or (len(owners) and (owners.min() < 0 or owners.max() >= rows)) or (
+        dense.ntotal and dense.d != manifest.dim
+    ):
+        raise IndexStateError(
+            f"The index in {directory} is inconsistent ({dense.ntotal} piece vectors for {len(owners)} pieces "
+            f"of {rows} chunks).",
+            REBUILD_HINT,
+        )
+    return Pieces(dense, owners)
 
 
 def index_exists(root: Path) -> bool:
@@ -423,6 +481,7 @@ def build(
                 and m.embed_model == settings.embed_model
                 and m.embed_sha256 == embed_sha256
                 and m.chunker == chunker.as_dict()
+                and m.piece_chars == settings.piece_chars
             )
 
         previous, why_not = (None, None) if full else _load_previous(root, compatible)
@@ -486,23 +545,28 @@ def build(
         if on_progress and to_read:
             on_progress("read", len(to_read), len(to_read))
 
-        # 3. Embed only what is new.
+        # 3. Embed only what is new: the chunks, then their sentence pieces.
         texts = [search_text(c) for rel in new_chunks for c in new_chunks[rel]]
+        pieces_of = [piece_texts(c, settings.piece_chars) for rel in new_chunks for c in new_chunks[rel]]
+        piece_list = [t for texts_of_chunk in pieces_of for t in texts_of_chunk]
         new_vectors = np.zeros((0, 0), dtype=np.float32)
+        new_piece_vectors = np.zeros((0, 0), dtype=np.float32)
         dim = previous.manifest.dim if previous else 0
         if texts:
             embedder = embedder_factory()
             dim = embedder.dim
-            done = 0
+            done, total = 0, len(texts) + len(piece_list)
 
             def progress(n: int) -> None:
                 nonlocal done
                 done += n
                 if on_progress:
-                    on_progress("embed", done, len(texts))
+                    on_progress("embed", done, total)
 
             new_vectors = embedder.encode_documents(texts, progress=progress)
-            report.embedded = len(texts)
+            if piece_list:
+                new_piece_vectors = embedder.encode_documents(piece_list, progress=progress)
+            report.embedded, report.pieces_embedded = len(texts), len(piece_list)
         elif not previous:
             embedder = embedder_factory()  # an empty first build still records the dimension
             dim = embedder.dim
@@ -512,25 +576,46 @@ def build(
         #    The order (and so every row) is the same as a full rebuild of the same corpus would give.
         old_rows = {c.id: i for i, c in enumerate(previous.chunks)} if previous else {}
         old_vectors = previous.vectors() if previous and report.unchanged else None
+        old_piece_vectors, old_owners = previous.piece_vectors() if previous and report.unchanged else (None, None)
+        old_pieces_of: dict[int, list[int]] = {}  # old row -> its pieces, in order
+        for i, row in enumerate(old_owners if old_owners is not None else []):
+            old_pieces_of.setdefault(int(row), []).append(i)
+        new_piece_starts = np.cumsum([0, *(len(p) for p in pieces_of)])
         chunks_out: list[Chunk] = []
         vector_parts: list[np.ndarray] = []
+        piece_parts: list[np.ndarray] = []
+        piece_owners: list[int] = []  # the new row of each piece vector
         files: dict[str, FileEntry] = {}
         new_offset = 0
         for rel in current:  # iter_corpus order: the order new chunks were embedded in
             if rel in report.unchanged and previous is not None and old_vectors is not None:
                 entry = old_files[rel]
                 rows = [old_rows[cid] for cid in entry.chunk_ids]
-                chunks_out.extend(previous.chunks[r] for r in rows)
+                kept = [(previous.chunks[r], old_pieces_of.get(r, [])) for r in rows]
                 vector_parts.append(old_vectors[rows])
+                piece_source = old_piece_vectors
                 files[rel] = entry
             elif rel in new_chunks:
-                chunks = new_chunks[rel]
-                chunks_out.extend(chunks)
-                vector_parts.append(new_vectors[new_offset : new_offset + len(chunks)])
-                new_offset += len(chunks)
+                end = new_offset + len(new_chunks[rel])
+                kept = [(c, list(range(new_piece_starts[k], new_piece_starts[k + 1])))
+                        for k, c in zip(range(new_offset, end), new_chunks[rel], strict=True)]  # fmt: skip
+                vector_parts.append(new_vectors[new_offset:end])
+                piece_source = new_piece_vectors
+                new_offset = end
                 title, sha = read[rel]
-                files[rel] = FileEntry(sha, title, [c.id for c in chunks], _now())
+                files[rel] = FileEntry(sha, title, [c.id for c in new_chunks[rel]], _now())
+            else:
+                continue
+            ids: list[int] = []
+            for chunk, chunk_pieces in kept:
+                piece_owners.extend([len(chunks_out)] * len(chunk_pieces))
+                ids.extend(chunk_pieces)
+                chunks_out.append(chunk)
+            if ids and piece_source is not None:
+                piece_parts.append(piece_source[ids])
         vectors = np.concatenate(vector_parts) if vector_parts else np.zeros((0, dim), dtype=np.float32)
+        piece_vectors = np.concatenate(piece_parts) if piece_parts else np.zeros((0, dim), dtype=np.float32)
+        owners = np.array(piece_owners, dtype=np.int64)
 
         manifest = Manifest(
             format_version=FORMAT_VERSION,
@@ -542,10 +627,11 @@ def build(
             skipped={rel: _skip_key(current[rel][1] if rel in current else "", max_bytes, why)
                      for rel, why in report.skipped.items()},
             built_at=_now(),
+            piece_chars=settings.piece_chars,
         )
         if on_progress:
             on_progress("write", 0, 1)
-        _write_build(root, manifest, chunks_out, vectors)
+        _write_build(root, manifest, chunks_out, vectors, (piece_vectors, owners))
         if on_progress:
             on_progress("write", 1, 1)
         report.documents, report.chunks, report.wrote = len(files), len(chunks_out), True
@@ -553,7 +639,9 @@ def build(
         return report
 
 
-def _write_build(root: Path, manifest: Manifest, chunks: list[Chunk], vectors: np.ndarray) -> None:
+def _write_build(
+    root: Path, manifest: Manifest, chunks: list[Chunk], vectors: np.ndarray, pieces: tuple[np.ndarray, np.ndarray]
+) -> None:
     import faiss
 
     staging = new_staging(root)
@@ -561,6 +649,13 @@ def _write_build(root: Path, manifest: Manifest, chunks: list[Chunk], vectors: n
     if len(vectors):
         dense.add(np.ascontiguousarray(vectors, dtype=np.float32))
     faiss.write_index(dense, str(staging / "dense.faiss"))
+    if manifest.piece_chars > 0:
+        piece_vectors, owners = pieces
+        piece_index = faiss.IndexFlatIP(manifest.dim)
+        if len(piece_vectors):
+            piece_index.add(np.ascontiguousarray(piece_vectors, dtype=np.float32))
+        faiss.write_index(piece_index, str(staging / "pieces.faiss"))
+        np.save(staging / "pieces.npy", owners)
     LexicalIndex.build([tokenize(search_text(c)) for c in chunks]).save(staging / "bm25")
     publish(root, staging, manifest, chunks)
 

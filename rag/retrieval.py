@@ -111,6 +111,7 @@ class RetrievalParams:
     per_doc_cap: int = 2
     diverse_depth: int = 5  # the slots per_doc_cap applies to: the passages the model reads
     join_max_chars: int = 0  # see Settings.join_max_chars
+    piece_candidates: int = 0  # see Settings.piece_candidates; 0: chunk vectors only
 
     @classmethod
     def from_settings(cls, s: Settings) -> RetrievalParams:
@@ -124,6 +125,7 @@ class RetrievalParams:
             per_doc_cap=s.per_doc_cap,
             diverse_depth=s.top_k,
             join_max_chars=s.join_max_chars,
+            piece_candidates=s.piece_candidates if s.piece_chars else 0,
         )
 
 
@@ -165,7 +167,7 @@ class Retriever:
 
     def rank(self, query: str, k: int) -> list[Hit]:
         p = self.params
-        dense = self.index.dense_search(self.embedder.encode_query(query), p.candidates)
+        dense = self.index.dense_search(self.embedder.encode_query(query), p.candidates, p.piece_candidates)
         lexical = self.index.lexical_search(query, p.candidates)
         dense_by_row, lexical_by_row = dict(dense), dict(lexical)
         weights = [p.dense_weight, p.lexical_weight]

@@ -5,7 +5,9 @@ machine and would not change what is measured here (FAISS, BM25 and fusion),
 so the chunks are made up:
 
 - vectors: random unit vectors of the embedder's size, in the FAISS index
-  type the product builds (`IndexFlatIP`, exact inner product);
+  type the product builds (`IndexFlatIP`, exact inner product), and as many
+  sentence-piece vectors per chunk as the product's corpus has (~5, each
+  owned by its chunk; `Index.dense_search` looks them up too);
 - text: words drawn from jieba's own dictionary by their frequencies (so
   BM25 sees a Zipf-like vocabulary of real Chinese words), tokenized by the
   product's `rag.lexical.tokenize`;
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,7 @@ class ScaleReport:
     latencies: list[Latency]
     ann: list[AnnResult] = field(default_factory=list)
     peak_rss_mb: float = 0.0
+    pieces_memory_mb: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,12 +137,13 @@ def run_scale(
     seed: int = 0,
     progress: bool = True,
     candidates: int | None = None,
+    pieces_per_chunk: int = 0,
 ) -> ScaleReport:
     """Build the synthetic index in memory, time `queries` searches; ann: any of 'hnsw', 'ivf'."""
     import faiss
 
     from rag.config import Settings
-    from rag.index import FORMAT_VERSION, Index, Manifest
+    from rag.index import FORMAT_VERSION, Index, Manifest, Pieces
     from rag.lexical import LexicalIndex, tokenize
     from rag.retrieval import RetrievalParams, Retriever
 
@@ -157,6 +161,18 @@ def run_scale(
             dense.add(batch)
             bar.update(len(batch))
     build["faiss_flat"] = time.perf_counter() - t0
+    pieces = None
+    if pieces_per_chunk > 0:
+        t0 = time.perf_counter()
+        n_pieces = chunks * pieces_per_chunk
+        piece_index = faiss.IndexFlatIP(dim)
+        with progress_bar(n_pieces, "random piece vectors -> IndexFlatIP", progress, unit="piece") as bar:
+            for start in range(0, n_pieces, VECTOR_BATCH):
+                batch = random_unit_vectors(min(VECTOR_BATCH, n_pieces - start), dim, rng)
+                piece_index.add(batch)
+                bar.update(len(batch))
+        pieces = Pieces(piece_index, np.repeat(np.arange(chunks, dtype=np.int64), pieces_per_chunk))
+        build["faiss_pieces"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     texts = synthetic_texts(chunks, rng)
@@ -175,8 +191,8 @@ def run_scale(
 
     rows = [Chunk(id=f"s{i}", path=f"synthetic/{i}.txt", title="", headings=(), start=0, end=len(t), text=t)
             for i, t in enumerate(texts)]  # fmt: skip
-    manifest = Manifest(FORMAT_VERSION, "synthetic", "", dim, {}, {})
-    index = Index(Path("synthetic"), manifest, rows, dense, lexical)
+    manifest = Manifest(FORMAT_VERSION, "synthetic", "", dim, {}, {}, piece_chars=50 if pieces else 0)
+    index = Index(Path("synthetic"), manifest, rows, dense, lexical, pieces)
 
     picks = rng.choice(chunks, size=queries, replace=False)
     query_texts: list[str] = []
@@ -193,11 +209,13 @@ def run_scale(
     params = RetrievalParams.from_settings(settings)
     if candidates:
         params = RetrievalParams(candidates, params.rrf_k, params.dense_weight, params.lexical_weight,
-                                 params.min_dense_score)  # fmt: skip
+                                 params.min_dense_score, piece_candidates=params.piece_candidates)  # fmt: skip
+    if pieces is None:
+        params = replace(params, piece_candidates=0)
     retriever = Retriever(index, _LookupEmbedder(query_vectors, dim), params)
     retriever.rank(query_texts[0], settings.top_k)  # loads jieba's dictionary, as a process's first query does
 
-    seconds: dict[str, list[float]] = {"dense": [], "bm25": [], "fused": []}
+    seconds: dict[str, list[float]] = {"dense": [], "pieces": [], "bm25": [], "fused": []}
     exact: list[list[int]] = []
     for text in query_texts:
         vec = query_vectors[text]
@@ -205,6 +223,10 @@ def run_scale(
         found = index.dense_search(vec, params.candidates)
         seconds["dense"].append(time.perf_counter() - t0)
         exact.append([r for r, _ in found[:10]])
+        if pieces is not None:
+            t0 = time.perf_counter()
+            index.dense_search(vec, params.candidates, params.piece_candidates)
+            seconds["pieces"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         index.lexical_search(text, params.candidates)
         seconds["bm25"].append(time.perf_counter() - t0)
@@ -214,10 +236,13 @@ def run_scale(
 
     latencies = [
         Latency.of(f"FAISS IndexFlatIP, top {params.candidates}", seconds["dense"]),
+        *([Latency.of(f"… and {len(pieces):,} pieces, top {params.piece_candidates} (dense_search)", seconds["pieces"])]
+          if pieces is not None else []),
         Latency.of(f"BM25 (jieba + bigrams on the query), top {params.candidates}", seconds["bm25"]),
         Latency.of("fused: Retriever.rank (query vector given)", seconds["fused"]),
     ]
-    report = ScaleReport(chunks, dim, queries, build, _serialized_mb(dense), latencies)
+    report = ScaleReport(chunks, dim, queries, build, _serialized_mb(dense), latencies,
+                         pieces_memory_mb=_serialized_mb(pieces.dense) if pieces is not None else 0.0)  # fmt: skip
 
     matrix = np.stack([query_vectors[t] for t in query_texts])
     if ann:
@@ -282,7 +307,9 @@ def format_scale_report(report: ScaleReport) -> str:
         lat,
         "",
         (
-            f"Build: FAISS flat {b['faiss_flat']:.1f} s ({report.flat_memory_mb:.0f} MB), texts {b['texts']:.1f} s, "
+            f"Build: FAISS flat {b['faiss_flat']:.1f} s ({report.flat_memory_mb:.0f} MB)"
+            + (f", pieces {b['faiss_pieces']:.1f} s ({report.pieces_memory_mb:.0f} MB)" if "faiss_pieces" in b else "")
+            + f", texts {b['texts']:.1f} s, "
             f"BM25 tokens {b['bm25_tokenize']:.1f} s, BM25 index {b['bm25_index']:.1f} s."
         ),
     ]

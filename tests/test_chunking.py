@@ -17,6 +17,7 @@ from rag.chunking import (
     following,
     joined,
     passage,
+    piece_texts,
     runs_on,
     search_text,
 )
@@ -495,3 +496,42 @@ def test_passages_join_each_cut_chunk_with_the_next_within_the_limit() -> None:
     assert out[0] is other and out[3] is chunks[3]  # nothing follows them in their document
     assert passages(chunks, max_chars=6)[2] is cut  # the two would span 7 characters
     assert passages(chunks, max_chars=0) == chunks
+
+
+def _chunk(text: str, headings: tuple[str, ...] = ()) -> Chunk:
+    return Chunk(id="c", path="a.md", title="T", headings=headings, start=0, end=len(text), text=text)
+
+
+def test_piece_texts_docstring_example() -> None:
+    assert piece_texts(_chunk("甲。乙。丙丙丙丙。"), 4) == ["T\n甲。乙。", "T\n丙丙丙丙。"]
+
+
+def test_piece_texts_carry_the_heading_path_and_split_at_lines() -> None:
+    text = "模型列表：\n- GPT-4o：多模态。\n- o1：推理模型，会先思考再回答。"
+    assert piece_texts(_chunk(text, ("模型", "OpenAI")), 12) == [
+        "T > 模型 > OpenAI\n模型列表：",
+        "T > 模型 > OpenAI\n- GPT-4o：多模态。",
+        "T > 模型 > OpenAI\n- o1：推理模型，会先思考再回答。",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "max_chars"),
+    [("甲。乙。", 0), ("甲。乙。", 50), ("一句很长的话没有句号", 3), ("", 10), ("甲。\n\n", 1)],
+)
+def test_no_pieces_when_off_or_the_chunk_is_one_piece(text: str, max_chars: int) -> None:
+    assert piece_texts(_chunk(text), max_chars) == []
+
+
+@pytest.mark.parametrize("name", CORPUS_FILES)
+def test_pieces_cover_the_chunk_text_in_order_within_the_size(name: str) -> None:
+    doc = load_file(ROOT / "corpus" / name, name)
+    for chunk in chunk_document(doc, ChunkerSettings(480, 100)):
+        pieces = piece_texts(chunk, 50)
+        context = search_text(chunk).split("\n", 1)[0]
+        bodies = [p.removeprefix(context + "\n") for p in pieces]
+        assert all(p.startswith(context + "\n") for p in pieces)
+        if pieces:
+            assert re.sub(r"\s", "", "".join(bodies)) == re.sub(r"\s", "", clean_text(chunk.text))
+        for body in bodies:  # a piece over the size (line breaks not counted) is one sentence longer on its own
+            assert len(re.sub(r"\s", "", body)) <= 50 or not re.search(r"[。！？!?\n]", body[:-1])

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag.chunking import ChunkerSettings, chunk_document, search_text
+from rag.chunking import ChunkerSettings, chunk_document, piece_texts, search_text
 from rag.errors import IndexStateError
 from rag.index import FORMAT_VERSION, BuildLock, Index, Manifest, build, index_exists
 from rag.loaders import load_file
@@ -72,10 +72,12 @@ def test_first_build_creates_a_loadable_index(settings) -> None:  # type: ignore
     assert report.skipped == {}
     assert report.documents == len(FILES)
     assert factory.calls == 1
-    assert factory.embedder.encode_documents_calls == 1
+    assert factory.embedder.encode_documents_calls == 2  # the chunks, then their sentence pieces
 
     expected = _expected_chunks(settings)
     assert report.chunks == report.embedded == len(expected)
+    pieces = [t for c in expected for t in piece_texts(c, settings.piece_chars)]
+    assert report.pieces_embedded == len(pieces) > 0
 
     index = Index.load(root, "embeddinggemma-300m", SHA)
     assert index.chunks == expected
@@ -92,7 +94,7 @@ def test_first_build_creates_a_loadable_index(settings) -> None:  # type: ignore
         assert entry.chunk_ids == [c.id for c in expected if c.path == rel]
     assert {e[0] for e in events} >= {"read", "embed", "write"}
     embeds = [e for e in events if e[0] == "embed"]
-    assert embeds[-1][1] == embeds[-1][2] == len(expected)
+    assert embeds[-1][1] == embeds[-1][2] == len(expected) + len(pieces)
 
 
 def test_vectors_belong_to_their_chunks(settings) -> None:  # type: ignore[no-untyped-def]
@@ -100,6 +102,33 @@ def test_vectors_belong_to_their_chunks(settings) -> None:  # type: ignore[no-un
     index = Index.load(Path(settings.index_dir))
     for chunk, vector in zip(index.chunks, index.vectors()):
         np.testing.assert_allclose(vector, bigram_vector(search_text(chunk)), atol=1e-6)
+
+
+def test_piece_vectors_belong_to_their_chunks(settings) -> None:  # type: ignore[no-untyped-def]
+    _build(settings)
+    index = Index.load(Path(settings.index_dir))
+    vectors, owners = index.piece_vectors()
+    expected = [(row, t) for row, c in enumerate(index.chunks) for t in piece_texts(c, settings.piece_chars)]
+    assert owners.tolist() == [row for row, _ in expected]
+    for vector, (_, text) in zip(vectors, expected, strict=True):
+        np.testing.assert_allclose(vector, bigram_vector(text), atol=1e-6)
+
+
+def test_a_chunk_scores_its_best_sentence_piece(settings) -> None:  # type: ignore[no-untyped-def]
+    """A query matching one sentence of a chunk scores that sentence's piece, higher than the whole chunk."""
+    _build(settings)
+    index = Index.load(Path(settings.index_dir))
+    vectors, owners = index.piece_vectors()
+    row, query = int(owners[0]), vectors[0]  # the query is the chunk's first piece
+    whole = float(index.vectors()[row] @ query)
+    assert whole < 0.999
+    chunks_only = dict(index.dense_search(query, len(index)))
+    with_pieces = dict(index.dense_search(query, len(index), pieces=1000))
+    assert chunks_only[row] == pytest.approx(whole, abs=1e-5)
+    assert with_pieces[row] == pytest.approx(1.0, abs=1e-5)
+    assert index.dense_search(query, 1, pieces=1000)[0][0] == row
+    for other, score in with_pieces.items():  # never below the chunk's own score
+        assert score >= chunks_only[other] - 1e-6
 
 
 def test_dense_and_lexical_search_of_loaded_index(settings) -> None:  # type: ignore[no-untyped-def]
@@ -183,8 +212,10 @@ def test_editing_one_file_reembeds_only_its_chunks(settings) -> None:  # type: i
     assert sorted(report.unchanged) == sorted(set(FILES) - {"transformer.txt"})
     assert factory.calls == 1
     new_chunks = chunk_document(load_file(path, "transformer.txt"), ChunkerSettings(80, 20))
-    assert factory.embedder.embedded_texts == [search_text(c) for c in new_chunks]
+    new_pieces = [t for c in new_chunks for t in piece_texts(c, settings.piece_chars)]
+    assert factory.embedder.embedded_texts == [search_text(c) for c in new_chunks] + new_pieces
     assert report.embedded == len(new_chunks)
+    assert report.pieces_embedded == len(new_pieces)
 
     after = Index.load(Path(settings.index_dir))
     assert [c for c in after.chunks if c.path == "transformer.txt"] == new_chunks
@@ -195,6 +226,15 @@ def test_editing_one_file_reembeds_only_its_chunks(settings) -> None:  # type: i
     for c, v in zip(after.chunks, after.vectors()):
         if c.path != "transformer.txt":
             np.testing.assert_array_equal(v, old_rows[c.id])  # reused, not recomputed
+    old_pieces = {c.id: [] for c in before.chunks}
+    for v, row in zip(*before.piece_vectors()):
+        old_pieces[before.chunks[row].id].append(v)
+    new_pieces_of = {c.id: [] for c in after.chunks}
+    for v, row in zip(*after.piece_vectors()):
+        new_pieces_of[after.chunks[row].id].append(v)
+    for c in after.chunks:
+        if c.path != "transformer.txt":
+            np.testing.assert_array_equal(np.array(new_pieces_of[c.id]), np.array(old_pieces[c.id]))
 
 
 def test_deleting_a_file_removes_its_chunks(settings) -> None:  # type: ignore[no-untyped-def]
@@ -271,6 +311,18 @@ def test_changed_chunk_settings_rebuild_everything(settings) -> None:  # type: i
     assert factory.calls == 1
     index = Index.load(Path(settings.index_dir))
     assert index.manifest.chunker["size"] == 200
+
+
+def test_changed_piece_size_rebuilds_everything(settings) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    _build(settings)
+    report, _ = _build(replace(settings, piece_chars=0))
+    assert sorted(report.added) == sorted(FILES)
+    index = Index.load(Path(settings.index_dir))
+    assert index.pieces is None and index.manifest.piece_chars == 0
+    assert not (_current_target(settings) / "pieces.faiss").exists()
+    assert index.dense_search(index.vectors()[0], 1, pieces=500)[0][0] == 0  # no pieces: chunks alone
 
 
 def test_changed_embedder_hash_rebuilds_everything(settings) -> None:  # type: ignore[no-untyped-def]
@@ -568,7 +620,7 @@ def test_incremental_updates_retrieve_exactly_like_a_full_rebuild(tmp_path: Path
     update()
     edited.write_text(edited.read_text(encoding="utf-8").replace("增量索引测试", "再次编辑"), "utf-8")  # first in order
     update()
-    assert factory.embedder.encode_documents_calls == 6  # each step embedded only its own changes
+    assert factory.embedder.encode_documents_calls == 12  # each step embedded only its own changes (and their pieces)
 
     incremental = Index.load(Path(s.index_dir))
     full_settings = replace(s, index_dir=tmp_path / "full-index")
@@ -580,6 +632,9 @@ def test_incremental_updates_retrieve_exactly_like_a_full_rebuild(tmp_path: Path
         k: (v.sha256, v.chunk_ids) for k, v in full.manifest.files.items()
     }
     np.testing.assert_allclose(incremental.vectors(), full.vectors(), atol=1e-6)
+    (pieces_a, owners_a), (pieces_b, owners_b) = incremental.piece_vectors(), full.piece_vectors()
+    assert owners_a.tolist() == owners_b.tolist() and len(owners_a) > 3 * len(full.chunks)
+    np.testing.assert_allclose(pieces_a, pieces_b, atol=1e-6)
     params = RetrievalParams.from_settings(s)
     a, b = Retriever(incremental, FakeEmbedder(), params), Retriever(full, FakeEmbedder(), params)
     for question in _questions():

@@ -250,9 +250,10 @@ def test_params_from_settings(world) -> None:  # type: ignore[no-untyped-def]
     settings, _ = world
     s = replace(
         settings, candidates=12, rrf_k=7, dense_weight=0.5, lexical_weight=2.0, min_dense_score=0.4,
-        fusion="rrf", per_doc_cap=3, top_k=4, join_max_chars=650,
+        fusion="rrf", per_doc_cap=3, top_k=4, join_max_chars=650, piece_candidates=300,
     )  # fmt: skip
-    assert RetrievalParams.from_settings(s) == RetrievalParams(12, 7, 0.5, 2.0, 0.4, "rrf", 3, 4, 650)
+    assert RetrievalParams.from_settings(s) == RetrievalParams(12, 7, 0.5, 2.0, 0.4, "rrf", 3, 4, 650, 300)
+    assert RetrievalParams.from_settings(replace(s, piece_chars=0)).piece_candidates == 0  # no pieces to look up
 
 
 def test_weights_change_the_order(world) -> None:  # type: ignore[no-untyped-def]

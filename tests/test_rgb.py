@@ -327,7 +327,8 @@ def test_scale_command_on_a_small_synthetic_index(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "600 synthetic chunks" in result.stdout and "fused: Retriever.rank" in result.stdout
     data = json.loads(out.read_text())
-    assert [x["n"] for x in data["latencies"]] == [20, 20, 20]
+    assert [x["n"] for x in data["latencies"]] == [20, 20, 20, 20]  # chunks, chunks and pieces, BM25, fused
+    assert "3,000 pieces" in result.stdout and data["pieces_memory_mb"] > 0  # 5 per chunk by default
     kinds = [a["index"] for a in data["ann"]]
     assert kinds[0].startswith("Flat") and any("HNSW" in k for k in kinds) and any("IVF" in k for k in kinds)
     assert data["ann"][0]["recall_at_10"] == 1.0

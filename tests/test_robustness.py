@@ -75,7 +75,7 @@ def cli(monkeypatch: pytest.MonkeyPatch) -> Cli:
 
 def test_index_command_says_what_changed_and_how_long_it_took(settings, cli: Cli) -> None:  # type: ignore[no-untyped-def]
     first = cli(settings, "index")
-    assert re.search(r"^Updated the index in [\d.]+ s: 3 documents, \d+ chunks \(embedded \d+\)\.$", first.stdout, re.M)
+    assert re.search(r"^Updated the index in [\d.]+ s: 3 documents, \d+ chunks \(embedded \d+(, and \d+ sentence pieces)?\)\.$", first.stdout, re.M)
     assert re.search(r"^  added +3  cooking\.md, deepseek\.md, transformer\.txt$", first.stdout, re.M)
     corpus = Path(settings.corpus_dir)
     (corpus / "cooking.md").unlink()
