@@ -644,17 +644,17 @@ def _write_build(
 ) -> None:
     import faiss
 
+    def write_flat(name: str, rows: np.ndarray) -> None:
+        index = faiss.IndexFlatIP(manifest.dim)
+        if len(rows):
+            index.add(np.ascontiguousarray(rows, dtype=np.float32))
+        faiss.write_index(index, str(staging / name))
+
     staging = new_staging(root)
-    dense = faiss.IndexFlatIP(manifest.dim)
-    if len(vectors):
-        dense.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    faiss.write_index(dense, str(staging / "dense.faiss"))
+    write_flat("dense.faiss", vectors)
     if manifest.piece_chars > 0:
         piece_vectors, owners = pieces
-        piece_index = faiss.IndexFlatIP(manifest.dim)
-        if len(piece_vectors):
-            piece_index.add(np.ascontiguousarray(piece_vectors, dtype=np.float32))
-        faiss.write_index(piece_index, str(staging / "pieces.faiss"))
+        write_flat("pieces.faiss", piece_vectors)
         np.save(staging / "pieces.npy", owners)
     LexicalIndex.build([tokenize(search_text(c)) for c in chunks]).save(staging / "bm25")
     publish(root, staging, manifest, chunks)

@@ -51,6 +51,19 @@ def random_unit_vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarra
     return v
 
 
+def random_flat_index(n: int, dim: int, rng: np.random.Generator, desc: str, progress: bool, unit: str):  # type: ignore[no-untyped-def]
+    """An `IndexFlatIP` of `n` random unit vectors, added one batch at a time (memory: the index, one batch)."""
+    import faiss
+
+    index = faiss.IndexFlatIP(dim)
+    with progress_bar(n, desc, progress, unit=unit) as bar:
+        for start in range(0, n, VECTOR_BATCH):
+            batch = random_unit_vectors(min(VECTOR_BATCH, n - start), dim, rng)
+            index.add(batch)
+            bar.update(len(batch))
+    return index
+
+
 def jieba_vocabulary(max_words: int = 60_000) -> tuple[list[str], np.ndarray]:
     """The most frequent all-Chinese words of jieba's dictionary and their probabilities."""
     import re
@@ -154,23 +167,13 @@ def run_scale(
     build: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    dense = faiss.IndexFlatIP(dim)
-    with progress_bar(chunks, "random vectors -> IndexFlatIP", progress, unit="chunk") as bar:
-        for start in range(0, chunks, VECTOR_BATCH):
-            batch = random_unit_vectors(min(VECTOR_BATCH, chunks - start), dim, rng)
-            dense.add(batch)
-            bar.update(len(batch))
+    dense = random_flat_index(chunks, dim, rng, "random vectors -> IndexFlatIP", progress, "chunk")
     build["faiss_flat"] = time.perf_counter() - t0
     pieces = None
     if pieces_per_chunk > 0:
         t0 = time.perf_counter()
-        n_pieces = chunks * pieces_per_chunk
-        piece_index = faiss.IndexFlatIP(dim)
-        with progress_bar(n_pieces, "random piece vectors -> IndexFlatIP", progress, unit="piece") as bar:
-            for start in range(0, n_pieces, VECTOR_BATCH):
-                batch = random_unit_vectors(min(VECTOR_BATCH, n_pieces - start), dim, rng)
-                piece_index.add(batch)
-                bar.update(len(batch))
+        piece_index = random_flat_index(chunks * pieces_per_chunk, dim, rng, "random piece vectors -> IndexFlatIP",
+                                        progress, "piece")  # fmt: skip
         pieces = Pieces(piece_index, np.repeat(np.arange(chunks, dtype=np.int64), pieces_per_chunk))
         build["faiss_pieces"] = time.perf_counter() - t0
 
