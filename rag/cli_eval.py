@@ -265,7 +265,7 @@ def rgb_cmd(
                 typer.echo(f"{len(data_rows)} rows, {len(pool.texts)} distinct passages; index under {root}", err=True)
             index, info = rgb.ensure_pool_index(
                 pool, root, pipeline.get_embedder, settings.embed_model, get_spec(settings.embed_model).sha256,
-                chunker, progress=not quiet,
+                chunker, settings.piece_chars, progress=not quiet,
             )  # fmt: skip
 
             def progress(i: int, n: int, r) -> None:  # type: ignore[no-untyped-def]

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rag.chunking import ChunkerSettings, chunk_document, search_text
+from rag.chunking import ChunkerSettings, chunk_document, piece_texts, search_text
 from rag.errors import RagError
 from rag.evaluation import text_table
 from rag.schema import Chunk, Document, Hit
@@ -219,6 +219,7 @@ class PoolIndexInfo:
     reused: bool
     passages: int
     chunks: int
+    pieces: int  # sentence-piece vectors beside the chunks' (0: built without them)
     build_seconds: float  # of the build that made it (recorded in the build when reused)
     embed_seconds: float
     bm25_seconds: float
@@ -230,7 +231,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def pool_key(pool: PassagePool, embed_model: str, embed_sha256: str, chunker: ChunkerSettings) -> dict[str, Any]:
+def pool_key(
+    pool: PassagePool, embed_model: str, embed_sha256: str, chunker: ChunkerSettings, piece_chars: int = 0
+) -> dict[str, Any]:
     from rag.index import FORMAT_VERSION
 
     return {
@@ -240,6 +243,7 @@ def pool_key(pool: PassagePool, embed_model: str, embed_sha256: str, chunker: Ch
         "embed_model": embed_model,
         "embed_sha256": embed_sha256,
         "chunker": chunker.as_dict(),
+        "piece_chars": piece_chars,
     }
 
 
@@ -260,28 +264,31 @@ def ensure_pool_index(
     embed_model: str,
     embed_sha256: str,
     chunker: ChunkerSettings,
+    piece_chars: int = 0,
     progress: bool = True,
 ) -> tuple[Index, PoolIndexInfo]:
     """Load the pooled index for exactly this pool and embedder from `root`, building it first if needed.
 
-    Each (pool, embedder, chunker) gets its own folder `root/<key>/`, in the
-    product's index layout (`current` -> `builds/<id>`), so `Index.load`
-    reads it and a second run only loads it.
+    Each (pool, embedder, chunker, piece size) gets its own folder `root/<key>/`,
+    in the product's index layout (`current` -> `builds/<id>`, sentence pieces
+    included when piece_chars > 0), so `Index.load` reads it and a second run
+    only loads it.
     """
     from rag.index import BuildLock, Index, index_exists
 
-    key = pool_key(pool, embed_model, embed_sha256, chunker)
+    key = pool_key(pool, embed_model, embed_sha256, chunker, piece_chars)
     directory = root / _key_id(key)
     with BuildLock(directory, wait=True):
         reused = index_exists(directory) and _read_key(directory) == key
         if not reused:
-            stats = _build_pool_index(pool, directory, embedder_factory(), embed_model, embed_sha256, chunker, key,
-                                      progress)  # fmt: skip
+            stats = _build_pool_index(pool, directory, embedder_factory(), embed_model, embed_sha256, chunker,
+                                      piece_chars, key, progress)  # fmt: skip
         else:
             stats = json.loads((directory / "current" / "rgb.json").read_text(encoding="utf-8"))["build"]
     index = Index.load(directory, embed_model, embed_sha256)
     info = PoolIndexInfo(
         directory=str(directory), key=_key_id(key), reused=reused, passages=len(pool.texts), chunks=len(index),
+        pieces=len(index.pieces) if index.pieces is not None else 0,
         build_seconds=stats["seconds"], embed_seconds=stats["embed_seconds"], bm25_seconds=stats["bm25_seconds"],
         peak_rss_mb=peak_rss_mb(),
     )  # fmt: skip
@@ -303,6 +310,7 @@ def _build_pool_index(
     embed_model: str,
     embed_sha256: str,
     chunker: ChunkerSettings,
+    piece_chars: int,
     key: dict[str, Any],
     progress: bool,
 ) -> dict[str, float]:
@@ -327,17 +335,23 @@ def _build_pool_index(
 
     staging = new_staging(directory)
 
+    def embed_into_faiss(texts: list[str], name: str, desc: str) -> None:
+        dense = faiss.IndexFlatIP(embedder.dim)
+        with progress_bar(len(texts), desc, progress) as bar:
+            for i in range(0, len(texts), EMBED_BATCH):
+                vectors = embedder.encode_documents(texts[i : i + EMBED_BATCH])
+                dense.add(np.ascontiguousarray(vectors, dtype=np.float32))
+                bar.update(len(vectors))
+        faiss.write_index(dense, str(staging / name))
+
     t_embed = time.perf_counter()
-    dense = faiss.IndexFlatIP(embedder.dim)
     texts = [search_text(c) for c in chunks]
-    with progress_bar(len(texts), "embedding RGB passages", progress) as bar:
-        for i in range(0, len(texts), EMBED_BATCH):
-            vectors = embedder.encode_documents(texts[i : i + EMBED_BATCH])
-            dense.add(np.ascontiguousarray(vectors, dtype=np.float32))
-            bar.update(len(vectors))
+    embed_into_faiss(texts, "dense.faiss", "embedding RGB passages")
+    if piece_chars > 0:  # as the product's index has them (index.build)
+        pieces_of = [piece_texts(c, piece_chars) for c in chunks]
+        np.save(staging / "pieces.npy", np.repeat(np.arange(len(chunks), dtype=np.int64), [len(p) for p in pieces_of]))
+        embed_into_faiss([t for p in pieces_of for t in p], "pieces.faiss", "embedding their sentence pieces")
     embed_seconds = time.perf_counter() - t_embed
-    faiss.write_index(dense, str(staging / "dense.faiss"))
-    del dense
 
     t_bm25 = time.perf_counter()
     with progress_bar(len(texts), "BM25 tokens", progress) as bar:
@@ -349,7 +363,8 @@ def _build_pool_index(
     del tokens
     bm25_seconds = time.perf_counter() - t_bm25
 
-    manifest = Manifest(FORMAT_VERSION, embed_model, embed_sha256, embedder.dim, chunker.as_dict(), files, built_at=now)
+    manifest = Manifest(FORMAT_VERSION, embed_model, embed_sha256, embedder.dim, chunker.as_dict(), files, built_at=now,
+                        piece_chars=piece_chars)  # fmt: skip
     stats = {"seconds": time.perf_counter() - t0, "embed_seconds": embed_seconds, "bm25_seconds": bm25_seconds}
     (staging / "rgb.json").write_text(json.dumps({"key": key, "build": stats}, indent=1), encoding="utf-8")
     publish(directory, staging, manifest, chunks)
@@ -478,7 +493,7 @@ def evaluate_pool_retrieval(
         seconds["fused"].append(time.perf_counter() - t0)
         vector = embedder.encode_query(query)
         t0 = time.perf_counter()
-        dense = index.dense_search(vector, depth)
+        dense = index.dense_search(vector, depth, pieces=params.piece_candidates)
         seconds["dense"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         lexical = index.lexical_search(query, depth)
@@ -523,7 +538,8 @@ def format_retrieval_report(report: RetrievalReport) -> str:
     built = "reused (built earlier in" if info.reused else "built in"
     return (
         f"{text_table(header, rows)}\n\n{lat}\n\n"
-        f"Index: {info.passages} distinct passages -> {info.chunks} chunks, {built} {info.build_seconds:.0f} s"
+        f"Index: {info.passages} distinct passages -> {info.chunks} chunks"
+        f"{f' and {info.pieces} sentence pieces' if info.pieces else ''}, {built} {info.build_seconds:.0f} s"
         f"{')' if info.reused else ''}: embedding {info.embed_seconds:.0f} s, BM25 {info.bm25_seconds:.0f} s. "
         f"{info.directory}\nPeak memory (ru_maxrss): {peak_rss_mb():.0f} MB"
     )

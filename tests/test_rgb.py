@@ -185,6 +185,32 @@ def test_pooled_index_is_built_in_batches_then_reused(rows, tmp_path: Path, monk
     assert third.reused
 
 
+def test_pooled_index_has_the_products_sentence_pieces(tmp_path: Path) -> None:
+    """With piece_chars set, the pooled index is searched as the product's is: a passage's best sentence counts."""
+    long = "新年庆祝活动吸引大批民众。" * 3 + "踩踏事故造成12人死亡。"  # the fact is one sentence of four
+    rows = [rgb.RgbRow("0", "踩踏事故死亡人数", (("12人",),), (long,), ("铁路部门表示将加固桥梁。",))]
+    pool = rgb.pool_passages(rows)
+    factory = CountingFactory()
+    index, info = rgb.ensure_pool_index(pool, tmp_path / "idx", factory, "fake-bigram", "sha", CHUNKER, piece_chars=14,
+                                        progress=False)  # fmt: skip
+    row = next(i for i, c in enumerate(index.chunks) if "踩踏" in c.text)
+    assert info.pieces == 4 and index.pieces is not None and list(index.pieces.owners) == [row] * 4
+    assert [t.split("\n")[-1] for t in factory.embedder.document_calls[-1]] == [
+        "新年庆祝活动吸引大批民众。", "新年庆祝活动吸引大批民众。", "新年庆祝活动吸引大批民众。", "踩踏事故造成12人死亡。",
+    ]  # fmt: skip
+    # A different piece size is a different index; 0 builds none.
+    _, without = rgb.ensure_pool_index(pool, tmp_path / "idx", factory, "fake-bigram", "sha", CHUNKER, progress=False)
+    assert not without.reused and without.pieces == 0 and without.directory != info.directory
+
+    vector = factory.embedder.encode_query("踩踏事故造成12人死亡")
+    own, best = dict(index.dense_search(vector, 2)), dict(index.dense_search(vector, 2, pieces=10))
+    assert best[row] > own[row] + 0.1  # the fact's own sentence is closer to the question than the whole passage
+    report = rgb.evaluate_pool_retrieval(rows, pool, index, factory.embedder, RetrievalParams(piece_candidates=10),
+                                         info)  # fmt: skip
+    assert report.modes[1].hit[1] == 1.0
+    assert "2 distinct passages -> 2 chunks and 4 sentence pieces" in rgb.format_retrieval_report(report)
+
+
 def test_pool_retrieval_scores_all_three_modes(rows, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pool = rgb.pool_passages(rows)
     factory = CountingFactory()
