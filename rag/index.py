@@ -47,6 +47,10 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 2  # 2: BM25 tokens include Chinese character bigrams
 REBUILD_HINT = "Run: rag index --full"
 CHECKSUMS = "SHA256SUMS"
+# The vector files of a build; rag/rgb.py writes its pooled index in the same layout.
+DENSE_FILE = "dense.faiss"
+PIECES_FILE = "pieces.faiss"
+PIECE_OWNERS_FILE = "pieces.npy"
 # Crash tests set this to a stage name (see _pause_point); unset in normal use.
 PAUSE_ENV = "RAG_INDEX_PAUSE_AT"
 
@@ -213,7 +217,7 @@ class Index:
             )
         try:
             chunks = [Chunk.from_dict(json.loads(line)) for line in (directory / "chunks.jsonl").open(encoding="utf-8")]
-            dense = faiss.read_index(str(directory / "dense.faiss"))
+            dense = faiss.read_index(str(directory / DENSE_FILE))
             lexical = LexicalIndex.load(directory / "bm25", len(chunks))
         except Exception as exc:
             raise IndexStateError(f"The index in {directory} is damaged ({exc.__class__.__name__}: {exc}).", REBUILD_HINT) from exc
@@ -273,8 +277,8 @@ def _load_pieces(directory: Path, manifest: Manifest, rows: int) -> Pieces | Non
     import faiss
 
     try:
-        dense = faiss.read_index(str(directory / "pieces.faiss"))
-        owners = np.load(directory / "pieces.npy").astype(np.int64)
+        dense = faiss.read_index(str(directory / PIECES_FILE))
+        owners = np.load(directory / PIECE_OWNERS_FILE).astype(np.int64)
     except Exception as exc:
         raise IndexStateError(f"The index in {directory} is damaged ({exc.__class__.__name__}: {exc}).", REBUILD_HINT) from exc
     if dense.ntotal != len(owners) or (len(owners) and (owners.min() < 0 or owners.max() >= rows)) or (
@@ -319,7 +323,7 @@ def _verify_checksums(directory: Path) -> None:
             listed[name] = digest
     except (OSError, ValueError) as exc:
         raise damaged(f"{CHECKSUMS} is unreadable ({exc})") from exc
-    for name in sorted({"manifest.json", "chunks.jsonl", "dense.faiss"} - set(listed)):
+    for name in sorted({"manifest.json", "chunks.jsonl", DENSE_FILE} - set(listed)):
         raise damaged(f"{CHECKSUMS} does not list {name}")
     for name, digest in listed.items():
         path = directory / name
@@ -651,11 +655,11 @@ def _write_build(
         faiss.write_index(index, str(staging / name))
 
     staging = new_staging(root)
-    write_flat("dense.faiss", vectors)
+    write_flat(DENSE_FILE, vectors)
     if manifest.piece_chars > 0:
         piece_vectors, owners = pieces
-        write_flat("pieces.faiss", piece_vectors)
-        np.save(staging / "pieces.npy", owners)
+        write_flat(PIECES_FILE, piece_vectors)
+        np.save(staging / PIECE_OWNERS_FILE, owners)
     LexicalIndex.build([tokenize(search_text(c)) for c in chunks]).save(staging / "bm25")
     publish(root, staging, manifest, chunks)
 

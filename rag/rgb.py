@@ -317,7 +317,16 @@ def _build_pool_index(
     """Write one build in the product's layout; vectors go into FAISS one batch at a time."""
     import faiss
 
-    from rag.index import FORMAT_VERSION, FileEntry, Manifest, new_staging, publish
+    from rag.index import (
+        DENSE_FILE,
+        FORMAT_VERSION,
+        PIECE_OWNERS_FILE,
+        PIECES_FILE,
+        FileEntry,
+        Manifest,
+        new_staging,
+        publish,
+    )
     from rag.lexical import LexicalIndex, tokenize
 
     t0 = time.perf_counter()
@@ -346,11 +355,11 @@ def _build_pool_index(
 
     t_embed = time.perf_counter()
     texts = [search_text(c) for c in chunks]
-    embed_into_faiss(texts, "dense.faiss", "embedding RGB passages")
+    embed_into_faiss(texts, DENSE_FILE, "embedding RGB passages")
     if piece_chars > 0:  # as the product's index has them (index.build)
         pieces_of = [piece_texts(c, piece_chars) for c in chunks]
-        np.save(staging / "pieces.npy", np.repeat(np.arange(len(chunks), dtype=np.int64), [len(p) for p in pieces_of]))
-        embed_into_faiss([t for p in pieces_of for t in p], "pieces.faiss", "embedding their sentence pieces")
+        np.save(staging / PIECE_OWNERS_FILE, np.repeat(np.arange(len(chunks), dtype=np.int64), [len(p) for p in pieces_of]))
+        embed_into_faiss([t for p in pieces_of for t in p], PIECES_FILE, "embedding their sentence pieces")
     embed_seconds = time.perf_counter() - t_embed
 
     t_bm25 = time.perf_counter()
