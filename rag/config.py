@@ -97,7 +97,7 @@ class Settings:
     lean_later_chars: int = 120
     prompt_token_budget: int = 1400  # tokens of passages at most; leaves room to answer
 
-    # --- passage KV store (rag/kvstore.py; issue #8) ---
+    # --- passage KV store (rag/answer/kvstore.py; issue #8) ---
     # Each passage's KV cache is computed once, at index time, so a question only makes the model
     # read the labels and the question (~40 tokens instead of ~650): first token ~1 s instead of ~7 s.
     # Costs disk (~15 KB per corpus token with q8_0) and one forward pass over the corpus to build.

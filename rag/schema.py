@@ -65,7 +65,7 @@ class Hit:
     """A retrieved chunk with the scores that ranked it (None = not in that list)."""
 
     chunk: Chunk
-    score: float  # the fused score (see rag/retrieval.py)
+    score: float  # the fused score (see rag/answer/retrieval.py)
     dense_score: float | None = None
     lexical_score: float | None = None
 
@@ -91,7 +91,7 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)  # seconds
     prompt_tokens: int = 0  # tokens the model read before answering (cached blocks not counted)
     completion_tokens: int = 0
-    path: str = "ordinary"  # "cached": the passages' KV came from the store (rag/kvstore.py), only the rest was read
+    path: str = "ordinary"  # "cached": the passages' KV came from the store (rag/answer/kvstore.py), only the rest was read
     cached_tokens: int = 0  # passage tokens restored from the store instead of read
     # Each generation's path in order: ["cached", "ordinary"] when the cached answer was written
     # again from the whole prompt; a self-refusal asked again adds one more.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rag.generation import Usage
+from rag.llm.generation import Usage
 
 DIM = 32
 
@@ -39,7 +39,7 @@ def bigram_vector(text: str, dim: int = DIM) -> np.ndarray:
 
 
 class FakeEmbedder:
-    """Implements rag.embedding.Embedder without a model: bigram hashing.
+    """Implements rag.index.embedding.Embedder without a model: bigram hashing.
 
     Records every call so tests can count what was (re-)embedded.
     """
@@ -89,7 +89,7 @@ class CountingFactory:
 
 
 class FakeGenerator:
-    """Implements rag.generation.Generator: replays scripted replies piece by piece.
+    """Implements rag.llm.generation.Generator: replays scripted replies piece by piece.
 
     `replies` is a list of replies, one per stream() call; each reply is a
     string (split into pieces of `piece_chars` characters) or a list of pieces.

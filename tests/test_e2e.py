@@ -32,7 +32,7 @@ def test_ask_json_cites_only_retrieved_passages(small_env: dict[str, str]) -> No
 
 
 def test_ask_streams_tokens_in_process(small_world) -> None:  # type: ignore[no-untyped-def]
-    from rag.pipeline import Done, Pipeline, Retrieved, Token
+    from rag.answer.pipeline import Done, Pipeline, Retrieved, Token
 
     events = list(Pipeline(small_world).ask("What did Google introduce in 2017?"))
     assert isinstance(events[0], Retrieved)
@@ -54,7 +54,7 @@ def test_index_and_answer_open_no_network_connection(small_world, no_network, tm
     from dataclasses import replace
 
     from rag.cli import run_index
-    from rag.pipeline import Done, Pipeline
+    from rag.answer.pipeline import Done, Pipeline
 
     settings = replace(small_world, index_dir=tmp_path / "index")
     run_index(settings, full=True, quiet=True)

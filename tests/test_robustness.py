@@ -21,10 +21,10 @@ import pytest
 from typer.testing import CliRunner
 
 from rag.errors import IndexStateError, QuestionError
-from rag.index import BuildLock, Index, build
+from rag.index.build import BuildLock, Index, build
 from rag.models import get_spec
-from rag.pipeline import Done, Pipeline
-from rag.prompting import SYSTEM_PROMPT
+from rag.answer.pipeline import Done, Pipeline
+from rag.answer.prompting import SYSTEM_PROMPT
 from rag.schema import Answer
 from tests.fakes import TINY_CORPUS, CountingFactory, FakeEmbedder, FakeGenerator, isolate, tiny_settings
 
@@ -50,7 +50,7 @@ class Cli:
     """`rag ...` run in-process, with the fake embedder standing in for the model; `loads` lists each model load."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import rag.embedding
+        import rag.index.embedding
 
         self.loads: list[str] = []
 
@@ -58,8 +58,8 @@ class Cli:
             self.loads.append(name)
             return FakeEmbedder()
 
-        monkeypatch.setattr(rag.embedding, "load_embedder", fake_load)
-        monkeypatch.setattr(rag.embedding, "load_document_embedder", fake_load)
+        monkeypatch.setattr(rag.index.embedding, "load_embedder", fake_load)
+        monkeypatch.setattr(rag.index.embedding, "load_document_embedder", fake_load)
 
     def __call__(self, settings, *args: str):  # type: ignore[no-untyped-def]
         from rag.cli import app
@@ -172,7 +172,7 @@ def test_gbk_encoded_chinese_is_indexed_and_found(settings) -> None:  # type: ig
 
 
 def test_50_mb_file_is_refused_by_the_size_limit_with_flat_memory(settings) -> None:  # type: ignore[no-untyped-def]
-    from rag.lexical import tokenize
+    from rag.index.lexical import tokenize
 
     assert settings.max_file_mb == 50.0  # the default limit is what is tested
     huge = Path(settings.corpus_dir) / "huge.txt"
@@ -413,7 +413,7 @@ def test_stale_lock_of_a_killed_build_is_cleared(settings) -> None:  # type: ign
     holder = textwrap.dedent(
         f"""
         from pathlib import Path
-        from rag.index import BuildLock
+        from rag.index.build import BuildLock
         lock = BuildLock(Path({str(root)!r})).__enter__()
         print("held", flush=True)
         input()
@@ -498,7 +498,7 @@ def _wait_for(condition, timeout: float = 20.0) -> None:  # type: ignore[no-unty
 
 
 def test_watch_updates_once_per_burst_of_changes(settings) -> None:  # type: ignore[no-untyped-def]
-    from rag.watch import watch
+    from rag.ingest.watch import watch
 
     corpus = Path(settings.corpus_dir)
     reports: list = []

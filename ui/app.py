@@ -28,9 +28,9 @@ import gradio as gr
 
 from rag.config import Settings
 from rag.errors import RagError
-from rag.index import BuildReport
-from rag.kvstore import BackgroundBuild
-from rag.pipeline import MAX_QUESTION_CHARS, Done, Pipeline, Restart, Retrieved, Token, Turn
+from rag.index.build import BuildReport
+from rag.answer.kvstore import BackgroundBuild
+from rag.answer.pipeline import MAX_QUESTION_CHARS, Done, Pipeline, Restart, Retrieved, Token, Turn
 from ui import render
 from ui.assets import CSS, FONTS, JS, MONO_FONTS, STORE_LANGUAGE_JS
 from ui.chat_models import ChatModels, offered_models

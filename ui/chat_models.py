@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import replace
 
 from rag.models import REGISTRY
-from rag.pipeline import Pipeline
+from rag.answer.pipeline import Pipeline
 
 # Roles shown in the model menu, in this order (see rag/models.py).
 OFFERED_ROLES = ("default", "fast")

@@ -1,7 +1,7 @@
 """Index updates from the page: the build runs in a thread and reports progress as it goes.
 
 The build writes a new index beside the live one and swaps it in at the end
-(rag/index.py), so questions keep being answered from the old index until
+(rag/index/build.py), so questions keep being answered from the old index until
 then; Pipeline.get_index() notices the swap on the next question.
 """
 
@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rag.index import BuildReport, build
+from rag.index.build import BuildReport, build
 from rag.models import get_spec
 
 if TYPE_CHECKING:
     from rag.config import Settings
-    from rag.embedding import Embedder
+    from rag.index.embedding import Embedder
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from rag.citations import key_terms, sentences_citing, support
+from rag.answer.citations import key_terms, sentences_citing, support
 from rag.schema import Answer, Chunk, Hit
 from ui.text import TEXT, lang_or_default, say
 
 if TYPE_CHECKING:
-    from rag.index import Index
+    from rag.index.build import Index
 
 # How many past turns keep their sources in the panel (older [n] links then lead nowhere).
 KEEP_TURNS = 10

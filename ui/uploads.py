@@ -20,7 +20,7 @@ from enum import Enum
 from pathlib import Path
 
 from rag.errors import DocumentError
-from rag.loaders import SUPPORTED_SUFFIXES, decode_text
+from rag.ingest.loaders import SUPPORTED_SUFFIXES, decode_text
 
 MAX_NAME_BYTES = 200  # well under the 255-byte limit of common file systems, in UTF-8
 _UNSAFE = re.compile(r'[<>:"/\\|?*]')

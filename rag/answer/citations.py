@@ -1,0 +1,557 @@
+"""Answer text + passages -> checked citations.
+
+Small models forget, misnumber or invent [n] markers, so markers are
+checked, not trusted: a marker pointing at no passage is dropped; one whose
+passage does not support its sentence is moved to the passage that does (or
+dropped); a sentence without a marker gets one when a passage clearly
+supports it; a factual sentence no passage supports is reported.
+
+Support is lexical: the share of the sentence's key terms (jieba words and
+numbers, after NFKC normalization) that occur in the passage.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rag.ingest.chunking import clean_text
+from rag.index.lexical import COMPANIES, STOPWORDS, mentions, words
+from rag.answer.prompting import ENGLISH_FULL_STOP, english_figures, language_of
+from rag.schema import Citation, Hit
+
+_MARKER = re.compile(r"\s?[\[【]\s*(\d{1,2}(?:\s*[,，、]\s*\d{1,2})*)\s*[\]】]")
+_SENTENCE = re.compile(rf"[^。！？!?\n]*?(?:[。！？!?]+|{ENGLISH_FULL_STOP}|\n|$)")
+# A number that stands alone: not the "3" of "DeepSeek-V3" or the "4" of "GPT-4o".
+_NUMBER = re.compile(r"(?<![a-z0-9.\-])\d+(?:\.\d+)?(?![a-z0-9])")
+
+# A number with the unit written after it: "557.6万美元", "2025年", "50%".
+_QUANTITY = re.compile(r"(?<![0-9a-z.])(\d+(?:\.\d+)?)\s?([%％]|[\u4e00-\u9fff]{1,3}|[a-z]{1,6})", re.IGNORECASE)
+CONFLICT_NOTE = {
+    "zh": "注意：资料说法不一，{refs}。",
+    "en": "Note: the sources differ: {refs}.",
+}
+CONFLICT_REF = {"zh": "[{n}] 写的是“{quote}”", "en": "[{n}] says “{quote}”"}
+MAX_CONFLICTS = 2
+
+# Qwen puts a space between a figure and a Chinese word ("1750 亿", "在 2022 年"); the
+# sources write "1750亿", and a reader searching the answer for the source's term should
+# find it. The digit of a Latin name ("GPT-4 和") keeps its space.
+_FIGURE_SPACE = re.compile(r"(?<![A-Za-z\-])(\d+(?:\.\d+)?)[ \t]+(?=[\u4e00-\u9fff%％])|(?<=[\u4e00-\u9fff])[ \t]+(?=\d)")
+
+
+def tidy_figures(text: str) -> str:
+    """'在 2022 年 11 月发布 1750 亿参数' -> '在2022年11月发布1750亿参数' (Chinese answers only)."""
+    return _FIGURE_SPACE.sub(lambda m: m.group(1) or "", text)
+
+
+SUPPORTS = 0.5  # share of key terms a passage must contain to support a sentence
+ATTACH = 0.6  # stricter bar for adding a marker the model did not write
+
+
+@dataclass(frozen=True)
+class CheckedAnswer:
+    text: str
+    citations: list[Citation]
+    unsupported: list[str]
+    factual_sentences: int = 0  # sentences that carry a checkable fact
+    conflicts: int = 0  # passages found to give another number for a fact of the answer
+
+
+def parse_markers(text: str) -> list[int]:
+    """Every cited number in order. '[1][2]', '[1, 3]' and '【2】' -> [1, 2, 1, 3, 2]."""
+    return [int(n) for m in _MARKER.finditer(text) for n in re.split(r"[,，、]", m.group(1))]
+
+
+def _norm(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).lower()
+
+
+def key_terms(sentence: str) -> set[str]:
+    sentence = _MARKER.sub("", sentence)
+    return set(words(sentence)) | set(_NUMBER.findall(_norm(sentence)))
+
+
+# A capitalised word or a name with a version in an English sentence: "TruthfulQA", "DeepSeek-V3", "LSTM".
+_PROPER = re.compile(r"(?<![A-Za-z0-9.\-])(?:[A-Z][A-Za-z0-9.\-]+|[A-Za-z]+-?\d[A-Za-z0-9.\-]*)")
+
+
+def _latin_names(text: str) -> set[str]:
+    """Capitalised or versioned Latin words, lower-cased: '创始人是 Jeffrey Dorr' -> {'jeffrey', 'dorr'}."""
+    return {m.group(0).rstrip(".-").lower() for m in _PROPER.finditer(unicodedata.normalize("NFKC", text))}
+
+
+# A figure with a one-letter unit or a percent sign, as both languages write it: "128k", "671b", "71.7%".
+_SHORT_UNIT = re.compile(r"(?<![a-z0-9.\-])\d+(?:\.\d+)?(?:[kmbt]|%)(?![a-z0-9])")
+
+
+def checkable_terms(sentence: str) -> set[str]:
+    """The terms a passage can be checked for. In an English sentence about Chinese passages
+    only figures and names can match ("TruthfulQA has 817 questions" -> {'truthfulqa', '817'});
+    its other words would count against every passage."""
+    if language_of(sentence) == "zh":
+        return key_terms(sentence)
+    body = _MARKER.sub("", sentence)
+    return (_latin_names(body) - STOPWORDS) | set(_NUMBER.findall(_norm(body))) | set(_SHORT_UNIT.findall(_norm(body)))
+
+
+# A name that carries a version: "GPT-4", "o3-mini", "DeepSeek-V3", "A100", "Llama 3", "Claude 3.5".
+# Small models lift a figure from a passage about GPT-3 into a sentence about GPT-4; the name
+# next to the figure is what tells them apart.
+_VERSIONED = re.compile(
+    # a word holding a digit ("gpt-4", "a100"), or a capitalised name, a space and a version ("Llama 3")
+    r"(?<![A-Za-z0-9.\-])(?:[A-Za-z][A-Za-z0-9.\-]*\d[A-Za-z0-9.\-]*|[A-Z][A-Za-z]*\s\d+(?:\.\d+)?)(?![A-Za-z0-9])"
+)
+
+
+_MONTHS = frozenset(["january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december"])
+
+
+def versioned_names(text: str) -> set[str]:
+    """'GPT-4 比 Llama 3 贵' -> {'gpt-4', 'llama 3'}; a date is no name ('In April 2024' -> set())."""
+    text = unicodedata.normalize("NFKC", _MARKER.sub("", text))
+    found = {m.group(0).rstrip(".-").lower() for m in _VERSIONED.finditer(text)}
+    return {name for name in found if name.split()[0] not in _MONTHS}
+
+
+_CLAUSE_END = re.compile(r"[。！？；!?;\n]")
+
+
+def grounded(number: str, names: set[str], text: str) -> bool:
+    """`number` occurs in `text` (normalised), about the sentence's versioned `names`.
+
+    The passage must name every one of `names`, and the passage sentence holding the
+    number must not be about another versioned name instead: in "gpt-3 有1750亿参数"
+    the 1750 belongs to GPT-3. Examples: grounded('1750', {'gpt-4'}, 'gpt-3 有1750亿参数')
+    is False; with {'gpt-3'} True; grounded('71.7', {'o3'}, 'o3：\n- 编程：达到 71.7%') True.
+    """
+    # Not the digit of a name: the 1 of "o1" is no "1个".
+    spots = [m.start() for m in re.finditer(r"(?<![0-9a-z.])" + re.escape(number) + r"(?![0-9])", text)]
+    if not spots or not all(mentions(text, name) for name in names):
+        return False
+    if not names:
+        return True
+    for at in spots:
+        starts = [m.end() for m in _CLAUSE_END.finditer(text, 0, at)]
+        end = _CLAUSE_END.search(text, at)
+        sentence = text[starts[-1] if starts else 0 : end.start() if end else len(text)]
+        if all(mentions(sentence, name) for name in names):
+            return True
+        own = {n for name in names for n in (name, *re.split(r"[\s\-]", name))}
+        if not (versioned_names(sentence) - own):
+            return True  # no other model named beside the figure
+    return False
+
+
+_DIGIT = re.compile(r"\d")
+
+
+def _digits_of(names: set[str]) -> set[str]:
+    """The numbers inside names ('gpt-4', 'claude 3.5' -> {'4', '3.5'}): versions, not figures."""
+    return {d for name in names for d in re.findall(r"\d+(?:\.\d+)?", name)}
+
+
+def support(sentence_terms: set[str], passage: str, names: set[str] | frozenset[str] = frozenset()) -> float:
+    """Share of the sentence's key terms the passage holds; 0 unless its figures are in the passage
+    (and about the sentence's versioned `names`, when it has any: see `grounded`)."""
+    return _support_in(sentence_terms, _norm(clean_text(passage)), names)
+
+
+def _support_in(sentence_terms: set[str], text: str, names: set[str] | frozenset[str] = frozenset()) -> float:
+    """`support` against a passage already cleaned and normalised (`text`)."""
+    if not sentence_terms:
+        return 0.0
+    numbers = {t for t in sentence_terms if _NUMBER.fullmatch(t)} - _digits_of(names)
+    if numbers and not any(grounded(n, names, text) for n in numbers):
+        return 0.0  # a sentence's numbers must come from the passage, about the same thing
+    parts = set(names) | _digits_of(names) | {p for name in names for p in re.split(r"[\s\-]", name)}
+    if any(not grounded(t, names, text) for t in sentence_terms if _DIGIT.search(t) and t not in numbers and t not in parts):
+        return 0.0  # a figure with its unit ("100k", "4-8b") must be in the passage as written, about the same thing
+    return sum(1 for t in sentence_terms if t in text) / len(sentence_terms)
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in _SENTENCE.findall(text) if s]
+
+
+def sentences_citing(text: str, number: int) -> list[str]:
+    """The sentences of an answer that carry the marker [number]."""
+    return [s for s in _sentences(text) if number in parse_markers(s)]
+
+
+# Words of connective phrases ("根据资料：", "总结如下：") that carry no checkable fact.
+_META = frozenset(
+    [
+        "根据",
+        "资料",
+        "总结",
+        "如下",
+        "以下",
+        "综上",
+        "所述",
+        "回答",
+        "问题",
+        "来看",
+        "可知",
+        "according",
+        "documents",
+        "passages",
+        "sources",
+        "answer",
+        "following",
+        "summary",
+    ]
+)
+
+
+# A sentence that only points at the sources; the 1.5B model often ends with one.
+_FILLER = re.compile(r"^(?:根据|综上|以上|总结|according to|based on)", re.IGNORECASE)
+
+
+def _is_factual(body: str) -> bool:
+    return len(key_terms(body) - _META) >= 2
+
+
+_CJK_WORD = re.compile(r"[\u4e00-\u9fff]+")
+_WINDOW = 8  # characters before a number that say what it counts ("训练成本仅" 557.6万美元)
+# Words that appear next to almost any figure and so cannot show two figures are about one thing.
+_GENERIC = frozenset(
+    [
+        "发布",
+        "推出",
+        "上线",
+        "提出",
+        "模型",
+        "版本",
+        "公司",
+        "达到",
+        "约为",
+        "大约",
+        "仅为",
+        "只有",
+        "左右",
+        "以上",
+        "以下",
+    ]
+)
+
+
+def _quantities(text: str) -> list[tuple[str, str, str]]:
+    """(number, unit, the text just before it) for each number with a unit. Months and
+    days are left out: "4月" and "7月" are usually different events."""
+    text = _norm(text)
+    out = []
+    for m in _QUANTITY.finditer(text):
+        unit = m.group(2)[:1] if m.group(2)[0] in "年月日" else m.group(2)
+        if unit in ("月", "日"):
+            continue
+        out.append((str(float(m.group(1))), unit, text[max(0, m.start() - _WINDOW) : m.start()]))
+    return out
+
+
+def conflicts(sentence: str, cited: Sequence[int], passages: Sequence[str]) -> list[tuple[int, str]]:
+    """Passages not cited by `sentence` that give another number, in the same unit, for the same thing.
+
+    "Same thing": see `_same_thing`. Example: "训练成本约为560万美元[1]" against a passage line
+    "训练成本仅557.6万美元" -> [(that passage's number, that line)].
+    """
+    mine = _quantities(sentence)
+    if not mine:
+        return []
+    values = {(v, u) for v, u, _ in mine}
+    found: list[tuple[int, str]] = []
+    for n, passage in enumerate(passages, start=1):
+        if n in cited:
+            continue
+        for line in _sentences(clean_text(passage)):
+            theirs = [q for q in _quantities(line) if q[1] in {u for _, u in values}]
+            if not theirs or {(v, u) for v, u, _ in theirs} & values:
+                continue  # no figure in the same unit, or the same figure: they agree
+            if any(
+                _same_thing(near, other_near, unit)
+                for _, unit, near in mine
+                for _, u2, other_near in theirs
+                if u2 == unit
+            ):
+                found.append((n, line.strip().strip("├└─│ 🔥").strip()))
+                break
+    return found
+
+
+# "DeepSeek-R1 于 2025 年 1 月发布", "由 DeepSeek 在 2024年底发布的": when a named model came out.
+_RELEASED = re.compile(r"发布|推出|上线|亮相|问世|公布|开源")
+_YEAR = re.compile(r"(?<!\d)(20\d\d)\s*年")
+_DATE_REACH = 30  # characters from the name to the year, and from the year to the verb
+
+
+def _release_years(clause: str, name: str) -> set[str]:
+    """Years the clause (normalised) gives for the release of `name`: the name, then within
+    a few characters a year, then a release verb, with no other versioned name between."""
+    found: set[str] = set()
+    for at in mentions(clause, name):
+        after = clause[at : at + len(name) + 2 * _DATE_REACH]
+        for m in _YEAR.finditer(after, len(name)):
+            between = after[len(name) : m.start()]
+            if m.start() - len(name) > _DATE_REACH or versioned_names(between):
+                break
+            verb = _RELEASED.search(after, m.end(), m.end() + _DATE_REACH // 2)
+            if verb and not versioned_names(after[verb.end() : verb.end() + 10]):
+                found.add(m.group(1))  # not "…超过了 2024 年发布的 o1": that year is o1's
+            break
+    return found
+
+
+def date_conflicts(sentence: str, cited: Sequence[int], passages: Sequence[str]) -> list[tuple[int, str]]:
+    """Passages not cited by `sentence` that date the release of the model it names in another year.
+
+    "DeepSeek-R1 于2025年1月发布[1]" against "DeepSeek R1：由中国初创公司DeepSeek在2024年底发布"
+    -> [(that passage's number, that line)]. Months are not compared: "1月" and "1月下旬" agree.
+    """
+    body = _norm(_MARKER.sub("", sentence))
+    names = versioned_names(body)
+    claimed = {name: _release_years(body, name) for name in names}
+    claimed = {name: years for name, years in claimed.items() if years}
+    found: list[tuple[int, str]] = []
+    for n, passage in enumerate(passages, start=1):
+        if n in cited:
+            continue
+        for line in _sentences(clean_text(passage)):
+            normed = _norm(line)
+            if any(_release_years(normed, name) - years for name, years in claimed.items()):
+                found.append((n, line.strip().strip("├└─│ 🔥").strip()))
+                break
+    return found
+
+
+def _same_thing(before: str, other_before: str, unit: str) -> bool:
+    """Both figures follow the same two specific Chinese words ("训练成本仅557.6万美元"
+    and "训练成本约为560万美元"). Strict on purpose: a wrong "the sources differ" note
+    misleads more than a missing one."""
+    shared = (set(words(before)) & set(words(other_before))) - _META - _GENERIC
+    return sum(1 for t in shared if len(t) >= 2 and _CJK_WORD.fullmatch(t) and t not in unit) >= 2
+
+
+def adds_nothing(answer: str, question: str) -> bool:
+    """The answer only repeats the question's own words ("Anthropic 是由 Anthropic 公司创办的")."""
+    new = key_terms(answer) - key_terms(question) - _META
+    return not any(len(t) >= 2 or t.isdigit() for t in new)
+
+
+# "多少参数", "多少种语言", "多少 token 的数据": the thing a Chinese question counts.
+_COUNTED = re.compile(r"多少\s*([^，。？！?,;；的是呢吗]{1,12})")
+_MONEY = re.compile(r"[元$¥￥]|美金|dollar|yuan", re.IGNORECASE)
+
+
+def misses_the_count(answer: str, question: str) -> bool:
+    """The question asks how many of something and no sentence of the answer names that thing
+    (with the model the question names, if it names one).
+
+    "Kimi k1.5 有多少参数？" answered with its context window is about another
+    figure: the model found no parameter count and reported what it did find.
+    """
+    question = unicodedata.normalize("NFKC", question)
+    if "多少钱" in question:  # "DeepSeek-R1 的训练花了多少钱？" answered "大约一个月的时间"
+        return not _MONEY.search(_MARKER.sub("", answer))
+    m = _COUNTED.search(question)
+    counted = {w for w in words(m.group(1)) if len(w) >= 2} if m else set()
+    if not counted:
+        return False
+    # "GPT-4 到底有多少参数？" answered "凭借1750亿参数，GPT-3 …": a count, but of another model.
+    asked = versioned_names(question)
+    return not any(
+        any(w in s for w in counted) and all(mentions(s, name) for name in asked)
+        for s in (_norm(x) for x in _sentences(_MARKER.sub("", answer)))
+    )
+
+
+# One list item three times running: "有三个型号：Qwen3-235B、Qwen3-235B、Qwen3-235B".
+_REPEATED_ITEM = re.compile(r"([^、，,；;。\s]{2,})(?:[、，,；;]\s*\1){2,}")
+
+
+def is_degenerate(answer: str) -> bool:
+    """The model looped on one or two tokens ("1. 1. 1. 1. 1. 1."), or on one list item: nothing to
+    show or check. Small models do this on prompts they cannot follow (asked for three models where
+    the passages name one); rendered, such text is an empty or a made-up list."""
+    text = _MARKER.sub("", answer)
+    tokens = re.findall(r"\w+", _norm(text))
+    return (len(tokens) >= 6 and len(set(tokens)) <= 2) or bool(_REPEATED_ITEM.search(text))
+
+
+_MAGNITUDE = re.compile(r"(?<![0-9a-z.\-])(\d+(?:\.\d+)?)\s*([万亿千百]+|[%％])")
+
+
+def _magnitudes(sentence: str) -> set[str]:
+    """Figures written with a magnitude, spaces removed: '约 1.5 亿个参数，提升 20%' -> {'1.5亿', '20%'}."""
+    return {n + u for n, u in _MAGNITUDE.findall(_norm(sentence))}
+
+
+# Chinese measure words: what a number counts ("57个学科" are not "57道题").
+_MEASURE = "个道张块名位项种家款篇条门台次倍人"
+_COUNT = re.compile(rf"(?<![0-9.a-z])(\d+(?:\.\d+)?)\s*([{_MEASURE}])")
+
+
+def _figures_agree(sentence: str, solid: str) -> bool:
+    """The passage (normalised, spaces removed) writes each figure the sentence gives in 亿, 万 or %
+    with that magnitude, and counts no number the sentence counts ("57道") only with other measure
+    words ("57个学科"); a passage that writes such a number bare ("57题") does not disagree.
+    From "GPT-4可达32k" (tokens) the model wrote "GPT-4 的参数量是32亿": the bare 32 matched.
+    Examples: _figures_agree('参数量是32亿', 'gpt-4可达32k') and _figures_agree('57道题', '57个学科')
+    are False; _figures_agree('57道题', '共57题') is True."""
+    if not all(re.search(r"(?<![0-9.])" + re.escape(figure), solid) for figure in _magnitudes(sentence)):
+        return False
+    counted = _COUNT.findall(solid)
+    for number, measure in _COUNT.findall(_norm(sentence)):
+        used = {m for n, m in counted if n == number}
+        if used and measure not in used:
+            return False
+    return True
+
+
+def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], question: str = "") -> bool:
+    """No sentence is supported, and the answer cannot be a paraphrase of the passages.
+
+    The 1.5B model answers unanswerable questions with made-up facts ("16 张 GPU", a founder
+    "杰克·多尔西（Jeffrey Dorr）", "总部位于美国") or with a figure that belongs to another model
+    ("GPT-4 has 175B parameters" from a passage on GPT-3); such an answer is replaced by a refusal.
+    A Chinese answer copies the Chinese passages nearly word for word, so one in which no
+    sentence is supported well enough to cite is the model's own (of 947 stored answers, no
+    answer to an answerable question was one).
+    An English answer translates, and the lexical check often fails it: it is kept, only
+    flagged, unless it restates the `question` or gives figures or names no passage gives.
+    """
+    if not checked.factual_sentences:
+        return False
+    if language_of(answer) == "zh" and not checked.citations:
+        return True  # no sentence a passage supports well enough to cite ("GPQA 一共有15亿道题")
+    if len(checked.unsupported) < checked.factual_sentences:
+        return False
+    if question and adds_nothing(answer, question):
+        return True  # nothing supported and nothing new: the documents did not answer
+    texts = [_norm(clean_text(h.chunk.text)) for h in hits]
+    solid = "\n".join(re.sub(r"\s+", "", t) for t in texts)
+    for sentence in checked.unsupported:
+        if not _figures_agree(sentence, solid):
+            return True  # "1.5亿" no passage writes, or "57道题" where they count 57 of something else
+        names = versioned_names(sentence)
+        numbers = set(_NUMBER.findall(_norm(sentence))) - _digits_of(names)
+        if any(not any(mentions(t, name) for t in texts) for name in names):
+            return True  # a model, product or chip no passage names ("A100")
+        if any(not any(grounded(n, names, t) for t in texts) for n in numbers):
+            return True  # a figure no passage gives for that name
+    return False
+
+
+ON_TOPIC = 0.7  # share of a Chinese question's words a passage must hold to be plainly about it
+
+
+def topic_share(question: str, passage: str) -> float:
+    """How plainly the passage is about the question: the share of a Chinese question's words it
+    holds; for an English question over a Chinese passage, 1.0 when it holds every name and figure
+    the question asks about ("DeepSeek-V3"), else 0.0."""
+    text = _norm(clean_text(passage))
+    if language_of(question) == "zh":
+        terms = key_terms(question) - _META
+        return sum(1 for t in terms if t in text) / len(terms) if terms else 0.0
+    terms = checkable_terms(question)
+    return 1.0 if terms and all(t in text for t in terms) else 0.0
+
+
+def most_on_topic(question: str, passages: Sequence[str]) -> int | None:
+    """The index of the passage most plainly about the question (the first, on a tie); None if none is on topic."""
+    shares = [topic_share(question, p) for p in passages]
+    best = max(range(len(shares)), key=lambda i: (shares[i], -i), default=None)
+    return best if best is not None and shares[best] >= ON_TOPIC else None
+
+
+def _claimed(terms: set[str], asked: set[str], text: str) -> set[str]:
+    """The sentence's terms minus the question's own words that the passage (normalised `text`)
+    does not contain; empty when what is left adds nothing to the question (an echo supports nothing)."""
+    if not asked:
+        return terms
+    kept = {t for t in terms if t not in asked or t in text}
+    return kept if any(len(t) >= 2 or t.isdigit() for t in kept - asked) else set()
+
+
+def _as_english_reader_sees(passage: str) -> str:
+    """A Chinese passage as an English answer may restate it: its figures in 亿 written out
+    ("405 billion", as the English prompt showed them) and its companies' English names
+    ("谷歌" -> google), added after the passage as written."""
+    names = " ".join(dict.fromkeys(english for chinese, english in COMPANIES.items() if chinese in passage))
+    return f"{passage}\n{english_figures(passage)}\n{names}"
+
+
+def check(
+    answer: str, hits: Sequence[Hit], lang: str = "zh", question: str = "", further: Sequence[Hit] = ()
+) -> CheckedAnswer:
+    """Check, repair and add the answer's [n] markers against `hits` (passage n is hits[n-1]).
+
+    Words the answer takes over from the `question` ("一次最多能塞进去") are not held
+    against a passage that does not use them: they restate what was asked, not a claim.
+    `further`: the next-ranked passages, not shown to the model, read only for another
+    source that dates a release differently; one that does is cited as [len(hits) + i].
+    """
+    if lang == "zh":
+        answer = tidy_figures(answer)
+    passages = [h.chunk.text for h in hits]
+    everywhere = passages + [h.chunk.text for h in further]
+    asked = {t for t in key_terms(question) if not _NUMBER.fullmatch(t)} if question else set()
+    # Once per passage, not per sentence: the text _claimed and _support_in read, and which passages are Chinese.
+    normed = [_norm(clean_text(_as_english_reader_sees(p) if lang == "en" else p)) for p in passages]
+    solid = [re.sub(r"\s+", "", t) for t in normed]
+    chinese = [language_of(p) == "zh" for p in passages]
+    out_parts: list[str] = []
+    unsupported: list[str] = []
+    cited: list[int] = []
+    factual = 0
+    disagreements: list[tuple[int, str]] = []
+
+    for sentence in _sentences(answer):
+        numbers = [n for n in parse_markers(sentence) if 1 <= n <= len(passages)]
+        body = _MARKER.sub("", sentence)
+        tail = re.search(r"[。！？!?.\n]*$", body)
+        end = tail.group(0) if tail else ""
+        core = body[: len(body) - len(end)] if end else body
+        if not core.strip() or not _is_factual(core):
+            if not _FILLER.match(core.strip()):
+                out_parts.append(body)  # a filler sentence ("根据资料中的描述。") is dropped
+            continue
+        factual += 1
+        terms, cross = key_terms(core), checkable_terms(core)
+        names = versioned_names(core)
+        agree = [_figures_agree(core, text) for text in solid]
+        scores = [
+            _support_in(_claimed(cross if zh else terms, asked, text), text, names) if ok else 0.0
+            for text, zh, ok in zip(normed, chinese, agree)
+        ]
+        # The claim's own words may be in several passages (a bare year: "是2023年"); then the one
+        # that also names what the sentence is about (the question's words too) is its source.
+        whole = [_support_in(terms, text, names) if ok else 0.0 for text, ok in zip(normed, agree)]
+        best = max(range(len(scores)), key=lambda i: (scores[i], whole[i])) if scores else -1
+        kept = [n for n in dict.fromkeys(numbers) if scores[n - 1] >= SUPPORTS]
+        if len(kept) == 1 and (scores[best], whole[best]) > (scores[kept[0] - 1], whole[kept[0] - 1]):
+            kept = [best + 1]
+        if not kept and best >= 0 and scores[best] >= (SUPPORTS if numbers else ATTACH):
+            kept = [best + 1]  # repaired, or attached where the model wrote none
+        if not kept and (best < 0 or scores[best] < SUPPORTS):
+            unsupported.append(core.strip())
+        markers = "".join(f"[{n}]" for n in kept)
+        cited.extend(kept)
+        out_parts.append(core.rstrip() + markers + end)
+        if kept and len(disagreements) < MAX_CONFLICTS:
+            for other in conflicts(core, kept, passages) + date_conflicts(core, kept, everywhere):
+                if other[0] not in {d[0] for d in disagreements}:
+                    disagreements.append(other)
+
+    text = "".join(out_parts).strip()
+    if disagreements:
+        # The model tends to pick one source; the reader should see that another disagrees.
+        refs = "；" if lang == "zh" else "; "
+        refs = refs.join(CONFLICT_REF[lang].format(n=n, quote=quote[:80]) for n, quote in disagreements[:MAX_CONFLICTS])
+        text += ("\n\n" if text else "") + CONFLICT_NOTE[lang].format(refs=refs)
+        cited.extend(n for n, _ in disagreements[:MAX_CONFLICTS])
+    order = list(dict.fromkeys(cited))
+    sources = [*hits, *further]
+    citations = [Citation(number=n, chunk=sources[n - 1].chunk) for n in sorted(order)]
+    return CheckedAnswer(text, citations, unsupported, factual, conflicts=len(disagreements[:MAX_CONFLICTS]))

@@ -1,0 +1,194 @@
+"""Files -> Document.
+
+.txt and .md are read as UTF-8, falling back to GB18030 (a superset of GBK,
+common for Chinese files saved on Windows). PDFs are read page by page with
+pypdf, keeping where each page starts. YAML front matter is skipped (its
+title becomes the document title) but stays in `text`, so every character
+span still indexes into the file itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from rag.ingest.chunking import first_heading
+from rag.errors import DocumentError
+from rag.schema import Document
+
+SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".pdf")
+
+_FRONT_MATTER = re.compile(r"\A\ufeff?---[ \t]*\r?\n(.*?)^---[ \t]*(?:\r?\n|\Z)", re.DOTALL | re.MULTILINE)
+_TITLE_LINE = re.compile(r"^title:[ \t]*(.+?)[ \t]*$", re.MULTILINE)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def decode_text(data: bytes, name: str) -> str:
+    if not data.strip():
+        raise DocumentError(f"{name} is empty.", "Add text to the file or remove it from the corpus.")
+    if b"\x00" in data[:8192]:
+        raise DocumentError(
+            f"{name} looks like a binary file, not text.",
+            "Convert it to .txt, .md or .pdf, or remove it from the corpus.",
+        )
+    for encoding in ("utf-8-sig", "gb18030"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise DocumentError(
+        f"{name} is neither UTF-8 nor GB18030 text.",
+        "Re-save it as UTF-8 and run `rag index` again.",
+    )
+
+
+def _front_matter_title(block: str) -> str | None:
+    stripped = block.strip()
+    if stripped.startswith("{"):  # some note apps write JSON front matter
+        try:
+            value = json.loads(stripped).get("title")
+            return str(value) if value else None
+        except (ValueError, AttributeError):
+            return None
+    match = _TITLE_LINE.search(block)
+    if not match:
+        return None
+    return match.group(1).strip().strip("'\"") or None
+
+
+def parse_text(text: str, rel_path: str, sha256: str) -> Document:
+    body_start, title = 0, None
+    match = _FRONT_MATTER.match(text)
+    if match:
+        body_start = match.end()
+        title = _front_matter_title(match.group(1))
+    if not title:
+        title = first_heading(text, body_start) or Path(rel_path).stem
+    if not text[body_start:].strip():
+        what = "has no text after its front matter" if match else "is empty (only white space)"
+        raise DocumentError(f"{rel_path} {what}.", "Add text to the file or remove it from the corpus.")
+    return Document(path=rel_path, title=title, text=text, sha256=sha256, body_start=body_start)
+
+
+def load_pdf(data: bytes, rel_path: str, sha256: str) -> Document:
+    import logging
+
+    from pypdf import PdfReader
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # repairs of damaged files are not news; failures are
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            try:
+                ok = bool(reader.decrypt(""))  # many "protected" PDFs open with an empty password
+            except Exception:  # noqa: BLE001 - pypdf raises various types for crypto it lacks
+                ok = False
+            if not ok:
+                raise DocumentError(
+                    f"{rel_path} is encrypted.", "Save an unencrypted copy of the PDF into the corpus."
+                )
+        pages = [(page.extract_text() or "") for page in reader.pages]
+    except DocumentError:
+        raise
+    except Exception as exc:
+        raise DocumentError(
+            f"{rel_path} is not a readable PDF ({exc.__class__.__name__}: {exc}).",
+            "Re-export or re-download the PDF, then run `rag index` again.",
+        ) from exc
+
+    page_starts, parts, offset = [], [], 0
+    for raw in pages:
+        # Broken font maps can yield NULs and lone surrogates, which no file or JSON can hold.
+        text = raw.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+        page_starts.append(offset)
+        parts.append(text)
+        offset += len(text) + 2
+    joined = "\n\n".join(parts)
+    if not joined.strip():
+        raise DocumentError(
+            f"{rel_path} has no extractable text (a scanned PDF?).",
+            "Run OCR on it (e.g. ocrmypdf) and add the result instead.",
+        )
+    meta_title = None
+    try:
+        meta = reader.metadata
+        meta_title = meta.get("/Title") if meta is not None else None
+    except Exception:  # noqa: BLE001 - broken metadata must not lose the text
+        meta_title = None
+    return Document(
+        path=rel_path,
+        title=str(meta_title) if meta_title else Path(rel_path).stem,
+        text=joined,
+        sha256=sha256,
+        page_starts=tuple(page_starts),
+    )
+
+
+def load_file(path: Path, rel_path: str, max_bytes: int | None = None) -> Document:
+    """Read one file into a Document, or raise DocumentError saying why not.
+
+    The file is read once; `Document.sha256` is the hash of exactly those bytes,
+    so a file edited while it is being indexed is seen as changed next time.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DocumentError(
+            f"{rel_path}: unsupported file type '{suffix}'.",
+            f"Supported types: {', '.join(SUPPORTED_SUFFIXES)}.",
+        )
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise DocumentError(
+            f"{rel_path} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:g} MB limit.",
+            "Split the file, or raise max_file_mb in rag.toml (or RAG_MAX_FILE_MB).",
+        )
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    if suffix == ".pdf":
+        return load_pdf(data, rel_path, sha)
+    return parse_text(decode_text(data, rel_path), rel_path, sha)
+
+
+def printable_name(rel_path: str) -> str:
+    """The path as valid UTF-8: undecodable bytes in a file name (e.g. a GBK name from an old zip) become U+FFFD."""
+    return rel_path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def check_path(path: Path, rel_path: str, corpus_dir: Path) -> None:
+    """Refuse files the index cannot name or should not read, before reading them."""
+    if printable_name(rel_path) != rel_path:
+        raise DocumentError(
+            f"{printable_name(rel_path)}: the file name is not valid UTF-8.",
+            "Rename the file (e.g. with convmv -f gbk -t utf8), then run `rag index` again.",
+        )
+    if path.is_symlink():
+        target = path.resolve()
+        if not target.is_relative_to(corpus_dir.resolve()):
+            raise DocumentError(
+                f"{rel_path} is a link to {target}, outside the corpus folder.",
+                "Copy the file into the corpus folder instead of linking to it.",
+            )
+
+
+def iter_corpus(corpus_dir: Path) -> Iterator[tuple[Path, str]]:
+    """(absolute path, corpus-relative path) of each supported file, sorted, skipping hidden ones.
+
+    Only regular files (or links to them) count, so a FIFO named x.txt never blocks a build.
+    """
+    for path in sorted(corpus_dir.rglob("*")):
+        rel = path.relative_to(corpus_dir)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.is_file() and path.suffix.lower() in SUPPORTED_SUFFIXES:
+            yield path, rel.as_posix()

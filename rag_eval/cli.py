@@ -1,0 +1,394 @@
+"""`rag eval ...` and `rag bench`: measure the product against question files.
+
+The product's CLI finds these through the "rag.commands" entry point (see `register`),
+so the product never imports measurement code. The eval group also runs on its own:
+
+    python -c "from rag_eval.cli import eval_app; eval_app()" retrieval eval/dev.jsonl --k 1,3,5,10
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rag import offline  # noqa: F401
+from rag.errors import ConfigError, RagError
+
+eval_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Measure the product against a question file (see shared/eval/README.md).",
+)
+
+
+@eval_app.callback()
+def eval_main() -> None:
+    """Measure the product against a question file (see shared/eval/README.md)."""
+    # A callback keeps `retrieval` a sub-command even while it is the only one.
+
+
+def save_report(json_out: Path, data: object, label: str = "Full report") -> None:
+    """Write a command's --json report (UTF-8, indented) and say where it went."""
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    typer.echo(f"\n{label}: {json_out}", err=True)
+
+
+def _fail(exc: RagError) -> None:
+    typer.secho(f"Error: {exc.message}", fg="red", err=True)
+    if exc.hint:
+        typer.echo(f"  -> {exc.hint}", err=True)
+    raise typer.Exit(1)
+
+
+def _settings(ctx: typer.Context):  # type: ignore[no-untyped-def]
+    """The parent `rag` app's Settings, or freshly loaded ones when run on its own."""
+    from rag.config import Settings, load_settings
+
+    obj = ctx.obj
+    if isinstance(obj, Settings):
+        return obj
+    return load_settings()
+
+
+@eval_app.command("retrieval")
+def retrieval_cmd(
+    ctx: typer.Context,
+    eval_file: Annotated[Path, typer.Argument(help="Question file, one JSON object a line.", metavar="EVAL.jsonl")],
+    k: Annotated[str, typer.Option("--k", help="Cut-offs for hit@k and recall@k, comma-separated.")] = "1,3,5,10",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the full report (every ranked passage) to this file.")
+    ] = None,
+    miss_k: Annotated[int, typer.Option("--miss-k", help="List the questions missed at hit@this k.")] = 5,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+) -> None:
+    """Rank every question with the product's retriever; print hit@k, recall@k, MRR@10 and the misses."""
+    from rag_eval.metrics import evaluate_retrieval, format_misses, format_table, load_questions, parse_ks
+    from rag.answer.pipeline import Pipeline, clean_question
+
+    try:
+        ks = parse_ks(k)
+        questions = load_questions(eval_file)
+        settings = _settings(ctx)
+        if not quiet:
+            typer.echo(f"Loading the index and {settings.embed_model}…", err=True)
+        retriever = Pipeline(settings).retriever()
+
+        def rank(question: str, depth: int):  # type: ignore[no-untyped-def]
+            # Exactly what `ask` searches for a first question: the cleaned question itself.
+            return retriever.rank(clean_question(question), depth)
+
+        def progress(i: int, n: int, result) -> None:  # type: ignore[no-untyped-def]
+            if not quiet:
+                mark = "-" if not result.answerable else ("hit" if result.hit_at(miss_k) else "MISS")
+                sys.stderr.write(f"\r[{i}/{n}] {result.id} {mark:<4} ")
+                sys.stderr.flush()
+
+        report = evaluate_retrieval(questions, rank, ks, corpus=retriever.index.chunks, on_progress=progress)
+    except RagError as exc:
+        _fail(exc)
+        return
+    if not quiet:
+        sys.stderr.write("\n")
+
+    typer.echo(f"Retrieval on {eval_file} ({len(questions)} questions; embedder {settings.embed_model}, "
+               f"index {settings.index_dir})\n")  # fmt: skip
+    typer.echo(format_table(report))
+    typer.echo("")
+    typer.echo(format_misses(report, k=miss_k))
+
+    if json_out is not None:
+        data = report.to_dict()
+        data["eval_file"] = str(eval_file)
+        data["embed_model"] = settings.embed_model
+        data["index_dir"] = str(settings.index_dir)
+        save_report(json_out, data)
+
+
+@eval_app.command("answers")
+def answers_cmd(
+    ctx: typer.Context,
+    eval_file: Annotated[Path, typer.Argument(help="Question file, one JSON object a line.", metavar="EVAL.jsonl")],
+    model: Annotated[str | None, typer.Option("--model", help="Chat model (default: the configured one).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every answer, citation and passage here.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    path: Annotated[
+        str,
+        typer.Option("--path", help="auto, cached (passage KV store), ordinary, or both (each question on both paths)."),
+    ] = "auto",
+) -> None:
+    """Answer every question with the full pipeline; print key-term, refusal and citation metrics and timings."""
+    from dataclasses import replace
+
+    from rag_eval.metrics import evaluate_answers, format_answer_table, load_questions
+    from rag.answer.pipeline import Done, Pipeline
+
+    try:
+        if path not in ("auto", "cached", "ordinary", "both"):
+            raise ConfigError(f"Unknown --path '{path}'.", "Use auto, cached, ordinary or both.")
+        questions = load_questions(eval_file)[:limit]
+        settings = _settings(ctx)
+        if model:
+            settings = replace(settings, chat_model=model)
+        pipeline = Pipeline(settings)
+        pipeline.get_generator()  # load time is not part of any question's timings
+        if path in ("cached", "both"):
+            _require_cached(pipeline)
+        served: dict[str, list[str]] = {}  # path asked -> path that served each answer
+        twins: dict[str, object] = {}  # --path both: question -> its cached-path answer
+
+        def ask_on(question: str, which: str):  # type: ignore[no-untyped-def]
+            for event in pipeline.ask(question, path=which):
+                if isinstance(event, Done):
+                    if "generation" in event.answer.timings:  # the model answered (not a refusal before it)
+                        # "cached+ordinary": a cached answer the checker rejected, written again
+                        served.setdefault(which, []).append("+".join(event.answer.tries) or event.answer.path)
+                    return event.answer
+            raise RuntimeError("the pipeline ended without an answer")
+
+        def ask(question: str):  # type: ignore[no-untyped-def]
+            if path != "both":
+                return ask_on(question, path)
+            answer = ask_on(question, "ordinary")  # back to back, so machine load affects both alike
+            twin = twins[question] = ask_on(question, "cached")
+            if not quiet:
+                t = twin.timings
+                sys.stderr.write(f"    {twin.path}: first token {t.get('first_token', 0):.1f}s, total {t.get('total', 0):.1f}s "
+                                 f"{' '.join(twin.text.split())[:60]!r}\n")  # fmt: skip
+            return answer
+
+        def progress(i: int, n: int, r) -> None:  # type: ignore[no-untyped-def]
+            if not quiet:
+                mark = ("REFUSED" if r.refused else "ok") if not r.answerable else ("ok" if r.has_terms else "MISS")
+                sys.stderr.write(f"[{i}/{n}] {r.id} {mark:<7} {r.timings.get('total', 0):5.1f}s {r.answer[:60]!r}\n")
+                sys.stderr.flush()
+
+        report = evaluate_answers(questions, ask, on_progress=progress)
+        twin_report = evaluate_answers(questions, lambda q: twins[q]) if path == "both" else None
+    except RagError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"Answers on {eval_file} ({len(questions)} questions; chat model {settings.chat_model}, "
+               f"embedder {settings.embed_model}, top_k {settings.top_k}; path {path})\n")  # fmt: skip
+    for which, paths in served.items():
+        counts = ", ".join(f"{p} {paths.count(p)}" for p in sorted(set(paths)))
+        typer.echo(f"--path {which}: answers served by {counts}")
+    if twin_report is not None:
+        typer.echo("\nordinary path:")
+    typer.echo(format_answer_table(report))
+    if twin_report is not None:
+        typer.echo("\ncached path (same questions, asked right after each ordinary one):")
+        typer.echo(format_answer_table(twin_report))
+        typer.echo("\n" + _compare(report.overall, twin_report.overall))
+    missed = [r for r in report.results if r.answerable and not r.has_terms]
+    if missed:
+        typer.echo(f"\nAnswerable questions missing a key term ({len(missed)}):")
+        for r in missed:
+            typer.echo(f"  {r.id} [{r.type}] needs {r.must_include}: {' '.join(r.answer.split())[:100]}")
+    if json_out is not None:
+        data = report.to_dict()
+        data.update(eval_file=str(eval_file), chat_model=settings.chat_model, embed_model=settings.embed_model,
+                    path=path, served=served)  # fmt: skip
+        if twin_report is not None:
+            data["cached"] = twin_report.to_dict()
+        save_report(json_out, data)
+
+
+@eval_app.command("rgb")
+def rgb_cmd(
+    ctx: typer.Context,
+    rgb_file: Annotated[Path, typer.Argument(help="RGB rows, e.g. ../shared/bench/rgb/zh_refine.json.", metavar="FILE")],
+    answers: Annotated[bool, typer.Option("--answers", help="Noise robustness with the chat model instead of retrieval.")] = False,
+    index_dir: Annotated[
+        Path | None, typer.Option("--index-dir", help="Where the pooled index is kept (default: <cache>/rgb-index).")
+    ] = None,
+    k: Annotated[str, typer.Option("--k", help="Cut-offs for hit@k, comma-separated.")] = "1,5,10",
+    limit_rows: Annotated[int | None, typer.Option("--limit-rows", help="Retrieval: only the first N rows (and their passages).")] = None,
+    rows: Annotated[int, typer.Option("--rows", help="--answers: the first N rows.")] = 60,
+    noise: Annotated[str, typer.Option("--noise", help="--answers: noise rates, comma-separated.")] = "0,0.4,0.8,1.0",
+    model: Annotated[str | None, typer.Option("--model", help="--answers: chat model (default: the configured one).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report here.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+) -> None:
+    """RGB (zh): pooled-passage retrieval (BM25, dense, fused), or with --answers the paper's noise robustness."""
+    from dataclasses import replace
+
+    from rag_eval import rgb
+
+    settings = _settings(ctx)
+    try:
+        if answers:
+            from rag.answer.pipeline import Pipeline
+
+            rates = rgb.parse_rates(noise)
+            data_rows = rgb.load_rows(rgb_file, limit=rows)
+            if model:
+                settings = replace(settings, chat_model=model)
+            if not quiet:
+                typer.echo(f"Loading {settings.chat_model}…", err=True)
+            generator = Pipeline(settings).get_generator()  # load time is not part of any answer's timings
+
+            def progress(i: int, n: int, r) -> None:  # type: ignore[no-untyped-def]
+                if not quiet:
+                    if r.noise >= 1.0:  # no positive passage: refusing is right
+                        mark = "refused" if r.refused else "ANSWERED"
+                    else:
+                        mark = "REFUSED" if r.refused else ("ok" if r.correct else "MISS")
+                    shown = " ".join(r.answer.split())[:60]
+                    sys.stderr.write(f"[{i}/{n}] noise {r.noise:g} row {r.id} {mark:<7} "
+                                     f"{r.timings.get('total', 0):5.1f}s {shown!r}\n")  # fmt: skip
+                    sys.stderr.flush()
+
+            report = rgb.evaluate_noise(data_rows, rates, settings, generator, on_progress=progress)
+            typer.echo(f"RGB noise robustness on {rgb_file} (first {len(data_rows)} rows, {rgb.PASSAGES} passages; "
+                       f"chat model {settings.chat_model})\n")  # fmt: skip
+            typer.echo(rgb.format_noise_report(report))
+            data = report.to_dict()
+        else:
+            from rag_eval.metrics import parse_ks
+            from rag.models import get_spec
+            from rag.answer.pipeline import Pipeline
+            from rag.answer.retrieval import RetrievalParams
+
+            ks = parse_ks(k)
+            data_rows = rgb.load_rows(rgb_file, limit=limit_rows)
+            pool = rgb.pool_passages(data_rows)
+            root = index_dir or settings.cache_dir / "rgb-index"
+            pipeline = Pipeline(settings)
+            chunker = rgb.ChunkerSettings(settings.chunk_size, settings.chunk_overlap)
+            if not quiet:
+                typer.echo(f"{len(data_rows)} rows, {len(pool.texts)} distinct passages; index under {root}", err=True)
+            index, info = rgb.ensure_pool_index(
+                pool, root, pipeline.get_embedder, settings.embed_model, get_spec(settings.embed_model).sha256,
+                chunker, settings.piece_chars, progress=not quiet,
+            )  # fmt: skip
+
+            def progress(i: int, n: int, r) -> None:  # type: ignore[no-untyped-def]
+                if not quiet and (i % 25 == 0 or i == n):
+                    sys.stderr.write(f"\r[{i}/{n}] queries ranked")
+                    sys.stderr.flush()
+
+            report = rgb.evaluate_pool_retrieval(
+                data_rows, pool, index, pipeline.get_embedder(), RetrievalParams.from_settings(settings), info, ks,
+                on_progress=progress,
+            )  # fmt: skip
+            if not quiet:
+                sys.stderr.write("\n")
+            typer.echo(f"RGB retrieval on {rgb_file} ({len(data_rows)} queries; embedder {settings.embed_model})\n")
+            typer.echo(rgb.format_retrieval_report(report))
+            data = report.to_dict()
+    except RagError as exc:
+        _fail(exc)
+        return
+    if json_out is not None:
+        data.update(rgb_file=str(rgb_file), embed_model=settings.embed_model, chat_model=settings.chat_model,
+                    peak_rss_mb=rgb.peak_rss_mb())  # fmt: skip
+        save_report(json_out, data)
+
+
+@eval_app.command("scale")
+def scale_cmd(
+    chunks: Annotated[int, typer.Option("--chunks", help="Synthetic chunks to index.")] = 100_000,
+    dim: Annotated[int, typer.Option("--dim", help="Vector size (EmbeddingGemma: 768).")] = 768,
+    queries: Annotated[int, typer.Option("--queries", help="Queries to time.")] = 200,
+    ann: Annotated[str, typer.Option("--ann", help="Also time these FAISS index types: hnsw,ivf (or none).")] = "",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    pieces: Annotated[int, typer.Option("--pieces-per-chunk",
+                                        help="Sentence-piece vectors per chunk (the corpus here: ~5; 0: none).")] = 5,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+) -> None:
+    """Retrieval latency (FAISS, BM25, fused) over synthetic chunks: random vectors, dictionary-word text."""
+    from rag_eval.scale import format_scale_report, run_scale
+
+    kinds = [a for a in ann.replace(" ", "").split(",") if a and a != "none"]
+    if chunks < queries or chunks < 1:
+        typer.secho(f"Error: --chunks ({chunks}) must be at least --queries ({queries}).", fg="red", err=True)
+        raise typer.Exit(1)
+    try:
+        report = run_scale(chunks, dim, queries, kinds, seed, progress=not quiet, pieces_per_chunk=pieces)
+    except ValueError as exc:
+        typer.secho(f"Error: {exc}.", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(format_scale_report(report))
+    if json_out is not None:
+        save_report(json_out, report.to_dict())
+
+
+def _require_cached(pipeline) -> None:  # type: ignore[no-untyped-def]
+    """--path cached/both measures nothing unless the store is complete: say how to build it."""
+    from rag.answer import kvstore
+
+    if not pipeline.settings.kv_cache:
+        raise ConfigError("The passage KV store is turned off (kv_cache = 0).", "Set kv_cache = 1, then run: rag index --kv")
+    st = kvstore.status(pipeline.settings, pipeline.get_index().readable(pipeline.settings.join_max_chars))
+    if not st.complete:
+        raise ConfigError(f"The passage KV store is not complete ({st.line()}).", "Run: rag index --kv")
+    if pipeline.get_cached() is None:
+        raise ConfigError(f"The cached path cannot run: {pipeline.kv_unavailable}.", "Use --path ordinary.")
+
+
+def _compare(ordinary, cached) -> str:  # type: ignore[no-untyped-def]
+    """cached vs ordinary on the issue's targets (overall metrics)."""
+
+    def diff(name: str, a: float | None, b: float | None) -> str:
+        return f"{name} {'-' if a is None else f'{a:.3f}'} -> {'-' if b is None else f'{b:.3f}'}"
+
+    ratio = cached.ttft_median / ordinary.ttft_median if cached.ttft_median and ordinary.ttft_median else None
+    parts = [
+        diff("key terms", ordinary.key_term_accuracy, cached.key_term_accuracy),
+        diff("refusal", ordinary.refusal_accuracy, cached.refusal_accuracy),
+        diff("citation precision", ordinary.citation_precision, cached.citation_precision),
+        diff("TTFT p50 (s)", ordinary.ttft_median, cached.ttft_median),
+        f"TTFT cached/ordinary {'-' if ratio is None else f'{ratio:.2f}'}",
+        diff("first token of the kept answer p50 (s)", ordinary.answer_ttft_median, cached.answer_ttft_median),
+    ]
+    return "ordinary -> cached: " + "; ".join(parts)
+
+
+# ---------------------------------------------------------------- bench
+
+
+
+def bench_cmd(
+    ctx: typer.Context,
+    questions: Annotated[
+        Path | None, typer.Option("--questions", help="Question file (default: ../shared/eval/dev.jsonl).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use only the first N questions.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the full record (every sample) to this file.")
+    ] = None,
+    skip: Annotated[
+        str, typer.Option("--skip", help="Sections to leave out, comma-separated: cold,index,retrieval,answers,conversation,cached.")
+    ] = "",
+) -> None:
+    """Measure start-up, indexing, retrieval and answering, next to raw llama-cpp-python and sentence-transformers."""
+    from rag_eval.bench import DEFAULT_QUESTIONS, SECTIONS, format_table, run_bench
+
+    skipped = [p.strip() for p in skip.split(",") if p.strip()]
+    try:
+        unknown = set(skipped) - set(SECTIONS)
+        if unknown:
+            raise ConfigError(f"Unknown section(s) to skip: {', '.join(sorted(unknown))}.", f"Sections: {', '.join(SECTIONS)}.")
+        report = run_bench(_settings(ctx), questions or DEFAULT_QUESTIONS, limit, skipped,
+                           progress=lambda msg: typer.echo(msg, err=True))  # fmt: skip
+    except RagError as exc:
+        _fail(exc)
+        return
+    typer.echo(report.header() + "\n")
+    typer.echo(format_table(report.stats))
+    typer.echo(f"\nload average at the end {report.machine['load_after']}; {report.seconds:.0f} s in all")
+    if json_out is not None:
+        save_report(json_out, report.to_dict(), "Full record")
+
+
+def register(app: typer.Typer) -> None:
+    """Entry point ("rag.commands" group): adds `rag eval ...` and `rag bench` to the product's CLI."""
+    app.add_typer(eval_app, name="eval")
+    app.command("bench")(bench_cmd)
