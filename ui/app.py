@@ -367,7 +367,8 @@ def build_app(
     def session_language(lang: str) -> tuple[Any, ...]:
         """The labels of the collection picker and the saved-chats panel in `lang` (part of apply_language)."""
         return (
-            gr.update(label=say(lang, "collection"), info=say(lang, "collection_info")),
+            # The choices again: a collection folder made since the page started shows up on reload.
+            gr.update(label=say(lang, "collection"), info=say(lang, "collection_info"), choices=collections.names()),
             gr.update(label=say(lang, "saved")),
             gr.update(label=say(lang, "saved_list"), info=say(lang, "saved_empty")),
             gr.update(value=say(lang, "new_chat")),
@@ -625,7 +626,7 @@ def _side_panel(names: list[str], chosen: str, saved: list[tuple[str, str]]) -> 
     zh = DEFAULT_LANG
     collection = gr.Dropdown(
         names, value=chosen, label=say(zh, "collection"), info=say(zh, "collection_info"), elem_id="collection",
-        interactive=True,
+        interactive=True, allow_custom_value=True,  # API clients may name a collection made after the page started
     )  # fmt: skip
     with gr.Accordion(say(zh, "saved"), open=True, elem_id="saved-chats") as saved_acc:
         saved_list = gr.Radio(
