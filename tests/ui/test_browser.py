@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.test_ui_api import LIGHTHOUSE, REPLIES, ScriptedByQuestion, serve
+from tests.ui.test_ui_api import LIGHTHOUSE, REPLIES, ScriptedByQuestion, serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -56,7 +56,7 @@ def scripted_url(small_world, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="module")
 def real_url(small_world) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The page as `rag serve` starts it, with the real small models."""
-    from tests.test_ui_api import free_port
+    from tests.ui.test_ui_api import free_port
     from ui.app import launch
 
     port = free_port()
