@@ -97,4 +97,5 @@ def for_collection(settings: Settings, name: str | None = None) -> Settings:
 
 
 def collection_names(settings: Settings) -> list[str]:
+    """The names to offer (the page's menu, `rag collections`), default first."""
     return [c.name for c in list_collections(settings)]

@@ -54,6 +54,7 @@ def restore(conversation: Conversation, messages: list[Message], lang: str) -> R
 
 
 def rating_of(liked: object) -> int:
+    """gr.LikeData.liked -> +1, -1, or 0 when the reader clicked the same thumb again (Gradio sends '')."""
     return RATING_OF.get(liked, 0) if isinstance(liked, bool) else 0
 
 

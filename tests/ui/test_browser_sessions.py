@@ -41,7 +41,7 @@ def chat_text(page) -> str:  # type: ignore[no-untyped-def]
     return page.locator("#chat").inner_text()
 
 
-def test_a_chat_survives_reload_and_restart_and_its_thumbs_up_is_stored(open_page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_chat_survives_reload_and_restart_and_its_thumbs_up_is_stored(open_page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     embedder = FakeEmbedder()
     settings = fake_world(tmp_path, embedder)
     port = free_port()
