@@ -76,6 +76,6 @@ def test_an_unbuilt_collection_says_so_and_builds_on_rebuild(two_collections: Wo
     client = two_collections.client()
     chat, _, _ = ask(client, "When does the harbour open?", collection="empty-yet")
     assert "rag index" in text_of(chat[-1]) or "索引" in text_of(chat[-1])
-    status, summary, _ = client.predict("en", "empty-yet", api_name="/rebuild")
+    _, summary, _ = client.predict("en", "empty-yet", api_name="/rebuild")
     assert "1 documents" in summary or "1 document" in summary, summary
     assert (tmp_path / "index" / "collections" / "empty-yet" / "current").exists()
