@@ -22,6 +22,9 @@ models_app = typer.Typer(help="List, fetch and verify the local models.", invoke
 app.add_typer(models_app, name="models")
 
 
+BASE_SETTINGS = "rag.base_settings"  # ctx.meta key
+
+
 def _settings(ctx: typer.Context) -> Settings:
     return ctx.obj  # type: ignore[no-any-return]
 
@@ -34,11 +37,26 @@ def main(
     embed_model: Annotated[str | None, typer.Option(help="Embedding model name (see `rag models`).")] = None,
     chat_model: Annotated[str | None, typer.Option("--model", help="Chat model name (see `rag models`).")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
+    collection: Annotated[
+        str | None, typer.Option(help="Collection to index, search and ask (see `rag collections`).")
+    ] = None,
 ) -> None:
+    from rag.collections import for_collection
+
     try:
-        ctx.obj = load_settings(config, corpus_dir=corpus, index_dir=index, embed_model=embed_model, chat_model=chat_model)
+        base = load_settings(
+            config, corpus_dir=corpus, index_dir=index, embed_model=embed_model, chat_model=chat_model,
+            collection=collection,
+        )  # fmt: skip
+        ctx.meta[BASE_SETTINGS] = base
+        ctx.obj = for_collection(base)
     except RagError as exc:
         _fail(exc)
+
+
+def _base_settings(ctx: typer.Context) -> Settings:
+    """The settings as loaded (the default collection's folders): what the page and collection lookups start from."""
+    return ctx.meta.get(BASE_SETTINGS, ctx.obj)  # type: ignore[no-any-return]
 
 
 def _fail(exc: RagError) -> None:
@@ -408,6 +426,34 @@ def chat_cmd(ctx: typer.Context) -> None:
             typer.secho(f"Error: {exc.message}\n  -> {exc.hint}", fg="red", err=True)
 
 
+# ---------------------------------------------------------------- collections
+
+
+@app.command("collections")
+def collections_cmd(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the collections: name, where its documents and index live, whether it is indexed."""
+    from rag.collections import list_collections
+    from rag.index.build import index_exists
+
+    base = _base_settings(ctx)
+    try:
+        rows = [
+            {"name": c.name, "corpus": str(c.corpus_dir), "index": str(c.index_dir), "origin": c.origin,
+             "indexed": index_exists(c.index_dir), "chosen": c.name == base.collection}
+            for c in list_collections(base)
+        ]  # fmt: skip
+    except RagError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        _print_json(rows)
+        return
+    for r in rows:
+        mark = "*" if r["chosen"] else " "
+        state = "indexed    " if r["indexed"] else "not indexed"
+        typer.echo(f"{mark} {r['name']:<16} {state}  {r['corpus']}  ->  {r['index']}  ({r['origin']})")
+
+
 # ---------------------------------------------------------------- serve
 
 
@@ -428,7 +474,7 @@ def serve_cmd(
             typer.echo(f"Indexed {report.documents} documents, {report.chunks} chunks in {report.seconds:.1f} s.")
         from ui.app import launch
 
-        launch(s, host=host or s.host, port=port or s.port)
+        launch(_base_settings(ctx), host=host or s.host, port=port or s.port)
     except RagError as exc:
         _fail(exc)
 

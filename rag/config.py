@@ -14,6 +14,9 @@ from pathlib import Path
 
 from rag.errors import ConfigError
 
+# Settings that are tables in rag.toml, not single values (and so have no RAG_* variable).
+TABLE_SETTINGS = ("collections",)
+
 
 def _default_cache_dir() -> Path:
     # Outside the repo so a fresh clone (and CI) reuses multi-GB models.
@@ -22,11 +25,33 @@ def _default_cache_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class CollectionSpec:
+    """A collection declared in rag.toml: `[collections.contracts]` with `corpus = "..."`."""
+
+    name: str
+    corpus_dir: Path
+    index_dir: Path | None = None  # None: index_dir/collections/NAME
+
+
+@dataclass(frozen=True)
 class Settings:
     # --- where things live ---
     corpus_dir: Path = Path("corpus")
     index_dir: Path = Path("index")
     cache_dir: Path = field(default_factory=_default_cache_dir)
+
+    # --- collections (rag/collections.py): named pairs of a corpus folder and its index ---
+    # "default" is corpus_dir + index_dir above, so a setup with one folder never sees collections.
+    collection: str = "default"  # the one questions search (rag --collection NAME, RAG_COLLECTION)
+    # Each sub-folder of this folder is a collection of that name; its index goes to
+    # index_dir/collections/NAME. Beside corpus/, not inside it: the default collection reads
+    # every file under corpus_dir.
+    collections_dir: Path = Path("collections")
+    # Declared in rag.toml as [collections.NAME] with corpus = "..." (and optionally index = "...").
+    collections: tuple[CollectionSpec, ...] = ()
+    # Saved chats and answer feedback (rag/conversations.py). Unset: conversations.sqlite3 beside
+    # the index folder (its parent), so a test's temporary index keeps its chats with it.
+    conversations_db: Path | None = None
 
     # --- models (names from the registry in rag/models.py) ---
     embed_model: str = "embeddinggemma-300m"
@@ -116,6 +141,10 @@ class Settings:
     port: int = 7860
 
     @property
+    def conversations_path(self) -> Path:
+        return self.conversations_db or Path(self.index_dir).parent / "conversations.sqlite3"
+
+    @property
     def models_dir(self) -> Path:
         return self.cache_dir / "models"
 
@@ -125,7 +154,11 @@ class Settings:
 
 
 def _coerce(name: str, raw: object, typ: type) -> object:
+    if name == "collections":
+        return _collection_specs(raw)
     try:
+        if typ == "Path | None":
+            return Path(str(raw)).expanduser() if str(raw).strip() else None
         if typ is Path or typ == "Path":
             return Path(str(raw)).expanduser()
         if typ in (int, "int"):
@@ -143,6 +176,22 @@ def _coerce(name: str, raw: object, typ: type) -> object:
             f"Setting '{name}' has an invalid value {raw!r}: {exc}.",
             "Fix it in rag.toml, the RAG_* environment variable or the command-line flag.",
         ) from exc
+
+
+def _collection_specs(raw: object) -> tuple[CollectionSpec, ...]:
+    """`{"contracts": {"corpus": "c/", "index": "i/"}}` (a rag.toml table) -> CollectionSpec records."""
+    if isinstance(raw, tuple):
+        return raw  # already parsed (an override from code)
+    hint = 'Write each as [collections.NAME] with corpus = "folder" and optionally index = "folder".'
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Setting 'collections' must be a table, not {raw!r}.", hint)
+    specs = []
+    for name, table in raw.items():
+        if not isinstance(table, dict) or "corpus" not in table or set(table) - {"corpus", "index"}:
+            raise ConfigError(f"Collection '{name}' in rag.toml needs corpus (and at most index): {table!r}.", hint)
+        index = Path(str(table["index"])).expanduser() if table.get("index") else None
+        specs.append(CollectionSpec(str(name), Path(str(table["corpus"])).expanduser(), index))
+    return tuple(specs)
 
 
 def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
@@ -167,6 +216,8 @@ def load_settings(config_file: Path | None = None, **overrides: object) -> Setti
             values[key] = value
 
     for name in known:
+        if name in TABLE_SETTINGS:
+            continue
         env = os.environ.get(f"RAG_{name.upper()}")
         if env is not None:
             values[name] = env

@@ -31,6 +31,56 @@ def eval_main() -> None:
     # A callback keeps `retrieval` a sub-command even while it is the only one.
 
 
+QUESTIONS_HELP = "Question file, one JSON object a line; or a conversations.sqlite3 (its thumbs-up answers)."
+
+
+def _questions(path: Path, load_questions):  # type: ignore[no-untyped-def]
+    """The questions of a JSONL file, or of a conversations file's thumbs-up rows (thumbs-down ones noted)."""
+    from rag_eval.feedback import is_conversations_file, load_feedback_questions
+    from rag_eval.metrics import EvalFileError
+
+    if not is_conversations_file(path):
+        return load_questions(path)
+    questions, review = load_feedback_questions(path)
+    if review:
+        typer.echo(f"{len(review)} thumbs-down answers are not questions with a known answer; list them with:"
+                   f" rag eval feedback {path}", err=True)  # fmt: skip
+    if not questions:
+        raise EvalFileError(f"{path} holds no thumbs-up answers yet.", "Rate answers on the chat page (thumbs up) first.")
+    return questions
+
+
+@eval_app.command("feedback")
+def feedback_cmd(
+    path: Annotated[Path, typer.Argument(help="conversations.sqlite3 (beside the index folder).", metavar="FILE")],
+    jsonl: Annotated[Path | None, typer.Option("--jsonl", help="Write the thumbs-up rows as a question file here.")] = None,
+) -> None:
+    """List the page's thumbs up/down: the questions `rag eval` would ask, and the answers to review."""
+    from dataclasses import asdict
+
+    from rag_eval.feedback import load_feedback_questions
+
+    try:
+        questions, review = load_feedback_questions(path)
+    except RagError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"{len(questions)} questions from thumbs-up answers:")
+    for q in questions:
+        typer.echo(f"  {q.id}: {q.question}  (key terms {list(q.must_include)}, {len(q.evidence)} cited passages)")
+    typer.echo(f"\n{len(review)} thumbs-down answers to review:")
+    for r in review:
+        cited = ", ".join(f"[{c.number}] {c.file}" for c in r.citations) or "no citations"
+        typer.echo(f"  feedback-{r.message} ({r.collection}): {r.question}\n    {' '.join(r.answer.split())[:160]}  ({cited})")
+    if jsonl is not None:
+        jsonl.parent.mkdir(parents=True, exist_ok=True)
+        with jsonl.open("w", encoding="utf-8") as out:
+            for q in questions:
+                row = {**asdict(q), "must_include": list(q.must_include), "evidence": [asdict(e) for e in q.evidence]}
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        typer.echo(f"\nQuestion file: {jsonl}", err=True)
+
+
 def save_report(json_out: Path, data: object, label: str = "Full report") -> None:
     """Write a command's --json report (UTF-8, indented) and say where it went."""
     json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +108,7 @@ def _settings(ctx: typer.Context):  # type: ignore[no-untyped-def]
 @eval_app.command("retrieval")
 def retrieval_cmd(
     ctx: typer.Context,
-    eval_file: Annotated[Path, typer.Argument(help="Question file, one JSON object a line.", metavar="EVAL.jsonl")],
+    eval_file: Annotated[Path, typer.Argument(help=QUESTIONS_HELP, metavar="EVAL.jsonl")],
     k: Annotated[str, typer.Option("--k", help="Cut-offs for hit@k and recall@k, comma-separated.")] = "1,3,5,10",
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the full report (every ranked passage) to this file.")
@@ -72,7 +122,7 @@ def retrieval_cmd(
 
     try:
         ks = parse_ks(k)
-        questions = load_questions(eval_file)
+        questions = _questions(eval_file, load_questions)
         settings = _settings(ctx)
         if not quiet:
             typer.echo(f"Loading the index and {settings.embed_model}…", err=True)
@@ -112,7 +162,7 @@ def retrieval_cmd(
 @eval_app.command("answers")
 def answers_cmd(
     ctx: typer.Context,
-    eval_file: Annotated[Path, typer.Argument(help="Question file, one JSON object a line.", metavar="EVAL.jsonl")],
+    eval_file: Annotated[Path, typer.Argument(help=QUESTIONS_HELP, metavar="EVAL.jsonl")],
     model: Annotated[str | None, typer.Option("--model", help="Chat model (default: the configured one).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every answer, citation and passage here.")] = None,
@@ -131,7 +181,7 @@ def answers_cmd(
     try:
         if path not in ("auto", "cached", "ordinary", "both"):
             raise ConfigError(f"Unknown --path '{path}'.", "Use auto, cached, ordinary or both.")
-        questions = load_questions(eval_file)[:limit]
+        questions = _questions(eval_file, load_questions)[:limit]
         settings = _settings(ctx)
         if model:
             settings = replace(settings, chat_model=model)

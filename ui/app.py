@@ -31,11 +31,15 @@ from rag.errors import RagError
 from rag.index.build import BuildReport
 from rag.answer.kvstore import BackgroundBuild
 from rag.answer.pipeline import MAX_QUESTION_CHARS, Done, Pipeline, Restart, Retrieved, Token, Turn
-from ui import render
+from rag.collections import for_collection
+from rag.conversations import ConversationStore
+from ui import render, saved_chats
 from ui.assets import CSS, FONTS, JS, MONO_FONTS, STORE_LANGUAGE_JS
 from ui.chat_models import ChatModels, offered_models
+from ui.collection_pipelines import CollectionPipelines
 from ui.indexing import Progress, run_build
 from ui.render import Exchange
+from ui.saved_chats import MessageIds
 from ui.text import DEFAULT_LANG, DETECT_LANGUAGE_JS, LANGUAGES, say
 from ui.uploads import UploadResult, UploadStatus, save_upload
 
@@ -133,10 +137,21 @@ def _bot(content: str) -> dict[str, str]:
 # ---------------------------------------------------------------- the page
 
 
-def build_app(pipeline: Pipeline, kv_build: BackgroundBuild | None = None) -> gr.Blocks:
-    """The page. `kv_build` (from `launch`) computes the passage KV store in the background."""
+def build_app(
+    pipeline: Pipeline, kv_build: BackgroundBuild | None = None, base: Settings | None = None,
+    store: ConversationStore | None = None,
+) -> gr.Blocks:  # fmt: skip
+    """The page. `kv_build` (from `launch`) computes the passage KV store in the background.
+
+    `pipeline` serves the collection `base.collection`; `base` are the settings as loaded
+    (rag/collections.py), from which the other collections are found (default: pipeline.settings).
+    Chats are saved in `store` (default: the file settings.conversations_path names).
+    """
     settings = pipeline.settings
+    base = base or settings
+    store = store or ConversationStore(base.conversations_path)
     models = ChatModels(pipeline)
+    collections = CollectionPipelines(base, models)
     offered = offered_models(settings.chat_model)
     tabs = Tabs()
     max_bytes = int(settings.max_file_mb * 1e6)
@@ -148,7 +163,7 @@ def build_app(pipeline: Pipeline, kv_build: BackgroundBuild | None = None) -> gr
 
     def answer(
         question: Question, history: list[dict[str, Any]], conv: list[Exchange], k: float, details: bool,
-        model: str | None, lang: str, request: gr.Request | None,
+        model: str | None, lang: str, request: gr.Request | None, collection: str | None = None,
     ) -> Iterator[tuple[list[dict[str, Any]], str, list[Exchange]]]:  # fmt: skip
         """Stream one answer into the last chat message; yields (chat, sources panel, exchanges)."""
         tab = tabs.get(request)
@@ -170,7 +185,7 @@ def build_app(pipeline: Pipeline, kv_build: BackgroundBuild | None = None) -> gr
             model = model or settings.chat_model
             if not models.is_loaded(model):
                 yield history, panel(say(lang, "loading_model", name=model)), conv
-            answering = models.pipeline(model)
+            answering = collections.for_answer(collection, model)
             yield history, panel(say(lang, "searching")), conv
             text, status = "", say(lang, "searching")
             events = answering.ask(question.text, turns, k=int(k), stop=stop)
@@ -227,33 +242,37 @@ def build_app(pipeline: Pipeline, kv_build: BackgroundBuild | None = None) -> gr
         return prepare(str(text), history, request)
 
     def respond(  # type: ignore[no-untyped-def]
-        question: Question | None, history, conv, k, details, model, lang, request: gr.Request
-    ):
-        """Answer the question `prepare` queued (queued in turn with every tab's questions)."""
+        question: Question | None, history, conv, k, details, model, lang, collection, conv_id, msg_ids,
+        request: gr.Request,
+    ):  # fmt: skip
+        """Answer the question `prepare` queued (queued in turn with every tab's questions), saving it."""
         if question is None:
-            yield gr.skip(), gr.skip(), gr.skip()
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
         tab = tabs.get(request)
         if tab.current != question.id:  # the chat was cleared while this waited
-            yield gr.skip(), gr.skip(), gr.skip()
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
         try:
-            yield from answer(question, list(history or []), list(conv or []), k, details, model, lang, request)
+            history, conv = list(history or []), list(conv or [])
+            stream = answer(question, history, conv, k, details, model, lang, request, collection)
+            yield from saving(stream, conv, collection, conv_id, msg_ids)
         finally:
             if tab.current == question.id:
                 tab.current = 0
 
     def ask(  # type: ignore[no-untyped-def]
         question: str, history: list[dict[str, Any]], k: float, details: bool, model: str, lang: str, conv,
-        request: gr.Request,
+        collection: str, conv_id, msg_ids, request: gr.Request,
     ):  # fmt: skip
         """API: ask a question in this session's chat; streams (chat, sources HTML, cleared question box)."""
         history = [*(history or []), {"role": "user", "content": question}, _bot(PENDING)]
         q = tabs.take_over(request, question)
         tab = tabs.get(request)
         try:
-            for chat, sources, new_conv in answer(q, history, list(conv or []), k, details, model, lang, request):
-                yield chat, sources, "", new_conv
+            stream = answer(q, history, list(conv or []), k, details, model, lang, request, collection)
+            for chat, sources, new_conv, new_id, new_ids in saving(stream, conv, collection, conv_id, msg_ids):
+                yield chat, sources, "", new_conv, new_id, new_ids
         finally:
             if tab.current == q.id:
                 tab.current = 0
@@ -261,27 +280,114 @@ def build_app(pipeline: Pipeline, kv_build: BackgroundBuild | None = None) -> gr
     def stop_answer(request: gr.Request) -> None:
         tabs.get(request).stop.set()
 
-    def clear_chat(lang: str, request: gr.Request):  # type: ignore[no-untyped-def]
-        tab = tabs.get(request)
-        tab.stop.set()
-        tab.current = 0
-        return [], render.sources_html([], lang), []
-
     def rerender_sources(conv: list[Exchange], lang: str, details: bool) -> str:
         return render.sources_html(conv or [], lang, details)
 
+    # ------------------------------------------------------------ saved chats (ui/saved_chats.py)
+
+    def saving(
+        stream: Iterator[tuple[list[dict[str, Any]], str, list[Exchange]]], conv: list[Exchange] | None,
+        collection: str | None, conv_id: str | None, msg_ids: MessageIds | None,
+    ) -> Iterator[tuple[list[dict[str, Any]], str, list[Exchange], str | None, MessageIds]]:  # fmt: skip
+        """Pass the answer's updates on, saving the exchange it finishes; adds (conversation id, message ids)."""
+        ids = dict(msg_ids or {})
+        last = conv[-1] if conv else None  # `answer` appends a new Exchange when the answer is done
+        for chat, sources, new_conv in stream:
+            if new_conv and new_conv[-1] is not last:
+                last = new_conv[-1]
+                conv_id = save_exchange(last, chat, collection, conv_id, ids)
+            yield chat, sources, new_conv, conv_id, ids
+
+    def save_exchange(
+        ex: Exchange, chat: list[dict[str, Any]], collection: str | None, conv_id: str | None, ids: MessageIds
+    ) -> str | None:
+        """Store one finished exchange (starting the conversation on its first); the conversation's id.
+
+        A failing store (a full disk) must not cost the reader the answer: it is logged and the chat goes on.
+        """
+        name = collection or collections.home
+        try:
+            if store.get(conv_id) is None:
+                conv_id = store.create(ex.question, name).id
+            message = store.add_message(conv_id, ex.number, ex.question, ex.answer, name, ex.stopped)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("could not save the conversation")
+            return conv_id
+        ids[len(chat) - 1] = message.id
+        return conv_id
+
+    def saved_list_update(current: str | None):  # type: ignore[no-untyped-def]
+        return gr.update(choices=saved_chats.choices(store.recent()), value=current)
+
+    def after_answer(conv_id: str | None):  # type: ignore[no-untyped-def]
+        """Remember the tab's conversation in the browser (it survives a reload) and list it."""
+        return conv_id, saved_list_update(conv_id)
+
+    def fresh_chat(lang: str, request: gr.Request | None):  # type: ignore[no-untyped-def]
+        """(chat, sources, exchanges, conversation id, message ids, browser's id, list): a new, empty chat."""
+        tab = tabs.get(request)
+        tab.stop.set()
+        tab.current = 0
+        return [], render.sources_html([], lang), [], None, {}, None, saved_list_update(None)
+
+    def open_saved(conv_id: str | None, lang: str, details: bool, request: gr.Request | None):  # type: ignore[no-untyped-def]
+        """Show a saved conversation; also (chat, sources, ..., collection) of `restore_saved`."""
+        conversation = store.get(conv_id)
+        if conversation is None:
+            return (*fresh_chat(lang, request), gr.skip())
+        tab = tabs.get(request)
+        tab.stop.set()
+        tab.current = 0
+        r = saved_chats.restore(conversation, store.messages(conversation.id), lang)
+        collection = r.collection if r.collection in collections.names() else gr.skip()
+        return (
+            gr.update(value=r.history, feedback_value=r.feedback), render.sources_html(r.exchanges, lang, details),
+            r.exchanges, conversation.id, r.message_ids, conversation.id, saved_list_update(conversation.id), collection,
+        )  # fmt: skip
+
+    def delete_saved(conv_id: str | None, lang: str, request: gr.Request | None):  # type: ignore[no-untyped-def]
+        if conv_id:
+            store.delete(conv_id)
+        return fresh_chat(lang, request)
+
+    def export_saved(conv_id: str | None, lang: str):  # type: ignore[no-untyped-def]
+        path = saved_chats.export_file(store, conv_id)
+        if path is None:
+            gr.Info(say(lang, "export_none"))
+            return gr.update(value=None, visible=False)
+        return gr.update(value=str(path), visible=True, label=say(lang, "export_file"))
+
+    def rate(conv_id: str | None, msg_ids: MessageIds | None, data: gr.LikeData) -> None:
+        """A thumbs up or down on an answer: stored with its question, answer and citations."""
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        message_id = (msg_ids or {}).get(index)
+        if message_id is not None and store.get(conv_id) is not None:
+            store.rate(message_id, saved_chats.rating_of(data.liked))
+
+    def session_language(lang: str) -> tuple[Any, ...]:
+        """The labels of the collection picker and the saved-chats panel in `lang` (part of apply_language)."""
+        return (
+            # The choices again: a collection folder made since the page started shows up on reload.
+            gr.update(label=say(lang, "collection"), info=say(lang, "collection_info"), choices=collections.names()),
+            gr.update(label=say(lang, "saved")),
+            gr.update(label=say(lang, "saved_list"), info=say(lang, "saved_empty")),
+            gr.update(value=say(lang, "new_chat")),
+            gr.update(value=say(lang, "delete_chat")),
+            gr.update(value=say(lang, "export_chat")),
+        )
+
     # ------------------------------------------------------------ index and uploads
 
-    def index_view(lang: str) -> tuple[str, list[list[Any]]]:
+    def index_view(lang: str, collection: str | None = None) -> tuple[str, list[list[Any]]]:
         try:
-            index = pipeline.get_index()
+            index = collections.for_index(collection).get_index()
         except RagError as exc:
             return say(lang, "index_missing", message=exc.message), []
-        return render.index_summary(index, lang) + kv_line(lang), render.documents_rows(index)
+        return render.index_summary(index, lang) + kv_line(lang, collection), render.documents_rows(index)
 
-    def kv_line(lang: str) -> str:
+    def kv_line(lang: str, collection: str | None = None) -> str:
         """The passage KV store's state under the index summary ('' when there is no background build)."""
-        if kv_build is None:
+        if kv_build is None or (collection or collections.home) != collections.home:
             return ""
         if not settings.kv_cache:
             return "  \n" + say(lang, "kv_off")
@@ -305,10 +411,11 @@ def build_app(pipeline: Pipeline, kv_build: BackgroundBuild | None = None) -> gr
         lines += [say(lang, "build_skipped", path=p, reason=r) for p, r in report.skipped.items()]
         return lines + list(getattr(report, "notes", []))  # notes: a stale lock or a damaged index was handled
 
-    def update_index(lang: str, before: list[str]) -> Iterator[tuple[str, Any, Any]]:
-        """Run an incremental update; yields (status HTML, index summary, documents table)."""
+    def update_index(lang: str, before: list[str], collection: str | None = None) -> Iterator[tuple[str, Any, Any]]:
+        """Run an incremental update of a collection's index; yields (status HTML, index summary, documents table)."""
+        home = (collection or collections.home) == collections.home
         try:
-            for item in run_build(settings, pipeline.get_embedder):
+            for item in run_build(collections.settings(collection), pipeline.get_embedder):
                 if isinstance(item, Progress):
                     yield (
                         render.status_html([*before, _progress_text(item, lang)], item.done, item.total),
@@ -316,26 +423,25 @@ def build_app(pipeline: Pipeline, kv_build: BackgroundBuild | None = None) -> gr
                         gr.skip(),
                     )
                 else:
-                    if kv_build is not None and item.wrote:
+                    if kv_build is not None and item.wrote and home:
                         kv_build.start()  # new or changed passages: compute their blocks in the background
-                    summary, rows = index_view(lang)
+                    summary, rows = index_view(lang, collection)
                     yield render.status_html([*before, *build_messages(item, lang)]), summary, rows
         except RagError as exc:
             failed = say(lang, "build_failed", message=exc.message, hint=exc.hint)
             yield render.status_html([*before, failed], error=True), gr.skip(), gr.skip()
 
-    def rebuild(lang: str):  # type: ignore[no-untyped-def]
-        yield from update_index(lang, [])
+    def rebuild(lang: str, collection: str | None = None):  # type: ignore[no-untyped-def]
+        yield from update_index(lang, [], collection)
 
-    def upload(files: list[str] | None, overwrite: bool, lang: str):  # type: ignore[no-untyped-def]
+    def upload(files: list[str] | None, overwrite: bool, lang: str, collection: str | None = None):  # type: ignore[no-untyped-def]
         """Check and save the files, then update the index; yields (status, summary, table, files, overwrite)."""
         if not files:
             yield render.status_html([say(lang, "up_none")], error=True), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
-        results = [
-            save_upload(Path(f), Path(f).name, Path(settings.corpus_dir), max_bytes, overwrite=bool(overwrite))
-            for f in files
-        ]
+        corpus = Path(collections.settings(collection).corpus_dir)
+        corpus.mkdir(parents=True, exist_ok=True)  # a collection declared in rag.toml before its folder existed
+        results = [save_upload(Path(f), Path(f).name, corpus, max_bytes, overwrite=bool(overwrite)) for f in files]
         lines = [_upload_text(r, lang, max_bytes) for r in results]
         # A file waiting for the overwrite confirmation stays selected, so ticking the box and adding again is enough.
         files_out = gr.skip() if any(r.status is UploadStatus.EXISTS for r in results) else None
@@ -343,14 +449,14 @@ def build_app(pipeline: Pipeline, kv_build: BackgroundBuild | None = None) -> gr
         if not any(r.changed_corpus for r in results):
             yield render.status_html(lines, error=refused), gr.skip(), gr.skip(), files_out, False
             return
-        for status, summary, rows in update_index(lang, lines):
+        for status, summary, rows in update_index(lang, lines, collection):
             yield status, summary, rows, files_out, False
 
     # ------------------------------------------------------------ language
 
-    def apply_language(lang: str, conv: list[Exchange], details: bool):  # type: ignore[no-untyped-def]
+    def apply_language(lang: str, conv: list[Exchange], details: bool, collection: str | None = None):  # type: ignore[no-untyped-def]
         """Every label, button and panel of the page in `lang` (also refreshes the index panel)."""
-        summary, rows = index_view(lang)
+        summary, rows = index_view(lang, collection)
         return (
             f"{say(lang, 'title')}\n{say(lang, 'subtitle')}",
             gr.update(label=say(lang, "chat"), placeholder=say(lang, "chat_empty")),
@@ -373,10 +479,15 @@ def build_app(pipeline: Pipeline, kv_build: BackgroundBuild | None = None) -> gr
             gr.update(label=say(lang, "upload_files", mb=settings.max_file_mb)),
             gr.update(label=say(lang, "overwrite")),
             gr.update(value=say(lang, "upload_btn")),
+            *session_language(lang),
         )
 
-    def on_load(lang: str, details: bool):  # type: ignore[no-untyped-def]
-        return (lang, *apply_language(lang, [], details))
+    def on_load(lang: str, details: bool, collection: str | None):  # type: ignore[no-untyped-def]
+        return (lang, *apply_language(lang, [], details, collection))
+
+    def collection_changed(lang: str, collection: str):  # type: ignore[no-untyped-def]
+        """Another collection chosen: its index in the panel (the chat goes on; its next question searches there)."""
+        return index_view(lang, collection)
 
     # ------------------------------------------------------------ layout
 
@@ -385,14 +496,23 @@ def build_app(pipeline: Pipeline, kv_build: BackgroundBuild | None = None) -> gr
     with gr.Blocks(title="离线文档问答 · Offline document Q&A", analytics_enabled=False) as demo:
         conv = gr.State([])  # this tab's exchanges, for the sources panel
         pending = gr.State(None)  # the Question `prepare` hands to `respond`
+        conv_id = gr.State(None)  # this tab's conversation in the store (None until its first answer)
+        msg_ids = gr.State({})  # which stored message each answer in the chat is (for thumbs up/down)
+        # The browser keeps the conversation's id, so a reload (or a new server) shows the chat again.
+        # The secret lives in the store's file: a fixed one keeps the id readable across restarts.
+        saved_id = gr.BrowserState(None, storage_key="rag-chat-conversation", secret=store.secret())
         with gr.Row(elem_id="header"):
             title = gr.Markdown(f"{say(zh, 'title')}\n{say(zh, 'subtitle')}")
             lang = gr.Radio(LANGUAGES, value=zh, show_label=False, elem_id="lang", container=False)
         with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=220, elem_id="side-panel"):
+                collection, saved_acc, saved_list, new_btn, delete_btn, export_btn, export_out = _side_panel(
+                    collections.names(), collections.home, saved_chats.choices(store.recent())
+                )
             with gr.Column(scale=3):
                 chatbot = gr.Chatbot(
                     label=say(zh, "chat"), height=560, elem_id="chat", placeholder=say(zh, "chat_empty"),
-                    feedback_options=None, buttons=["copy"],
+                    feedback_options=("Like", "Dislike"), buttons=["copy"],
                 )  # fmt: skip
                 question = gr.Textbox(
                     placeholder=say(zh, "placeholder"), label="question", show_label=False, elem_id="question",
@@ -434,36 +554,48 @@ def build_app(pipeline: Pipeline, kv_build: BackgroundBuild | None = None) -> gr
             api_ask = gr.Button(visible=False)  # the /ask endpoint for API clients
 
         # Answering: prepare (instant) -> respond (queued, one answer at a time across all tabs).
-        answer_inputs = [pending, chatbot, conv, k, details, model, lang]
-        answer_outputs = [chatbot, sources, conv]
+        answer_inputs = [pending, chatbot, conv, k, details, model, lang, collection, conv_id, msg_ids]
+        answer_outputs = [chatbot, sources, conv, conv_id, msg_ids]
+        private: dict[str, Any] = {"queue": False, "api_visibility": "private"}
         chat: dict[str, Any] = {
             "concurrency_id": "chat", "concurrency_limit": 1, "api_visibility": "private", "show_progress": "minimal"
         }  # fmt: skip
         for trigger in (question.submit, send.click):
             trigger(
                 prepare, [question, chatbot], [chatbot, question, pending], queue=False, api_visibility="private"
-            ).then(respond, answer_inputs, answer_outputs, **chat)
+            ).then(respond, answer_inputs, answer_outputs, **chat).then(
+                after_answer, [conv_id], [saved_id, saved_list], **private
+            )  # fmt: skip
         examples.click(
             pick_example, [examples, chatbot], [chatbot, question, pending], queue=False, api_visibility="private"
-        ).then(respond, answer_inputs, answer_outputs, **chat)
+        ).then(respond, answer_inputs, answer_outputs, **chat).then(
+            after_answer, [conv_id], [saved_id, saved_list], **private
+        )  # fmt: skip
         api_ask.click(
-            ask, [question, chatbot, k, details, model, lang, conv], [chatbot, sources, question, conv],
-            api_name="ask", concurrency_id="chat", concurrency_limit=1,
+            ask, [question, chatbot, k, details, model, lang, conv, collection, conv_id, msg_ids],
+            [chatbot, sources, question, conv, conv_id, msg_ids], api_name="ask", concurrency_id="chat",
+            concurrency_limit=1,
         )  # fmt: skip
         stop.click(stop_answer, None, None, queue=False, api_visibility="private")
-        clear.click(clear_chat, [lang], [chatbot, sources, conv], queue=False, api_visibility="private")
-        # The chat's own trash icon clears it the same way.
-        chatbot.clear(clear_chat, [lang], [chatbot, sources, conv], queue=False, api_visibility="private")
+        # "Clear", the chat's own trash icon and "new chat" all start a new conversation; the old one stays saved.
+        fresh_outputs = [chatbot, sources, conv, conv_id, msg_ids, saved_id, saved_list]
+        for clearing in (clear.click, chatbot.clear, new_btn.click):
+            clearing(fresh_chat, [lang], fresh_outputs, **private)
+        saved_list.input(open_saved, [saved_list, lang, details], [*fresh_outputs, collection], **private)
+        delete_btn.click(delete_saved, [conv_id, lang], fresh_outputs, **private)
+        export_btn.click(export_saved, [conv_id, lang], [export_out], **private)
+        chatbot.like(rate, [conv_id, msg_ids], None, **private)
         details.change(rerender_sources, [conv, lang, details], sources, queue=False, api_visibility="private")
 
         index_outputs = [index_status, index_info, docs]
         if kv_build is not None and settings.kv_cache:  # the store's progress, while the page is open
             gr.Timer(10).tick(lambda lg: index_view(lg)[0], [lang], index_info, queue=False, api_visibility="private")
         rebuild_btn.click(
-            rebuild, [lang], index_outputs, api_name="rebuild", concurrency_id="index", concurrency_limit=1
+            rebuild, [lang, collection], index_outputs, api_name="rebuild", concurrency_id="index", concurrency_limit=1
         )
+        collection.change(collection_changed, [lang, collection], [index_info, docs], **private)
         upload_btn.click(
-            upload, [files, overwrite, lang], [upload_status, index_info, docs, files, overwrite],
+            upload, [files, overwrite, lang, collection], [upload_status, index_info, docs, files, overwrite],
             api_name="upload", concurrency_id="index", concurrency_limit=1,
         )  # fmt: skip
 
@@ -471,19 +603,40 @@ def build_app(pipeline: Pipeline, kv_build: BackgroundBuild | None = None) -> gr
         language_outputs = [
             title, chatbot, question, send, stop, clear, examples, sources, sources_acc, settings_acc, model, k,
             details, index_acc, index_info, docs, rebuild_btn, upload_acc, files, overwrite, upload_btn,
+            collection, saved_acc, saved_list, new_btn, delete_btn, export_btn,
         ]  # fmt: skip
         demo.load(
             on_load,
-            [lang, details],
+            [lang, details, collection],
             [lang, *language_outputs],
             js=DETECT_LANGUAGE_JS,
             queue=False,
             api_visibility="private",
+        ).then(open_saved, [saved_id, lang, details], [*fresh_outputs, collection], **private)  # as before a reload
+        lang.change(
+            apply_language, [lang, conv, details, collection], language_outputs, queue=False, api_visibility="private"
         )
-        lang.change(apply_language, [lang, conv, details], language_outputs, queue=False, api_visibility="private")
         lang.input(None, [lang], None, js=STORE_LANGUAGE_JS)
     demo.queue(default_concurrency_limit=1)
     return demo
+
+
+def _side_panel(names: list[str], chosen: str, saved: list[tuple[str, str]]) -> tuple[Any, ...]:
+    """The collection picker and the saved chats (list, new, delete, export); their components, in that order."""
+    zh = DEFAULT_LANG
+    collection = gr.Dropdown(
+        names, value=chosen, label=say(zh, "collection"), info=say(zh, "collection_info"), elem_id="collection",
+        interactive=True, allow_custom_value=True,  # API clients may name a collection made after the page started
+    )  # fmt: skip
+    with gr.Accordion(say(zh, "saved"), open=True, elem_id="saved-chats") as saved_acc:
+        saved_list = gr.Radio(
+            saved, value=None, label=say(zh, "saved_list"), info=say(zh, "saved_empty"), elem_id="saved-list"
+        )
+        new_btn = gr.Button(say(zh, "new_chat"), elem_id="new-chat", size="sm")
+        delete_btn = gr.Button(say(zh, "delete_chat"), elem_id="delete-chat", size="sm", variant="stop")
+        export_btn = gr.Button(say(zh, "export_chat"), elem_id="export-chat", size="sm")
+        export_out = gr.File(label=say(zh, "export_file"), visible=False, interactive=False, elem_id="export-file")
+    return collection, saved_acc, saved_list, new_btn, delete_btn, export_btn, export_out
 
 
 def _doc_headers(lang: str) -> list[str]:
@@ -517,16 +670,17 @@ def _upload_text(r: UploadResult, lang: str, max_bytes: int) -> str:
 def launch(
     settings: Settings, host: str = "127.0.0.1", port: int = 7860, block: bool = True, pipeline: Pipeline | None = None
 ) -> gr.Blocks:
-    """Start the page. Tests pass their own `pipeline` (e.g. with a scripted generator)."""
+    """Start the page. `settings` as loaded (its `collection` is the one shown first); tests pass their own
+    `pipeline` (e.g. with a scripted generator) for that collection."""
     kv_build = None
     if pipeline is None:
-        pipeline = Pipeline(settings)
+        pipeline = Pipeline(for_collection(settings))
         # Load the index and the configured models before the first visitor, so the first answer is not slowed.
         pipeline.load()
         # The passage KV store: computed in the background; answers switch to it once it is complete.
         kv_build = BackgroundBuild(pipeline)
         kv_build.start()
-    demo = build_app(pipeline, kv_build)
+    demo = build_app(pipeline, kv_build, base=settings)
     print(f"Chat page: http://{host}:{port}", flush=True)
     demo.launch(
         server_name=host,
