@@ -150,7 +150,7 @@ def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet:
 def run_kv_store(settings: Settings, build_missing: bool, quiet: bool = False) -> str:
     """The passage KV store's state as a line; with `build_missing`, first compute what is missing (progress bar)."""
     from rag.answer import kvstore
-    from rag.index.build import Index
+    from rag.index.reader import Index
 
     chunks = Index.load(Path(settings.index_dir)).readable(settings.join_max_chars)  # what the model reads
     if not build_missing:
@@ -189,7 +189,7 @@ def index_cmd(
     import time
 
     from rag.errors import IndexStateError
-    from rag.index.build import lock_holder
+    from rag.index.lock import lock_holder
 
     settings = _settings(ctx)
     if kv and not settings.kv_cache:
@@ -418,7 +418,7 @@ def serve_cmd(
     port: Annotated[int | None, typer.Option(help="Port (default 7860).")] = None,
 ) -> None:
     """Start the chat page, building the index first if there is none."""
-    from rag.index.build import index_exists
+    from rag.index.reader import index_exists
 
     s = _settings(ctx)
     try:

@@ -156,7 +156,8 @@ def run_scale(
     import faiss
 
     from rag.config import Settings
-    from rag.index.build import FORMAT_VERSION, Index, Manifest, Pieces
+    from rag.index.manifest import FORMAT_VERSION, Manifest
+    from rag.index.reader import Index, Pieces
     from rag.index.lexical import LexicalIndex, tokenize
     from rag.answer.retrieval import RetrievalParams, Retriever
 

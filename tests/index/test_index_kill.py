@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from rag.index.build import PAUSE_ENV, Index
+from rag.index.publish import PAUSE_ENV
+from rag.index.reader import Index
 from tests.conftest import RAG_BIN, _small_models_available
 
 pytestmark = pytest.mark.e2e
