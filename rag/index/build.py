@@ -19,10 +19,11 @@ from rag.errors import DocumentError, IndexStateError
 from rag.index.assemble import Embedded, Rows, assemble
 from rag.index.lexical import LexicalIndex, tokenize
 from rag.index.lock import BuildLock
-from rag.index.manifest import DENSE_FILE, FORMAT_VERSION, PIECE_OWNERS_FILE, PIECES_FILE, Manifest, now
+from rag.index.manifest import FORMAT_VERSION, MANIFEST_FILE, PIECE_OWNERS_FILE, Manifest, now
 from rag.index.plan import Plan, make_plan, reason, skip_key
-from rag.index.publish import clear_leftovers, new_staging, pause_point, publish
+from rag.index.publish import clear_leftovers, live_build, new_staging, pause_point, publish
 from rag.index.report import BuildReport
+from rag.index.store import CHUNKS, PIECES, close_store, create_stores, drop_unused
 from rag.ingest.chunking import chunk_document, piece_texts, search_text
 from rag.ingest.loaders import load_file
 from rag.schema import Chunk
@@ -53,21 +54,39 @@ def build(
         raise IndexStateError(f"Corpus folder {corpus} does not exist.", "Create it and put .txt/.md/.pdf files in it.")
     report = BuildReport()
     with BuildLock(root, wait=wait) as lock:
-        _clear_interrupted(root, lock, report)
+        _clear_interrupted(settings, root, lock, report)
         plan = make_plan(settings, embed_sha256, full, report)
-        if plan.previous is not None and plan.nothing_changed(report):
-            report.documents, report.chunks = len(plan.previous.manifest.files), len(plan.previous.chunks)
-        else:
-            chunks, read = _read_changed(plan, report, on_progress)
-            embedded = _embed(plan, chunks, read, settings.piece_chars, embedder_factory, report, on_progress)
-            pause_point("embedded")
-            rows = assemble(plan, report, embedded)
-            _notify(on_progress, "write", 0, 1)
-            write_build(root, _manifest(settings, embed_sha256, plan, report, rows, embedded.dim), rows)
-            _notify(on_progress, "write", 1, 1)
-            report.documents, report.chunks, report.wrote = len(rows.files), len(rows.chunks), True
+        try:
+            _update(settings, root, embed_sha256, plan, embedder_factory, report, on_progress)
+        finally:
+            if plan.previous is not None:
+                plan.previous.close()  # its rows are copied; Milvus Lite's folder is free for other processes
         report.seconds = time.perf_counter() - t0
     return report
+
+
+def _update(
+    settings: Settings,
+    root: Path,
+    embed_sha256: str,
+    plan: Plan,
+    embedder_factory: Callable[[], Embedder],
+    report: BuildReport,
+    on_progress: Progress | None,
+) -> None:
+    """Carry out the plan: read, embed, assemble and write a new build, unless nothing changed."""
+    if plan.previous is not None and plan.nothing_changed(report):
+        report.documents, report.chunks = len(plan.previous.manifest.files), len(plan.previous.chunks)
+        return
+    chunks, read = _read_changed(plan, report, on_progress)
+    embedded = _embed(plan, chunks, read, settings.piece_chars, embedder_factory, report, on_progress)
+    pause_point("embedded")
+    rows = assemble(plan, report, embedded)
+    _notify(on_progress, "write", 0, 1)
+    manifest = _manifest(settings, embed_sha256, plan, report, rows, embedded.dim)
+    write_build(settings, root, manifest, rows, plan.previous.manifest if plan.previous else None)
+    _notify(on_progress, "write", 1, 1)
+    report.documents, report.chunks, report.wrote = len(rows.files), len(rows.chunks), True
 
 
 def _notify(on_progress: Progress | None, stage: str, done: int, total: int) -> None:
@@ -75,16 +94,29 @@ def _notify(on_progress: Progress | None, stage: str, done: int, total: int) -> 
         on_progress(stage, done, total)
 
 
-def _clear_interrupted(root: Path, lock: BuildLock, report: BuildReport) -> None:
-    """Remove what a killed build left, and tell the user it happened (their index in use is complete)."""
+def _clear_interrupted(settings: Settings, root: Path, lock: BuildLock, report: BuildReport) -> None:
+    """Remove what a killed build left (folders, and vectors in Milvus no live build names), and tell the user
+    it happened (their index in use is complete)."""
     if lock.stale_holder:
         report.notes.append(
             f"Cleared a stale lock: the build by {lock.stale_holder} stopped before finishing. "
             "Its unfinished work was removed; the index in use is complete."
         )
     leftovers = clear_leftovers(root)
+    _drop_stale_vectors(settings, root)
     if leftovers and not lock.stale_holder:
         report.notes.append(f"Removed {leftovers} unfinished build folder(s) left by an interrupted run.")
+
+
+def _drop_stale_vectors(settings: Settings, root: Path) -> None:
+    """Drop Milvus collections no live build names (a build killed before or just after its swap left them).
+    When the live manifest is unreadable, which collections are live is unknown, so none are dropped."""
+    live = live_build(root)
+    try:
+        manifest = Manifest.from_json((live / MANIFEST_FILE).read_text(encoding="utf-8")) if live else None
+    except (OSError, ValueError, TypeError, KeyError):
+        return
+    drop_unused(root, settings, manifest)
 
 
 def _read_changed(
@@ -178,20 +210,22 @@ def _manifest(settings: Settings, embed_sha256: str, plan: Plan, report: BuildRe
     )
 
 
-def write_build(root: Path, manifest: Manifest, rows: Rows) -> None:
-    """Write the vectors and BM25 state into a staging folder, then publish it (chunks, manifest, swap)."""
-    import faiss
-
-    def write_flat(name: str, vectors: np.ndarray) -> None:
-        index = faiss.IndexFlatIP(manifest.dim)
-        if len(vectors):
-            index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        faiss.write_index(index, str(staging / name))
-
+def write_build(settings: Settings, root: Path, manifest: Manifest, rows: Rows, previous: Manifest | None = None) -> None:
+    """Write the vectors (through the configured store) and BM25 state into a staging folder, then publish it
+    (chunks, manifest naming the stores, swap); the vectors of replaced builds are dropped only after the swap."""
     staging = new_staging(root)
-    write_flat(DENSE_FILE, rows.vectors)
-    if manifest.piece_chars > 0:
-        write_flat(PIECES_FILE, rows.piece_vectors)
-        np.save(staging / PIECE_OWNERS_FILE, rows.owners)
+    kinds = [CHUNKS, PIECES] if manifest.piece_chars > 0 else [CHUNKS]
+    stores = create_stores(settings, root, staging, manifest.dim, kinds)
+    try:
+        stores.stores[CHUNKS].add(rows.vectors)
+        if manifest.piece_chars > 0:
+            stores.stores[PIECES].add(rows.piece_vectors)
+            np.save(staging / PIECE_OWNERS_FILE, rows.owners)
+        stores.finish()
+    finally:
+        for store in stores.stores.values():
+            close_store(store)
     LexicalIndex.build([tokenize(search_text(c)) for c in rows.chunks]).save(staging / "bm25")
+    manifest.vector_store = stores.record
     publish(root, staging, manifest, rows.chunks)
+    drop_unused(root, settings, manifest, previous)

@@ -55,9 +55,16 @@ class Manifest:
     skipped: dict[str, dict[str, str]] = field(default_factory=dict)  # path -> {sha256, max_bytes, reason}
     built_at: str = ""
     piece_chars: int = 0  # the chunks' sentence pieces were embedded too (pieces.faiss); 0: none
+    # Where the vectors are when not in this folder's FAISS files (store.py): {"kind": "milvus", "uri": ...,
+    # "chunks": collection, "pieces": collection}. Empty for FAISS, and then not written, so FAISS builds
+    # keep the manifest they had before the store seam.
+    vector_store: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, indent=1)
+        data = asdict(self)
+        if not data["vector_store"]:
+            del data["vector_store"]
+        return json.dumps(data, ensure_ascii=False, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
@@ -99,12 +106,13 @@ def _read_checksums(directory: Path) -> dict[str, str]:
     return listed
 
 
-def verify_checksums(directory: Path) -> None:
-    """Every file listed in SHA256SUMS is present and unchanged. Builds made before checksums pass unchecked."""
+def verify_checksums(directory: Path, vector_files: frozenset[str] = frozenset({DENSE_FILE})) -> None:
+    """Every file listed in SHA256SUMS is present and unchanged, and it lists the build's essential files
+    (`vector_files`: none when a database holds the vectors). Builds made before checksums pass unchecked."""
     if not (directory / CHECKSUMS).exists():
         return
     listed = _read_checksums(directory)
-    for name in sorted({MANIFEST_FILE, CHUNKS_FILE, DENSE_FILE} - set(listed)):
+    for name in sorted({MANIFEST_FILE, CHUNKS_FILE, *vector_files} - set(listed)):
         raise _damaged(directory, f"{CHECKSUMS} does not list {name}")
     for name, digest in listed.items():
         path = directory / name

@@ -29,11 +29,18 @@ class Plan:
     previous: Index | None  # the live index, when its rows can be reused
     chunker: ChunkerSettings
     max_bytes: int
+    same_store: bool = True  # the live build's vectors are in the configured store (else: copy them over)
 
     def nothing_changed(self, report: BuildReport) -> bool:
-        """The live index already matches the corpus: the build writes nothing and loads no model."""
+        """The live index already matches the corpus and the store setting: the build writes nothing and
+        loads no model."""
         old_skipped = self.previous.manifest.skipped if self.previous else {}
-        return self.previous is not None and not report.changed and set(report.skipped) == set(old_skipped)
+        return (
+            self.previous is not None
+            and self.same_store
+            and not report.changed
+            and set(report.skipped) == set(old_skipped)
+        )
 
 
 def skip_key(sha256: str, max_bytes: int, reason: str) -> dict[str, str]:
@@ -65,7 +72,20 @@ def make_plan(settings: Settings, embed_sha256: str, full: bool, report: BuildRe
         report.notes.append(why_not)
     files = scan_corpus(Path(settings.corpus_dir), report)
     to_read = classify(files, previous.manifest if previous else None, max_bytes, report)
-    return Plan(files, to_read, previous, chunker, max_bytes)
+    same = previous is None or in_configured_store(previous.manifest, settings)
+    return Plan(files, to_read, previous, chunker, max_bytes, same)
+
+
+def in_configured_store(manifest: Manifest, settings: Settings) -> bool:
+    """The build's vectors are where `vector_store` and `milvus_uri` say; a switch rewrites the build
+    into the new store, reusing every vector (no re-embedding)."""
+    record = manifest.vector_store
+    if settings.vector_store == "faiss" or not record:
+        return settings.vector_store == "faiss" and not record
+    from rag.index import milvus
+
+    root = Path(settings.index_dir)
+    return milvus.stored_uri(record.get("uri", ""), root) == milvus.resolve_uri(settings, root)[0]
 
 
 def load_previous(root: Path, compatible: Callable[[Manifest], bool]) -> tuple[Index | None, str | None]:

@@ -8,23 +8,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from rag.errors import IndexStateError
+from rag.errors import IndexStateError, RagError
 from rag.index.lexical import LexicalIndex, tokenize
 from rag.index.manifest import (
     CHUNKS_FILE,
-    DENSE_FILE,
     FORMAT_VERSION,
     MANIFEST_FILE,
     PIECE_OWNERS_FILE,
-    PIECES_FILE,
     REBUILD_HINT,
     Manifest,
     verify_checksums,
 )
+from rag.index.store import CHUNKS, PIECES, VectorStore, close_store, open_store, vector_files
 from rag.ingest.chunking import following, passage
 from rag.schema import Chunk
 
@@ -33,11 +31,11 @@ from rag.schema import Chunk
 class Pieces:
     """Vectors of the chunks' sentence pieces (chunking.piece_texts) and the row of the chunk each belongs to."""
 
-    dense: Any  # a faiss index
+    dense: VectorStore
     owners: np.ndarray  # int64, one row per piece vector
 
     def __len__(self) -> int:
-        return int(self.dense.ntotal)
+        return self.dense.count()
 
 
 def index_exists(root: Path) -> bool:
@@ -48,8 +46,8 @@ def index_exists(root: Path) -> bool:
 class Index:
     """A loaded, read-only index."""
 
-    def __init__(self, directory: Path, manifest: Manifest, chunks: list[Chunk], dense, lexical: LexicalIndex,  # type: ignore[no-untyped-def]
-                 pieces: Pieces | None = None) -> None:  # fmt: skip
+    def __init__(self, directory: Path, manifest: Manifest, chunks: list[Chunk], dense: VectorStore,
+                 lexical: LexicalIndex, pieces: Pieces | None = None) -> None:  # fmt: skip
         self.directory = directory
         self.manifest = manifest
         self.chunks = chunks
@@ -100,11 +98,23 @@ class Index:
     def _load_build(cls, directory: Path, embed_model: str | None, embed_sha256: str | None) -> Index:
         """Read one build directory, checking it at each step before trusting the next file."""
         manifest = _read_manifest(directory)
-        verify_checksums(directory)
+        verify_checksums(directory, vector_files(manifest))
         _check_embedder(manifest, embed_model, embed_sha256)
-        chunks, dense, lexical = _read_parts(directory)
-        _check_consistent(directory, manifest, chunks, dense)
-        return cls(directory, manifest, chunks, dense, lexical, _load_pieces(directory, manifest, len(chunks)))
+        chunks, dense, lexical = _read_parts(directory, manifest)
+        try:
+            _check_consistent(directory, manifest, chunks, dense)
+            pieces = _load_pieces(directory, manifest, len(chunks))
+        except BaseException:
+            close_store(dense)
+            raise
+        return cls(directory, manifest, chunks, dense, lexical, pieces)
+
+    def close(self) -> None:
+        """Let go of the vector stores' connections (a no-op for FAISS; Milvus Lite lets one process at a
+        time open its folder, so a process that is done with the index releases it)."""
+        close_store(self._dense)
+        if self.pieces is not None:
+            close_store(self.pieces.dense)
 
     def dense_search(self, vector: np.ndarray, n: int, pieces: int = 0) -> list[tuple[int, float]]:
         """The n rows closest to `vector`, best first. A row scores the cosine of its chunk or of its
@@ -138,13 +148,13 @@ class Index:
         """Every chunk vector in row order: what an incremental build reuses for unchanged files."""
         if not self.chunks:
             return np.zeros((0, self.manifest.dim), dtype=np.float32)
-        return self._dense.reconstruct_n(0, self._dense.ntotal)
+        return self._dense.get()
 
     def piece_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(vectors, owner rows) of every sentence piece; empty without pieces."""
         if self.pieces is None or not len(self.pieces):
             return np.zeros((0, self.manifest.dim), dtype=np.float32), np.zeros(0, dtype=np.int64)
-        return self.pieces.dense.reconstruct_n(0, len(self.pieces)), self.pieces.owners
+        return self.pieces.dense.get(), self.pieces.owners
 
 
 def _read_manifest(directory: Path) -> Manifest:
@@ -170,25 +180,25 @@ def _check_embedder(manifest: Manifest, embed_model: str | None, embed_sha256: s
         )
 
 
-def _read_parts(directory: Path) -> tuple[list[Chunk], Any, LexicalIndex]:
+def _read_parts(directory: Path, manifest: Manifest) -> tuple[list[Chunk], VectorStore, LexicalIndex]:
     """Chunks, chunk vectors and BM25 state; any failure is reported as damage with the fix."""
-    import faiss
-
     try:
         chunks = [Chunk.from_dict(json.loads(line)) for line in (directory / CHUNKS_FILE).open(encoding="utf-8")]
-        dense = faiss.read_index(str(directory / DENSE_FILE))
         lexical = LexicalIndex.load(directory / "bm25", len(chunks))
+        dense = open_store(directory, manifest, CHUNKS)
+    except RagError:
+        raise
     except Exception as exc:
         raise IndexStateError(f"The index in {directory} is damaged ({exc.__class__.__name__}: {exc}).", REBUILD_HINT) from exc
     return chunks, dense, lexical
 
 
-def _check_consistent(directory: Path, manifest: Manifest, chunks: list[Chunk], dense: Any) -> None:
+def _check_consistent(directory: Path, manifest: Manifest, chunks: list[Chunk], dense: VectorStore) -> None:
     """Vectors, chunk store and manifest describe the same rows, in the same order."""
     listed = [cid for entry in manifest.files.values() for cid in entry.chunk_ids]
-    if not (dense.ntotal == len(chunks) == len(listed)) or dense.d != manifest.dim:
+    if not (dense.count() == len(chunks) == len(listed)) or dense.dim != manifest.dim:
         raise IndexStateError(
-            f"The index in {directory} is inconsistent ({dense.ntotal} vectors of size {dense.d}, {len(chunks)} "
+            f"The index in {directory} is inconsistent ({dense.count()} vectors of size {dense.dim}, {len(chunks)} "
             f"chunks, manifest lists {len(listed)} of size {manifest.dim}).",
             REBUILD_HINT,
         )
@@ -200,18 +210,18 @@ def _load_pieces(directory: Path, manifest: Manifest, rows: int) -> Pieces | Non
     """The sentence pieces' vectors and owners, checked against the chunk rows; None for a build without them."""
     if manifest.piece_chars <= 0:
         return None
-    import faiss
-
     try:
-        dense = faiss.read_index(str(directory / PIECES_FILE))
         owners = np.load(directory / PIECE_OWNERS_FILE).astype(np.int64)
+        dense = open_store(directory, manifest, PIECES)
+    except RagError:
+        raise
     except Exception as exc:
         raise IndexStateError(f"The index in {directory} is damaged ({exc.__class__.__name__}: {exc}).", REBUILD_HINT) from exc
-    if dense.ntotal != len(owners) or (len(owners) and (owners.min() < 0 or owners.max() >= rows)) or (
-        dense.ntotal and dense.d != manifest.dim
-    ):
+    n = dense.count()
+    if n != len(owners) or (len(owners) and (owners.min() < 0 or owners.max() >= rows)) or (n and dense.dim != manifest.dim):
+        close_store(dense)
         raise IndexStateError(
-            f"The index in {directory} is inconsistent ({dense.ntotal} piece vectors for {len(owners)} pieces "
+            f"The index in {directory} is inconsistent ({n} piece vectors for {len(owners)} pieces "
             f"of {rows} chunks).",
             REBUILD_HINT,
         )
