@@ -112,8 +112,11 @@ def models_fetch(
 # ---------------------------------------------------------------- index
 
 
-def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet: bool = False):  # type: ignore[no-untyped-def]
-    """Build or update the index with a progress bar; shared by `rag index` and `rag serve`."""
+def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet: bool = False, use_ray: bool = False):  # type: ignore[no-untyped-def]
+    """Build or update the index with a progress bar; shared by `rag index` and `rag serve`.
+    use_ray: embed on Ray actors (rag/index/distributed.py); the rest of the build is unchanged."""
+    from functools import partial
+
     from tqdm import tqdm
 
     from rag.index.embedding import load_document_embedder
@@ -133,10 +136,19 @@ def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet:
         bar.refresh()
 
     spec = get_spec(settings.embed_model)
+    load = partial(load_document_embedder, settings.embed_model, settings.models_dir, threads=settings.n_threads)
+    started: list = []  # type: ignore[type-arg]
+
+    def on_ray():  # type: ignore[no-untyped-def]
+        from rag.index.distributed import RAY_BATCH, RayEmbedder
+
+        started.append(RayEmbedder(load, settings.ray_workers, RAY_BATCH, settings.ray_address))
+        return started[-1]
+
     try:
         return build(
             settings,
-            lambda: load_document_embedder(settings.embed_model, settings.models_dir, threads=settings.n_threads),
+            on_ray if use_ray else load,
             spec.sha256,
             full=full,
             wait=wait,
@@ -145,6 +157,8 @@ def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet:
     finally:
         for bar in bars.values():
             bar.close()
+        for embedder in started:
+            embedder.shutdown()
 
 
 def run_kv_store(settings: Settings, build_missing: bool, quiet: bool = False) -> str:
@@ -184,6 +198,7 @@ def index_cmd(
     watch: Annotated[bool, typer.Option("--watch", help="Keep running: update whenever the corpus changes.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (a line per update with --watch).")] = False,
     kv: Annotated[bool, typer.Option("--kv", help="Also compute the passage KV store (fast first token; see README).")] = False,
+    use_ray: Annotated[bool, typer.Option("--ray", help="Embed on Ray actors (ray_address, ray_workers; pip install .[scale]).")] = False,
 ) -> None:
     """Build or update the index from the corpus folder: only new and changed files are read and embedded."""
     import time
@@ -204,7 +219,7 @@ def index_cmd(
         typer.echo(f"Another index build is running ({holder}); waiting for it to finish…", err=True)
 
     def update(full_now: bool, always_show: bool) -> None:
-        report = run_index(settings, full=full_now, wait=wait or watch, quiet=as_json)
+        report = run_index(settings, full=full_now, wait=wait or watch, quiet=as_json, use_ray=use_ray)
         if not (report.wrote or always_show):
             return  # --watch: an event that changed nothing the index holds
         if as_json:

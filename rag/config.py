@@ -53,6 +53,10 @@ class Settings:
     # A path ending in .db is Milvus Lite: a local folder, opened by one process at a time. http://host:19530
     # is a Milvus server. Empty: <index_dir>/milvus.db, inside the index folder, so it moves with it.
     milvus_uri: str = ""
+    # `rag index --ray` (rag/index/distributed.py): Ray actors embed the batches, each loading the model.
+    # Empty address: start Ray inside this process; "ray://host:10001" or "auto" joins a cluster.
+    ray_address: str = ""
+    ray_workers: int = 2  # one per core here; on a cluster, one per machine (each embeds with n_threads)
 
     # --- retrieval ---
     top_k: int = 5  # passages given to the model
@@ -203,6 +207,8 @@ def _validate(s: Settings) -> None:
             f"kv_cache_type '{s.kv_cache_type}' is not supported.",
             "Use q8_0 (smaller) or f16; q4_0 breaks the position shift that places cached passages.",
         )
+    if s.ray_workers < 1:
+        raise ConfigError(f"ray_workers ({s.ray_workers}) must be at least 1.", "Use e.g. ray_workers = 2.")
     if s.vector_store not in ("faiss", "milvus"):
         raise ConfigError(f"vector_store '{s.vector_store}' is not known.", "Use faiss (the default) or milvus.")
     if s.milvus_uri and not (s.milvus_uri.endswith(".db") or s.milvus_uri.startswith(("http://", "https://", "tcp://"))):
