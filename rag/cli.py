@@ -130,8 +130,11 @@ def models_fetch(
 # ---------------------------------------------------------------- index
 
 
-def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet: bool = False):  # type: ignore[no-untyped-def]
-    """Build or update the index with a progress bar; shared by `rag index` and `rag serve`."""
+def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet: bool = False, use_ray: bool = False):  # type: ignore[no-untyped-def]
+    """Build or update the index with a progress bar; shared by `rag index` and `rag serve`.
+    use_ray: embed on Ray actors (rag/index/distributed.py); the rest of the build is unchanged."""
+    from functools import partial
+
     from tqdm import tqdm
 
     from rag.index.embedding import load_document_embedder
@@ -151,10 +154,19 @@ def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet:
         bar.refresh()
 
     spec = get_spec(settings.embed_model)
+    load = partial(load_document_embedder, settings.embed_model, settings.models_dir, threads=settings.n_threads)
+    started: list = []  # type: ignore[type-arg]
+
+    def on_ray():  # type: ignore[no-untyped-def]
+        from rag.index.distributed import RAY_BATCH, RayEmbedder
+
+        started.append(RayEmbedder(load, settings.ray_workers, RAY_BATCH, settings.ray_address))
+        return started[-1]
+
     try:
         return build(
             settings,
-            lambda: load_document_embedder(settings.embed_model, settings.models_dir, threads=settings.n_threads),
+            on_ray if use_ray else load,
             spec.sha256,
             full=full,
             wait=wait,
@@ -163,12 +175,14 @@ def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet:
     finally:
         for bar in bars.values():
             bar.close()
+        for embedder in started:
+            embedder.shutdown()
 
 
 def run_kv_store(settings: Settings, build_missing: bool, quiet: bool = False) -> str:
     """The passage KV store's state as a line; with `build_missing`, first compute what is missing (progress bar)."""
     from rag.answer import kvstore
-    from rag.index.build import Index
+    from rag.index.reader import Index
 
     chunks = Index.load(Path(settings.index_dir)).readable(settings.join_max_chars)  # what the model reads
     if not build_missing:
@@ -202,12 +216,13 @@ def index_cmd(
     watch: Annotated[bool, typer.Option("--watch", help="Keep running: update whenever the corpus changes.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (a line per update with --watch).")] = False,
     kv: Annotated[bool, typer.Option("--kv", help="Also compute the passage KV store (fast first token; see README).")] = False,
+    use_ray: Annotated[bool, typer.Option("--ray", help="Embed on Ray actors (ray_address, ray_workers; pip install .[scale]).")] = False,
 ) -> None:
     """Build or update the index from the corpus folder: only new and changed files are read and embedded."""
     import time
 
     from rag.errors import IndexStateError
-    from rag.index.build import lock_holder
+    from rag.index.lock import lock_holder
 
     settings = _settings(ctx)
     if kv and not settings.kv_cache:
@@ -222,7 +237,7 @@ def index_cmd(
         typer.echo(f"Another index build is running ({holder}); waiting for it to finish…", err=True)
 
     def update(full_now: bool, always_show: bool) -> None:
-        report = run_index(settings, full=full_now, wait=wait or watch, quiet=as_json)
+        report = run_index(settings, full=full_now, wait=wait or watch, quiet=as_json, use_ray=use_ray)
         if not (report.wrote or always_show):
             return  # --watch: an event that changed nothing the index holds
         if as_json:
@@ -464,7 +479,7 @@ def serve_cmd(
     port: Annotated[int | None, typer.Option(help="Port (default 7860).")] = None,
 ) -> None:
     """Start the chat page, building the index first if there is none."""
-    from rag.index.build import index_exists
+    from rag.index.reader import index_exists
 
     s = _settings(ctx)
     try:

@@ -70,6 +70,19 @@ class Settings:
     chunk_size: int = 480  # ~250 tokens
     chunk_overlap: int = 100  # roughly one sentence, so a fact cut at a border survives
 
+    # --- vector store (rag/index/store.py; docs/scaling.md) ---
+    # "faiss": flat FAISS files in each build folder: exact search, nothing to run, the figures measured
+    # in the README. "milvus": a Milvus collection per build (pip install .[scale]), for an index that
+    # outgrows one process's memory or is shared by several servers. Lexical search stays BM25 either way.
+    vector_store: str = "faiss"
+    # A path ending in .db is Milvus Lite: a local folder, opened by one process at a time. http://host:19530
+    # is a Milvus server. Empty: <index_dir>/milvus.db, inside the index folder, so it moves with it.
+    milvus_uri: str = ""
+    # `rag index --ray` (rag/index/distributed.py): Ray actors embed the batches, each loading the model.
+    # Empty address: start Ray inside this process; "ray://host:10001" or "auto" joins a cluster.
+    ray_address: str = ""
+    ray_workers: int = 2  # one per core here; on a cluster, one per machine (each embeds with n_threads)
+
     # --- retrieval ---
     top_k: int = 5  # passages given to the model
     candidates: int = 100  # depth of each ranked list before fusion (100 vs 50: recall@5 +0.013)
@@ -244,6 +257,15 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"kv_cache_type '{s.kv_cache_type}' is not supported.",
             "Use q8_0 (smaller) or f16; q4_0 breaks the position shift that places cached passages.",
+        )
+    if s.ray_workers < 1:
+        raise ConfigError(f"ray_workers ({s.ray_workers}) must be at least 1.", "Use e.g. ray_workers = 2.")
+    if s.vector_store not in ("faiss", "milvus"):
+        raise ConfigError(f"vector_store '{s.vector_store}' is not known.", "Use faiss (the default) or milvus.")
+    if s.milvus_uri and not (s.milvus_uri.endswith(".db") or s.milvus_uri.startswith(("http://", "https://", "tcp://"))):
+        raise ConfigError(
+            f"milvus_uri '{s.milvus_uri}' is neither a Milvus Lite path nor a server address.",
+            "Use a path ending in .db (Milvus Lite), http://host:19530 (a Milvus server), or leave it empty.",
         )
     if s.fusion not in ("zscore", "rrf"):
         raise ConfigError(f"fusion '{s.fusion}' is not known.", "Use zscore (the default) or rrf.")

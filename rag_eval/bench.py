@@ -488,7 +488,8 @@ def _one_file(corpus: Path) -> Path:
 def bench_index(settings: Settings, embedder: Embedder, details: dict[str, Any], no_change_runs: int = 3) -> list[Stat]:
     """Full build, raw encode_document, one-file update and no-change runs on a temporary copy of the corpus."""
     from rag.ingest.chunking import search_text
-    from rag.index.build import Index, build
+    from rag.index.build import build
+    from rag.index.reader import Index
     from rag.models import get_spec
 
     sha = get_spec(settings.embed_model).sha256

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from rag.config import Settings
     from rag.index.embedding import Embedder
     from rag.llm.generation import Generator
-    from rag.index.build import Index
+    from rag.index.reader import Index
     from rag.answer.pipeline import Pipeline
     from rag.answer.retrieval import RetrievalParams
 
@@ -234,7 +234,7 @@ def peak_rss_mb() -> float:
 def pool_key(
     pool: PassagePool, embed_model: str, embed_sha256: str, chunker: ChunkerSettings, piece_chars: int = 0
 ) -> dict[str, Any]:
-    from rag.index.build import FORMAT_VERSION
+    from rag.index.manifest import FORMAT_VERSION
 
     return {
         "rgb_index_version": RGB_INDEX_VERSION,
@@ -274,7 +274,8 @@ def ensure_pool_index(
     included when piece_chars > 0), so `Index.load` reads it and a second run
     only loads it.
     """
-    from rag.index.build import BuildLock, Index, index_exists
+    from rag.index.lock import BuildLock
+    from rag.index.reader import Index, index_exists
 
     key = pool_key(pool, embed_model, embed_sha256, chunker, piece_chars)
     directory = root / _key_id(key)
@@ -317,16 +318,8 @@ def _build_pool_index(
     """Write one build in the product's layout; vectors go into FAISS one batch at a time."""
     import faiss
 
-    from rag.index.build import (
-        DENSE_FILE,
-        FORMAT_VERSION,
-        PIECE_OWNERS_FILE,
-        PIECES_FILE,
-        FileEntry,
-        Manifest,
-        new_staging,
-        publish,
-    )
+    from rag.index.manifest import DENSE_FILE, FORMAT_VERSION, PIECES_FILE, PIECE_OWNERS_FILE, FileEntry, Manifest
+    from rag.index.publish import new_staging, publish
     from rag.index.lexical import LexicalIndex, tokenize
 
     t0 = time.perf_counter()

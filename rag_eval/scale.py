@@ -156,7 +156,9 @@ def run_scale(
     import faiss
 
     from rag.config import Settings
-    from rag.index.build import FORMAT_VERSION, Index, Manifest, Pieces
+    from rag.index.manifest import FORMAT_VERSION, Manifest
+    from rag.index.reader import Index, Pieces
+    from rag.index.store import FaissStore
     from rag.index.lexical import LexicalIndex, tokenize
     from rag.answer.retrieval import RetrievalParams, Retriever
 
@@ -174,7 +176,7 @@ def run_scale(
         t0 = time.perf_counter()
         piece_index = random_flat_index(chunks * pieces_per_chunk, dim, rng, "random piece vectors -> IndexFlatIP",
                                         progress, "piece")  # fmt: skip
-        pieces = Pieces(piece_index, np.repeat(np.arange(chunks, dtype=np.int64), pieces_per_chunk))
+        pieces = Pieces(FaissStore(piece_index), np.repeat(np.arange(chunks, dtype=np.int64), pieces_per_chunk))
         build["faiss_pieces"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -195,7 +197,7 @@ def run_scale(
     rows = [Chunk(id=f"s{i}", path=f"synthetic/{i}.txt", title="", headings=(), start=0, end=len(t), text=t)
             for i, t in enumerate(texts)]  # fmt: skip
     manifest = Manifest(FORMAT_VERSION, "synthetic", "", dim, {}, {}, piece_chars=50 if pieces else 0)
-    index = Index(Path("synthetic"), manifest, rows, dense, lexical, pieces)
+    index = Index(Path("synthetic"), manifest, rows, FaissStore(dense), lexical, pieces)
 
     picks = rng.choice(chunks, size=queries, replace=False)
     query_texts: list[str] = []
@@ -245,7 +247,7 @@ def run_scale(
         Latency.of("fused: Retriever.rank (query vector given)", seconds["fused"]),
     ]
     report = ScaleReport(chunks, dim, queries, build, _serialized_mb(dense), latencies,
-                         pieces_memory_mb=_serialized_mb(pieces.dense) if pieces is not None else 0.0)  # fmt: skip
+                         pieces_memory_mb=_serialized_mb(piece_index) if pieces is not None else 0.0)  # fmt: skip
 
     matrix = np.stack([query_vectors[t] for t in query_texts])
     if ann:

@@ -47,7 +47,8 @@ if ! ls "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; t
 fi
 
 EXTRAS=""
-[ "$DEV" = 1 ] && EXTRAS="[dev]"
+# The tests also cover the optional vector store (Milvus Lite), so --dev installs the scale extra too.
+[ "$DEV" = 1 ] && EXTRAS="[dev,scale]"
 STAMP=".venv/.installed$EXTRAS"
 WANT="$(cat pyproject.toml | sha256sum | cut -c1-16)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then

@@ -172,7 +172,8 @@ def test_every_field_can_be_set_from_the_environment(cwd: Path, monkeypatch: pyt
     for f in fields(Settings):
         if f.name in TABLE_SETTINGS:  # tables (e.g. [collections.NAME]) come from rag.toml only
             continue
-        if f.name in ("chunk_size", "chunk_overlap", "top_k", "candidates", "kv_cache_type", "kv_order", "fusion"):  # validated
+        if f.name in ("chunk_size", "chunk_overlap", "top_k", "candidates", "kv_cache_type", "kv_order", "fusion",
+                      "vector_store", "milvus_uri"):  # validated
             continue
         monkeypatch.setenv(f"RAG_{f.name.upper()}", samples[str(f.type)])
     s = load_settings()
@@ -196,6 +197,20 @@ def test_bad_kv_settings_say_what_to_use(cwd: Path, name: str, value: str) -> No
 def test_bad_retrieval_settings_say_what_to_use(cwd: Path, name: str, value: object) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings(**{name: value})
+
+
+@pytest.mark.parametrize(("name", "value"), [("vector_store", "chroma"), ("milvus_uri", "milvus.sqlite")])
+def test_bad_vector_store_settings_say_what_to_use(cwd: Path, name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings(**{name: value})
+
+
+def test_vector_store_from_the_environment(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().vector_store == "faiss" and load_settings().milvus_uri == ""
+    monkeypatch.setenv("RAG_VECTOR_STORE", "milvus")
+    monkeypatch.setenv("RAG_MILVUS_URI", "http://127.0.0.1:19530")
+    s = load_settings()
+    assert s.vector_store == "milvus" and s.milvus_uri == "http://127.0.0.1:19530"
 
 
 def test_settings_are_frozen(cwd: Path) -> None:

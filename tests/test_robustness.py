@@ -21,7 +21,9 @@ import pytest
 from typer.testing import CliRunner
 
 from rag.errors import IndexStateError, QuestionError
-from rag.index.build import BuildLock, Index, build
+from rag.index.build import build
+from rag.index.lock import BuildLock
+from rag.index.reader import Index
 from rag.models import get_spec
 from rag.answer.pipeline import Done, Pipeline
 from rag.answer.prompting import SYSTEM_PROMPT
@@ -413,7 +415,7 @@ def test_stale_lock_of_a_killed_build_is_cleared(settings) -> None:  # type: ign
     holder = textwrap.dedent(
         f"""
         from pathlib import Path
-        from rag.index.build import BuildLock
+        from rag.index.lock import BuildLock
         lock = BuildLock(Path({str(root)!r})).__enter__()
         print("held", flush=True)
         input()

@@ -28,7 +28,7 @@ import gradio as gr
 
 from rag.config import Settings
 from rag.errors import RagError
-from rag.index.build import BuildReport
+from rag.index.report import BuildReport
 from rag.answer.kvstore import BackgroundBuild
 from rag.answer.pipeline import MAX_QUESTION_CHARS, Done, Pipeline, Restart, Retrieved, Token, Turn
 from rag.collections import for_collection

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rag.index.build import BuildReport, build
+from rag.index.build import build
+from rag.index.report import BuildReport
 from rag.models import get_spec
 
 if TYPE_CHECKING:

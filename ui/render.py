@@ -22,7 +22,7 @@ from rag.schema import Answer, Chunk, Hit
 from ui.text import TEXT, lang_or_default, say
 
 if TYPE_CHECKING:
-    from rag.index.build import Index
+    from rag.index.reader import Index
 
 # How many past turns keep their sources in the panel (older [n] links then lead nowhere).
 KEEP_TURNS = 10

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from rag.config import Settings
     from rag.index.embedding import Embedder
     from rag.llm.generation import Generator, Usage
-    from rag.index.build import Index
+    from rag.index.reader import Index
     from rag.llm.kvengine import CachedBlockGenerator
     from rag.answer.kvstore import BlockLookup
     from rag.answer.retrieval import Retriever
@@ -227,7 +227,7 @@ class Pipeline:
 
     def get_index(self) -> Index:
         """The live index, reloaded when a rebuild has swapped in a new one."""
-        from rag.index.build import Index
+        from rag.index.reader import Index
         from rag.models import get_spec
 
         root = Path(self.settings.index_dir)

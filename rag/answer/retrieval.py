@@ -17,7 +17,7 @@ from rag.schema import Chunk, Hit
 if TYPE_CHECKING:
     from rag.config import Settings
     from rag.index.embedding import Embedder
-    from rag.index.build import Index
+    from rag.index.reader import Index
 
 
 def rrf(

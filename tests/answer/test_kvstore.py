@@ -12,7 +12,8 @@ import pytest
 from rag.answer import kvstore
 from rag.answer import prompting
 from rag.llm.generation import Usage
-from rag.index.build import Index, build
+from rag.index.build import build
+from rag.index.reader import Index
 from rag.llm.kvengine import Block
 from rag.models import get_spec
 from rag.answer.pipeline import Done, Pipeline, Restart, Token

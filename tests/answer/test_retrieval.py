@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from rag.ingest.chunking import clean_text
-from rag.index.build import Index, build
+from rag.index.build import build
+from rag.index.reader import Index
 from rag.answer.retrieval import RetrievalParams, Retriever, given_once, rrf, spread, unknown_companies, zscore_fusion
 from rag.schema import Chunk, Hit
 from tests.fakes import CountingFactory, FakeEmbedder, isolate, tiny_settings

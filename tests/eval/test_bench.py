@@ -288,7 +288,8 @@ def test_settings_env_passes_every_setting(tmp_path: Path, monkeypatch: pytest.M
 
 @pytest.fixture
 def fake_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    from rag.index.build import Index, build
+    from rag.index.build import build
+    from rag.index.reader import Index
     from rag.models import get_spec
 
     isolate(monkeypatch, tmp_path)

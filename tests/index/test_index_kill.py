@@ -4,6 +4,7 @@ complete. Also `rag index --watch` as a real process: an update per change, Ctrl
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -12,12 +13,13 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from rag.index.build import PAUSE_ENV, Index
+from rag.index.publish import PAUSE_ENV
+from rag.index.reader import Index
 from tests.conftest import RAG_BIN, _small_models_available
 
 pytestmark = pytest.mark.e2e
@@ -175,6 +177,75 @@ def test_killed_builds_never_lose_the_index(world: World) -> None:
     done = _run(world, "index")
     assert "No changes" in done.stdout and "Cleared a stale lock" in done.stderr
     assert [p.name for p in (world.index / "builds").iterdir()] == [_live(world).name]
+
+
+def _milvus_state(world: World) -> set[str]:
+    """Load the live Milvus-backed index in this process, check it answers from its own files, release the
+    Milvus Lite folder (one process at a time) and return the files it holds. Index.load refuses a build whose
+    collection row counts differ from its chunk store, so a mix of two builds cannot pass."""
+    from rag.models import get_spec
+
+    index = Index.load(world.index, EMBED_MODEL, get_spec(EMBED_MODEL).sha256)
+    try:
+        assert index.manifest.vector_store["kind"] == "milvus"
+        for path in index.manifest.files:
+            chunk = next(c for c in index.chunks if c.path == path)
+            hits = index.dense_search(world.embedder.encode_query(chunk.text[:80]), 5, pieces=50)  # type: ignore[attr-defined]
+            assert path in {index.chunks[row].path for row, _ in hits}
+        return set(index.manifest.files)
+    finally:
+        index.close()
+
+
+def _milvus_collections(world: World) -> list[str]:
+    from rag.index import milvus
+
+    uri = str((world.index / "milvus.db").resolve())
+    client = milvus._CLIENTS.acquire(uri)
+    try:
+        return sorted(client.list_collections())
+    finally:
+        milvus._CLIENTS.release(uri)
+
+
+def _new_collection_on_disk(world: World, live: set[str]) -> bool:
+    """A collection other than the live ones exists in the Milvus Lite folder: the build is writing vectors."""
+    folder = world.index / "milvus.db" / "collections"
+    return folder.is_dir() and any(p.name.endswith("_chunks") and p.name not in live for p in folder.iterdir())
+
+
+def test_killed_milvus_builds_serve_the_old_or_the_new_state(world: World, tmp_path: Path) -> None:
+    """The same kills on vector_store = "milvus" (Milvus Lite): before the swap the old build answers,
+    after it the new one, never a mix; the next run drops every collection the live build does not name."""
+    corpus, index = tmp_path / "corpus", tmp_path / "index"
+    corpus.mkdir()
+    for name in BASE_FILES:
+        shutil.copy(ROOT / "corpus" / name, corpus / name)
+    env = {**_env(corpus, index), "RAG_VECTOR_STORE": "milvus"}
+    mw = replace(world, base=tmp_path, corpus=corpus, index=index, env=env)
+    _run(mw, "index")
+    old, new = set(BASE_FILES), set(BASE_FILES) | {ADDED}
+    assert _milvus_state(mw) == old
+    live = set(_milvus_collections(mw))
+    shutil.copy(ROOT / "corpus" / ADDED, corpus / ADDED)
+
+    build = Build(mw, "index")  # while the new build's collection is being written
+    build.kill_when(lambda: _new_collection_on_disk(mw, live))
+    assert _milvus_state(mw) == old
+    for pause in ("staged", "renamed"):  # its collections complete, its manifest not yet live
+        build = Build(mw, "index", pause=pause)
+        build.kill_when(build.stopped)
+        assert _milvus_state(mw) == old
+    build = Build(mw, "index", pause="swapped")  # live, the old build's collections not yet dropped
+    build.kill_when(build.stopped)
+    assert _milvus_state(mw) == new
+    assert len(_milvus_collections(mw)) > 2
+
+    done = _run(mw, "index")
+    assert "No changes" in done.stdout and "Cleared a stale lock" in done.stderr
+    assert _milvus_state(mw) == new
+    manifest = json.loads((_live(mw) / "manifest.json").read_text(encoding="utf-8"))["vector_store"]
+    assert _milvus_collections(mw) == sorted([manifest["chunks"], manifest["pieces"]])
 
 
 def test_watch_command_prints_each_update_and_stops_on_ctrl_c(world: World, tmp_path: Path) -> None:

@@ -251,7 +251,7 @@ def test_bench_measures_both_paths(small_world, tmp_path: Path) -> None:  # type
     from dataclasses import replace
 
     from rag_eval import bench
-    from rag.index.build import Index
+    from rag.index.reader import Index
 
     shutil.copytree(small_world.index_dir, tmp_path / "index", symlinks=True)
     shutil.rmtree(tmp_path / "index" / "kvcache", ignore_errors=True)

@@ -1,69 +1,30 @@
-"""rag.index.build: building, incremental updates, loading and locking, with a fake embedder."""
+"""rag.index.build (with plan and assemble): first build, incremental updates, broken inputs, with a fake embedder."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rag.ingest.chunking import ChunkerSettings, chunk_document, piece_texts, search_text
 from rag.errors import IndexStateError
-from rag.index.build import FORMAT_VERSION, BuildLock, Index, Manifest, build, index_exists
+from rag.index.build import build
+from rag.index.manifest import FORMAT_VERSION
+from rag.index.reader import Index, index_exists
+from rag.ingest.chunking import ChunkerSettings, chunk_document, piece_texts, search_text
 from rag.ingest.loaders import load_file
 from tests.fakes import TINY_CORPUS, CountingFactory, FakeEmbedder, bigram_vector, isolate, tiny_settings
+from tests.index.common import FILES, ROOT, SHA, build_with, expected_chunks, live_dir
 
-ROOT = Path(__file__).resolve().parents[2]
-SHA = "e" * 64  # the embedder's pinned sha256, as build() records it
-
-EXTRA = {
-    "history.md": (
-        "---\ntitle: 大模型简史\n---\n\n# 大模型简史\n\n"
-        "## 2018\n\nBERT 与 GPT 在 2018 年先后发布，预训练加微调成为主流范式，自然语言处理进入新阶段。\n\n"
-        "## 2020\n\nGPT-3 拥有 1750 亿参数，展示了少样本学习能力，引发了规模定律的广泛讨论和研究。\n\n"
-        "## 2022\n\nChatGPT 在 2022 年 11 月发布，两个月内用户数突破一亿，成为增长最快的消费级应用。\n"
-    ),
-}
-FILES = {**TINY_CORPUS, **EXTRA}
-
-
-@pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    isolate(monkeypatch, tmp_path)
-    return tiny_settings(tmp_path, FILES, chunk_size=80, chunk_overlap=20)
-
-
-def _build(settings, factory: CountingFactory | None = None, **kwargs):  # type: ignore[no-untyped-def]
-    factory = factory or CountingFactory()
-    return build(settings, factory, SHA, **kwargs), factory
-
-
-def _expected_chunks(settings) -> list:  # type: ignore[no-untyped-def]
-    """What a build should hold: every file's chunks, files in path order."""
-    corpus = Path(settings.corpus_dir)
-    chunker = ChunkerSettings(settings.chunk_size, settings.chunk_overlap)
-    out = []
-    for rel in sorted(p.relative_to(corpus).as_posix() for p in corpus.rglob("*") if p.is_file()):
-        out += chunk_document(load_file(corpus / rel, rel), chunker)
-    return out
-
-
-def _current_target(settings) -> Path:  # type: ignore[no-untyped-def]
-    return (Path(settings.index_dir) / "current").resolve()
-
-
-# ---------------------------------------------------------------- first build and loading
+# ---------------------------------------------------------------- first build
 
 
 def test_first_build_creates_a_loadable_index(settings) -> None:  # type: ignore[no-untyped-def]
     events: list[tuple[str, int, int]] = []
-    report, factory = _build(settings, on_progress=lambda *e: events.append(e))
+    report, factory = build_with(settings, on_progress=lambda *e: events.append(e))
     root = Path(settings.index_dir)
     assert index_exists(root)
     assert report.wrote and report.changed
@@ -74,7 +35,7 @@ def test_first_build_creates_a_loadable_index(settings) -> None:  # type: ignore
     assert factory.calls == 1
     assert factory.embedder.encode_documents_calls == 2  # the chunks, then their sentence pieces
 
-    expected = _expected_chunks(settings)
+    expected = expected_chunks(settings)
     assert report.chunks == report.embedded == len(expected)
     pieces = [t for c in expected for t in piece_texts(c, settings.piece_chars)]
     assert report.pieces_embedded == len(pieces) > 0
@@ -97,70 +58,19 @@ def test_first_build_creates_a_loadable_index(settings) -> None:  # type: ignore
     assert embeds[-1][1] == embeds[-1][2] == len(expected) + len(pieces)
 
 
-def test_vectors_belong_to_their_chunks(settings) -> None:  # type: ignore[no-untyped-def]
-    _build(settings)
-    index = Index.load(Path(settings.index_dir))
-    for chunk, vector in zip(index.chunks, index.vectors()):
-        np.testing.assert_allclose(vector, bigram_vector(search_text(chunk)), atol=1e-6)
-
-
-def test_piece_vectors_belong_to_their_chunks(settings) -> None:  # type: ignore[no-untyped-def]
-    _build(settings)
-    index = Index.load(Path(settings.index_dir))
-    vectors, owners = index.piece_vectors()
-    expected = [(row, t) for row, c in enumerate(index.chunks) for t in piece_texts(c, settings.piece_chars)]
-    assert owners.tolist() == [row for row, _ in expected]
-    for vector, (_, text) in zip(vectors, expected, strict=True):
-        np.testing.assert_allclose(vector, bigram_vector(text), atol=1e-6)
-
-
-def test_a_chunk_scores_its_best_sentence_piece(settings) -> None:  # type: ignore[no-untyped-def]
-    """A query matching one sentence of a chunk scores that sentence's piece, higher than the whole chunk."""
-    _build(settings)
-    index = Index.load(Path(settings.index_dir))
-    vectors, owners = index.piece_vectors()
-    row, query = int(owners[0]), vectors[0]  # the query is the chunk's first piece
-    whole = float(index.vectors()[row] @ query)
-    assert whole < 0.999
-    chunks_only = dict(index.dense_search(query, len(index)))
-    with_pieces = dict(index.dense_search(query, len(index), pieces=1000))
-    assert chunks_only[row] == pytest.approx(whole, abs=1e-5)
-    assert with_pieces[row] == pytest.approx(1.0, abs=1e-5)
-    assert index.dense_search(query, 1, pieces=1000)[0][0] == row
-    for other, score in with_pieces.items():  # never below the chunk's own score
-        assert score >= chunks_only[other] - 1e-6
-
-
-def test_dense_and_lexical_search_of_loaded_index(settings) -> None:  # type: ignore[no-untyped-def]
-    _build(settings)
-    index = Index.load(Path(settings.index_dir))
-    chunk = next(c for c in index.chunks if "1750" in c.text)
-    row = index.chunks.index(chunk)
-    dense = index.dense_search(bigram_vector(search_text(chunk)), 3)
-    assert dense[0][0] == row and dense[0][1] == pytest.approx(1.0, abs=1e-5)
-    lexical = index.lexical_search("GPT-3 的参数量是多少", 3)
-    assert lexical[0][0] == row
-
-
 def test_layout_on_disk(settings) -> None:  # type: ignore[no-untyped-def]
-    _build(settings)
+    build_with(settings)
     root = Path(settings.index_dir)
     assert (root / "current").is_symlink()
-    target = _current_target(settings)
+    target = live_dir(settings)
     assert target.parent == (root / "builds").resolve()
     for name in ("manifest.json", "chunks.jsonl", "dense.faiss", "bm25"):
         assert (target / name).exists()
     assert [p.name for p in (root / "builds").iterdir()] == [target.name]  # no partial or old builds left
     assert not (root / ".lock.info").exists()
     lines = (target / "chunks.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len(lines) == len(_expected_chunks(settings))
+    assert len(lines) == len(expected_chunks(settings))
     assert "大模型简史" in lines[0] or any("大模型简史" in line for line in lines)  # stored as UTF-8, not escaped
-
-
-def test_load_without_an_index(tmp_path: Path) -> None:
-    with pytest.raises(IndexStateError) as info:
-        Index.load(tmp_path / "nothing")
-    assert "rag index" in info.value.hint
 
 
 def test_missing_corpus_folder(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -174,8 +84,8 @@ def test_missing_corpus_folder(settings, tmp_path: Path) -> None:  # type: ignor
 
 
 def test_second_build_without_changes_writes_nothing(settings) -> None:  # type: ignore[no-untyped-def]
-    _build(settings)
-    target = _current_target(settings)
+    build_with(settings)
+    target = live_dir(settings)
     manifest_before = (target / "manifest.json").read_text(encoding="utf-8")
 
     def must_not_load() -> FakeEmbedder:
@@ -186,26 +96,26 @@ def test_second_build_without_changes_writes_nothing(settings) -> None:  # type:
     assert sorted(report.unchanged) == sorted(FILES)
     assert report.embedded == 0
     assert report.documents == len(FILES)
-    assert report.chunks == len(_expected_chunks(settings))
-    assert _current_target(settings) == target
+    assert report.chunks == len(expected_chunks(settings))
+    assert live_dir(settings) == target
     assert (target / "manifest.json").read_text(encoding="utf-8") == manifest_before
 
 
 def test_touching_a_file_without_changing_it_writes_nothing(settings) -> None:  # type: ignore[no-untyped-def]
-    _build(settings)
+    build_with(settings)
     path = Path(settings.corpus_dir) / "cooking.md"
     os.utime(path, (time.time() + 100, time.time() + 100))
-    report, factory = _build(settings)
+    report, factory = build_with(settings)
     assert not report.wrote and factory.calls == 0
 
 
 def test_editing_one_file_reembeds_only_its_chunks(settings) -> None:  # type: ignore[no-untyped-def]
-    _build(settings)
+    build_with(settings)
     before = Index.load(Path(settings.index_dir))
     path = Path(settings.corpus_dir) / "transformer.txt"
     path.write_text(TINY_CORPUS["transformer.txt"] + "后来的 BERT 和 GPT 都基于 Transformer 架构。\n", encoding="utf-8")
 
-    report, factory = _build(settings)
+    report, factory = build_with(settings)
     assert report.wrote
     assert report.updated == ["transformer.txt"]
     assert report.added == report.removed == []
@@ -238,9 +148,9 @@ def test_editing_one_file_reembeds_only_its_chunks(settings) -> None:  # type: i
 
 
 def test_deleting_a_file_removes_its_chunks(settings) -> None:  # type: ignore[no-untyped-def]
-    _build(settings)
+    build_with(settings)
     (Path(settings.corpus_dir) / "history.md").unlink()
-    report, factory = _build(settings)
+    report, factory = build_with(settings)
     assert report.wrote and report.removed == ["history.md"]
     assert factory.calls == 0  # nothing new to embed
     index = Index.load(Path(settings.index_dir))
@@ -253,36 +163,36 @@ def test_deleting_a_file_removes_its_chunks(settings) -> None:  # type: ignore[n
 
 
 def test_adding_a_file(settings) -> None:  # type: ignore[no-untyped-def]
-    _build(settings)
+    build_with(settings)
     (Path(settings.corpus_dir) / "new" / "rlhf.md").parent.mkdir()
     (Path(settings.corpus_dir) / "new" / "rlhf.md").write_text(
         "# RLHF\n\n基于人类反馈的强化学习（RLHF）用奖励模型对齐语言模型的输出。\n", encoding="utf-8"
     )
-    report, factory = _build(settings)
+    report, factory = build_with(settings)
     assert report.added == ["new/rlhf.md"]
     assert len(report.unchanged) == len(FILES)
     assert all("RLHF" in t or "强化学习" in t for t in factory.embedder.embedded_texts)
     index = Index.load(Path(settings.index_dir))
     assert "new/rlhf.md" in index.manifest.files
-    assert index.chunks == _expected_chunks(settings)
+    assert index.chunks == expected_chunks(settings)
 
 
 def test_incremental_result_equals_full_rebuild(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
     corpus = Path(settings.corpus_dir)
-    _build(settings)
+    build_with(settings)
     (corpus / "transformer.txt").write_text("Transformer 由谷歌提出。\n它基于自注意力。\n", encoding="utf-8")
-    _build(settings)
+    build_with(settings)
     (corpus / "cooking.md").unlink()
     (corpus / "zz-new.md").write_text(
         "# 新文件\n\n混合专家模型把参数分给多个专家，每次只激活一部分。\n", encoding="utf-8"
     )
-    _build(settings)
+    build_with(settings)
     incremental = Index.load(Path(settings.index_dir))
 
     full_settings = replace(settings, index_dir=tmp_path / "full-index")
-    report, _ = _build(full_settings, full=True)
+    report, _ = build_with(full_settings, full=True)
     assert report.embedded == len(incremental.chunks)
     full = Index.load(Path(full_settings.index_dir))
     assert [c.id for c in incremental.chunks] == [c.id for c in full.chunks]
@@ -294,19 +204,19 @@ def test_incremental_result_equals_full_rebuild(settings, tmp_path: Path) -> Non
 
 
 def test_full_flag_reembeds_everything(settings) -> None:  # type: ignore[no-untyped-def]
-    _build(settings)
-    report, factory = _build(settings, full=True)
+    build_with(settings)
+    report, factory = build_with(settings, full=True)
     assert report.wrote
     assert sorted(report.added) == sorted(FILES)
-    assert report.embedded == len(_expected_chunks(settings))
+    assert report.embedded == len(expected_chunks(settings))
     assert factory.calls == 1
 
 
 def test_changed_chunk_settings_rebuild_everything(settings) -> None:  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
-    _build(settings)
-    report, factory = _build(replace(settings, chunk_size=200, chunk_overlap=40))
+    build_with(settings)
+    report, factory = build_with(replace(settings, chunk_size=200, chunk_overlap=40))
     assert sorted(report.added) == sorted(FILES)
     assert factory.calls == 1
     index = Index.load(Path(settings.index_dir))
@@ -316,17 +226,17 @@ def test_changed_chunk_settings_rebuild_everything(settings) -> None:  # type: i
 def test_changed_piece_size_rebuilds_everything(settings) -> None:  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
-    _build(settings)
-    report, _ = _build(replace(settings, piece_chars=0))
+    build_with(settings)
+    report, _ = build_with(replace(settings, piece_chars=0))
     assert sorted(report.added) == sorted(FILES)
     index = Index.load(Path(settings.index_dir))
     assert index.pieces is None and index.manifest.piece_chars == 0
-    assert not (_current_target(settings) / "pieces.faiss").exists()
+    assert not (live_dir(settings) / "pieces.faiss").exists()
     assert index.dense_search(index.vectors()[0], 1, pieces=500)[0][0] == 0  # no pieces: chunks alone
 
 
 def test_changed_embedder_hash_rebuilds_everything(settings) -> None:  # type: ignore[no-untyped-def]
-    _build(settings)
+    build_with(settings)
     report = build(settings, CountingFactory(), "f" * 64)
     assert sorted(report.added) == sorted(FILES)
     assert Index.load(Path(settings.index_dir)).manifest.embed_sha256 == "f" * 64
@@ -353,7 +263,7 @@ def test_broken_file_is_skipped_and_reported(settings) -> None:  # type: ignore[
     corpus = Path(settings.corpus_dir)
     (corpus / "broken.txt").write_bytes(b"\x00\x01\x02binary\x00" * 50)
     (corpus / "empty.md").write_bytes(b"")
-    report, _ = _build(settings)
+    report, _ = build_with(settings)
     assert set(report.skipped) == {"broken.txt", "empty.md"}
     assert "binary" in report.skipped["broken.txt"]
     assert "empty" in report.skipped["empty.md"]
@@ -363,22 +273,22 @@ def test_broken_file_is_skipped_and_reported(settings) -> None:  # type: ignore[
     assert set(index.manifest.skipped) == {"broken.txt", "empty.md"}
 
     # Unchanged broken files are remembered: no rewrite, still reported.
-    again, factory = _build(settings)
+    again, factory = build_with(settings)
     assert not again.wrote and factory.calls == 0
     assert set(again.skipped) == {"broken.txt", "empty.md"}
 
     # A fixed file is indexed.
     (corpus / "broken.txt").write_text("修好的文件，现在有正常的中文内容。", encoding="utf-8")
-    fixed, _ = _build(settings)
+    fixed, _ = build_with(settings)
     assert fixed.added == ["broken.txt"]
     assert set(fixed.skipped) == {"empty.md"}
     assert any(c.path == "broken.txt" for c in Index.load(Path(settings.index_dir)).chunks)
 
 
 def test_file_that_breaks_loses_its_chunks(settings) -> None:  # type: ignore[no-untyped-def]
-    _build(settings)
+    build_with(settings)
     (Path(settings.corpus_dir) / "cooking.md").write_bytes(b"\x00" * 100)
-    report, _ = _build(settings)
+    report, _ = build_with(settings)
     assert "cooking.md" in report.skipped
     assert "cooking.md" in report.removed
     index = Index.load(Path(settings.index_dir))
@@ -390,7 +300,7 @@ def test_oversized_file_is_skipped(settings) -> None:  # type: ignore[no-untyped
     from dataclasses import replace
 
     (Path(settings.corpus_dir) / "huge.txt").write_text("大" * 2000, encoding="utf-8")  # 6000 bytes
-    report, _ = _build(replace(settings, max_file_mb=0.005))
+    report, _ = build_with(replace(settings, max_file_mb=0.005))
     assert "huge.txt" in report.skipped and "limit" in report.skipped["huge.txt"]
 
 
@@ -398,9 +308,9 @@ def test_raising_max_file_mb_indexes_a_previously_oversized_file(settings) -> No
     from dataclasses import replace
 
     (Path(settings.corpus_dir) / "huge.txt").write_text("大" * 2000, encoding="utf-8")  # 6000 bytes
-    first, _ = _build(replace(settings, max_file_mb=0.005))
+    first, _ = build_with(replace(settings, max_file_mb=0.005))
     assert "huge.txt" in first.skipped
-    again, _ = _build(replace(settings, max_file_mb=1.0))
+    again, _ = build_with(replace(settings, max_file_mb=1.0))
     assert "huge.txt" not in again.skipped
     assert again.added == ["huge.txt"]
 
@@ -414,144 +324,6 @@ def test_empty_corpus_builds_an_empty_index(tmp_path: Path, monkeypatch: pytest.
     index = Index.load(Path(s.index_dir))
     assert len(index) == 0 and index.manifest.dim == 32
     assert index.dense_search(bigram_vector("问题"), 3) == []
-
-
-# ---------------------------------------------------------------- refusing stale or damaged indexes
-
-
-def test_load_refuses_another_embed_model(settings) -> None:  # type: ignore[no-untyped-def]
-    _build(settings)
-    root = Path(settings.index_dir)
-    with pytest.raises(IndexStateError) as info:
-        Index.load(root, embed_model="other")
-    assert "rag index" in info.value.hint
-    assert "other" in info.value.message
-    with pytest.raises(IndexStateError) as info:
-        Index.load(root, embed_model=settings.embed_model, embed_sha256="0" * 64)
-    assert "rag index" in info.value.hint
-    assert len(Index.load(root, settings.embed_model, SHA)) > 0
-
-
-def _edit_manifest(settings, **changes: object) -> None:  # type: ignore[no-untyped-def]
-    path = _current_target(settings) / "manifest.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data.update(changes)
-    path.write_text(json.dumps(data), encoding="utf-8")
-
-
-@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 0])
-def test_load_refuses_another_format_version(settings, version: int) -> None:  # type: ignore[no-untyped-def]
-    _build(settings)
-    _edit_manifest(settings, format_version=version)
-    with pytest.raises(IndexStateError) as info:
-        Index.load(Path(settings.index_dir))
-    assert "rag index" in info.value.hint
-    assert str(version) in info.value.message
-
-
-def test_build_replaces_an_index_of_another_format(settings) -> None:  # type: ignore[no-untyped-def]
-    _build(settings)
-    _edit_manifest(settings, format_version=FORMAT_VERSION + 1)
-    report, factory = _build(settings)
-    assert sorted(report.added) == sorted(FILES) and factory.calls == 1
-    assert Index.load(Path(settings.index_dir)).manifest.format_version == FORMAT_VERSION
-
-
-@pytest.mark.parametrize("keep", [0.5, 0.0])
-def test_truncated_faiss_file(settings, keep: float) -> None:  # type: ignore[no-untyped-def]
-    _build(settings)
-    dense = _current_target(settings) / "dense.faiss"
-    data = dense.read_bytes()
-    dense.write_bytes(data[: int(len(data) * keep)])
-    with pytest.raises(IndexStateError) as info:
-        Index.load(Path(settings.index_dir))
-    assert "rag index --full" in str(info.value)
-    # and the next build repairs it from scratch
-    report, factory = _build(settings)
-    assert report.wrote and factory.calls == 1
-    assert len(Index.load(Path(settings.index_dir))) == report.chunks
-
-
-@pytest.mark.parametrize("damage", ["manifest", "chunks", "bm25", "missing-chunk-line"])
-def test_other_damage_is_reported(settings, damage: str) -> None:  # type: ignore[no-untyped-def]
-    _build(settings)
-    target = _current_target(settings)
-    if damage == "manifest":
-        (target / "manifest.json").write_text("{not json", encoding="utf-8")
-    elif damage == "chunks":
-        (target / "chunks.jsonl").write_text('{"id": 1}\n', encoding="utf-8")
-    elif damage == "bm25":
-        for p in (target / "bm25").iterdir():
-            p.unlink()
-    else:
-        lines = (target / "chunks.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
-        (target / "chunks.jsonl").write_text("".join(lines[:-1]), encoding="utf-8")
-    with pytest.raises(IndexStateError) as info:
-        Index.load(Path(settings.index_dir))
-    assert "rag index" in info.value.hint
-
-
-def test_manifest_json_round_trip(settings) -> None:  # type: ignore[no-untyped-def]
-    _build(settings)
-    text = (_current_target(settings) / "manifest.json").read_text(encoding="utf-8")
-    manifest = Manifest.from_json(text)
-    assert Manifest.from_json(manifest.to_json()) == manifest
-
-
-# ---------------------------------------------------------------- the build lock
-
-
-def test_second_lock_names_the_holder(tmp_path: Path) -> None:
-    root = tmp_path / "index"
-    with BuildLock(root):
-        assert f"pid {os.getpid()}" in (root / ".lock.info").read_text()
-        with pytest.raises(IndexStateError) as info, BuildLock(root):
-            pass
-        assert f"pid {os.getpid()}" in info.value.message
-        assert "--wait" in info.value.hint
-    assert not (root / ".lock.info").exists()
-    with BuildLock(root):  # free again once released
-        pass
-
-
-def test_build_refuses_while_locked(settings) -> None:  # type: ignore[no-untyped-def]
-    with BuildLock(Path(settings.index_dir)), pytest.raises(IndexStateError, match="Another index build"):
-        _build(settings)
-    report, _ = _build(settings)
-    assert report.wrote
-
-
-def test_lock_held_by_another_process(tmp_path: Path) -> None:
-    root = tmp_path / "index"
-    holder = textwrap.dedent(
-        f"""
-        import sys, time
-        from pathlib import Path
-        from rag.index.build import BuildLock
-        with BuildLock(Path({str(root)!r})):
-            print("held", flush=True)
-            sys.stdin.readline()
-        """
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", holder],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-        with pytest.raises(IndexStateError) as info, BuildLock(root):
-            pass
-        assert f"pid {proc.pid}" in info.value.message
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.write("\n")
-        proc.stdin.close()
-        proc.wait(timeout=30)
-    with BuildLock(root):  # released when the holder exits
-        pass
 
 
 # ---------------------------------------------------------------- incremental == full rebuild, on the real corpus

@@ -1,0 +1,131 @@
+"""FAISS and Milvus Lite side by side on the same vectors: `rag eval scale --stores faiss,milvus`.
+
+Random unit vectors stand in for chunk vectors (as in scale.py); each query is one chunk's vector plus
+noise, so it has one true match. Every store gets the same vectors through the product's seam
+(rag/index/store.py: add, then seal as a build does) and answers the same queries through `search`.
+Printed per store: build time (add + seal), hit@5 and MRR@10 of the true chunk, query p50/p95, and how
+often its top 10 equals FAISS's (both are exact, so this should be 1.0 up to ties).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag_eval.metrics import text_table
+from rag_eval.rgb import Latency
+from rag_eval.scale import QUERY_NOISE, VECTOR_BATCH, random_unit_vectors
+
+STORES = ("faiss", "milvus")
+
+
+@dataclass
+class StoreResult:
+    store: str
+    build_seconds: float  # adding every vector and sealing the store, as a build does
+    hit_at_5: float
+    mrr_at_10: float
+    p50_ms: float | None
+    p95_ms: float | None
+    same_top10_as_faiss: float | None  # share of queries whose top 10 rows equal FAISS's
+
+
+@dataclass
+class StoreReport:
+    chunks: int
+    dim: int
+    queries: int
+    results: list[StoreResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _build(kind: str, vectors: np.ndarray, folder: Path):  # type: ignore[no-untyped-def]
+    """The store of `kind` holding `vectors`, written and reopened the way a build and a reader do; and seconds."""
+    from rag.index.store import FaissStore
+
+    t0 = time.perf_counter()
+    if kind == "faiss":
+        store = FaissStore.empty(vectors.shape[1])
+        for start in range(0, len(vectors), VECTOR_BATCH):
+            store.add(vectors[start : start + VECTOR_BATCH])
+        store.save(folder / "dense.faiss")
+        seconds = time.perf_counter() - t0
+        return FaissStore.read(folder / "dense.faiss"), seconds
+    from rag.index.milvus import MilvusStore
+
+    uri = str(folder / "milvus.db")
+    store = MilvusStore.create(uri, "compare_chunks", vectors.shape[1])
+    store.add(vectors)
+    store.finish()
+    seconds = time.perf_counter() - t0
+    store.close()
+    return MilvusStore.open(uri, "compare_chunks"), seconds
+
+
+def _measure(kind: str, store, queries: np.ndarray, truth: np.ndarray, seconds: float,  # type: ignore[no-untyped-def]
+             faiss_top: list[list[int]] | None) -> tuple[StoreResult, list[list[int]]]:  # fmt: skip
+    """Time every query's top 10 and score the rank of its true chunk."""
+    times, tops, hits, rr = [], [], 0, 0.0
+    store.search(queries[:1], 10)  # the first search loads what a store loads lazily
+    for q, target in zip(queries, truth, strict=True):
+        t0 = time.perf_counter()
+        _, rows = store.search(q.reshape(1, -1), 10)
+        times.append(time.perf_counter() - t0)
+        top = [int(r) for r in rows[0] if r >= 0]
+        tops.append(top)
+        if target in top:
+            rank = top.index(target) + 1
+            hits += rank <= 5
+            rr += 1 / rank
+    same = None if faiss_top is None else sum(a == b for a, b in zip(tops, faiss_top, strict=True)) / len(tops)
+    lat = Latency.of(kind, times)
+    return StoreResult(kind, seconds, hits / len(tops), rr / len(tops), lat.p50_ms, lat.p95_ms, same), tops
+
+
+def run_store_compare(
+    chunks: int, dim: int, queries: int, stores: Sequence[str] = STORES, seed: int = 0
+) -> StoreReport:
+    """Build each store from the same random vectors and ask it the same noisy queries."""
+    unknown = set(stores) - set(STORES)
+    if unknown:
+        raise ValueError(f"unknown store(s) {sorted(unknown)}: use {', '.join(STORES)}")
+    rng = np.random.default_rng(seed)
+    vectors = random_unit_vectors(chunks, dim, rng)
+    truth = rng.choice(chunks, size=queries, replace=False)
+    noisy = vectors[truth] + QUERY_NOISE * random_unit_vectors(queries, dim, rng)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    results: list[StoreResult] = []
+    faiss_top: list[list[int]] | None = None
+    with tempfile.TemporaryDirectory(prefix="rag-stores-") as tmp:
+        for kind in sorted(stores, key=lambda k: k != "faiss"):  # FAISS first: the others are compared with it
+            folder = Path(tmp) / kind
+            folder.mkdir()
+            store, seconds = _build(kind, vectors, folder)
+            try:
+                result, tops = _measure(kind, store, noisy, truth, seconds, faiss_top)
+            finally:
+                getattr(store, "close", lambda: None)()
+            faiss_top = tops if kind == "faiss" else faiss_top
+            results.append(result)
+    return StoreReport(chunks, dim, queries, results)
+
+
+def format_store_report(report: StoreReport) -> str:
+    """The comparison as a table for a terminal."""
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f} ms"
+
+    rows = [[r.store, f"{r.build_seconds:.2f} s", f"{r.hit_at_5:.3f}", f"{r.mrr_at_10:.3f}", ms(r.p50_ms), ms(r.p95_ms),
+             "-" if r.same_top10_as_faiss is None else f"{r.same_top10_as_faiss:.3f}"] for r in report.results]  # fmt: skip
+    head = f"{report.chunks:,} random unit vectors of size {report.dim}, {report.queries} queries (a vector + noise)"
+    table = text_table(["store", "build", "hit@5", "MRR@10", "p50", "p95", "top 10 = FAISS"], rows)
+    return f"{head}\n\n{table}"
