@@ -448,7 +448,7 @@ def chat_cmd(ctx: typer.Context) -> None:
 def collections_cmd(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the collections: name, where its documents and index live, whether it is indexed."""
     from rag.collections import list_collections
-    from rag.index.build import index_exists
+    from rag.index.reader import index_exists
 
     base = _base_settings(ctx)
     try:
