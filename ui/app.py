@@ -8,6 +8,8 @@ questions from several tabs wait their turn instead of mixing tokens.
 A question goes through two steps: `prepare` (not queued: shows the question
 at once and takes the tab's turn) and `respond` (queued: retrieves and
 streams). API clients (gradio_client) call `/ask`, which does both.
+Generating then waits its turn in a GenerationQueue (rag/answer/turns.py) that
+`rag serve` shares with its OpenAI-compatible /v1 API, first come first served.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from rag.errors import RagError
 from rag.index.build import BuildReport
 from rag.answer.kvstore import BackgroundBuild
 from rag.answer.pipeline import MAX_QUESTION_CHARS, Done, Pipeline, Restart, Retrieved, Token, Turn
+from rag.answer.turns import GenerationQueue
 from ui import render
 from ui.assets import CSS, FONTS, JS, MONO_FONTS, STORE_LANGUAGE_JS
 from ui.chat_models import ChatModels, offered_models
@@ -133,10 +136,18 @@ def _bot(content: str) -> dict[str, str]:
 # ---------------------------------------------------------------- the page
 
 
-def build_app(pipeline: Pipeline, kv_build: BackgroundBuild | None = None) -> gr.Blocks:
-    """The page. `kv_build` (from `launch`) computes the passage KV store in the background."""
+def build_app(
+    pipeline: Pipeline, kv_build: BackgroundBuild | None = None, models: ChatModels | None = None,
+    turns: GenerationQueue | None = None,
+) -> gr.Blocks:  # fmt: skip
+    """The page. `kv_build` (from `launch`) computes the passage KV store in the background.
+
+    The HTTP API (rag/serve) passes its `models` and `turns`, so the page and the API share
+    the loaded models and one fair line for generating.
+    """
     settings = pipeline.settings
-    models = ChatModels(pipeline)
+    models = models or ChatModels(pipeline)
+    turns = turns or GenerationQueue(settings.api_queue_limit)
     offered = offered_models(settings.chat_model)
     tabs = Tabs()
     max_bytes = int(settings.max_file_mb * 1e6)
@@ -162,10 +173,17 @@ def build_app(pipeline: Pipeline, kv_build: BackgroundBuild | None = None) -> gr
         def still_ours() -> bool:  # "clear chat" gives the tab's turn away
             return tab.current == question.id
 
+        ticket = turns.join(refusable=False)  # the page never refuses: Gradio's queue already holds the rest
         try:
+            while not ticket.wait(0.5):  # API clients (rag/serve) that asked first answer first
+                if stop.is_set() or not still_ours():
+                    break
+                yield history, panel(say(lang, "waiting", n=ticket.ahead)), conv
             if stop.is_set():
                 history[-1] = _bot(render.answer_html_stopped(lang))
                 yield history, panel(), conv
+                return
+            if not still_ours():
                 return
             model = model or settings.chat_model
             if not models.is_loaded(model):
@@ -210,6 +228,8 @@ def build_app(pipeline: Pipeline, kv_build: BackgroundBuild | None = None) -> gr
             log.exception("answering failed")
             history[-1] = _bot("⚠️ " + render.streaming_text(say(lang, "error", message=f"{type(exc).__name__}: {exc}")))
             yield history, panel(), conv
+        finally:
+            ticket.release()
 
     def prepare(text: str, history: list[dict[str, Any]], request: gr.Request):  # type: ignore[no-untyped-def]
         """Show the question at once and take the tab's turn (not queued)."""

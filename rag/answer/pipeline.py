@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rag.answer import citations
-from rag.index.build import lexical
+from rag.index import lexical
 from rag.answer import prompting
 from rag.errors import QuestionError
 from rag.answer.retrieval import uncovered_names, unknown_companies
