@@ -147,7 +147,7 @@ def build_app(
     """
     settings = pipeline.settings
     models = models or ChatModels(pipeline)
-    turns = turns or GenerationQueue(settings.api_queue_limit)
+    line = turns or GenerationQueue(settings.api_queue_limit)  # `turns` below are a chat's turns
     offered = offered_models(settings.chat_model)
     tabs = Tabs()
     max_bytes = int(settings.max_file_mb * 1e6)
@@ -173,7 +173,7 @@ def build_app(
         def still_ours() -> bool:  # "clear chat" gives the tab's turn away
             return tab.current == question.id
 
-        ticket = turns.join(refusable=False)  # the page never refuses: Gradio's queue already holds the rest
+        ticket = line.join(refusable=False)  # the page never refuses: Gradio's queue already holds the rest
         try:
             while not ticket.wait(0.5):  # API clients (rag/serve) that asked first answer first
                 if stop.is_set() or not still_ours():

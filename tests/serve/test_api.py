@@ -314,3 +314,27 @@ def test_past_the_queue_limit_a_client_gets_429(small_world, real: Running) -> N
                 assert r.json()["error"]["code"] == "queue_full" and r.headers["retry-after"]
     finally:
         running.server.close()
+
+
+def test_the_page_and_the_api_share_one_line(slow: tuple[Running, SlowGenerator]) -> None:
+    """A question from the chat page (its /ask endpoint) waits in the same line as API clients."""
+    from gradio_client import Client
+
+    running, generator = slow
+    generator.max_active = 0
+
+    def api(_: int) -> str:
+        got = running.openai().chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": COST}])
+        return got.choices[0].message.content or ""
+
+    def page() -> str:
+        chat, _, _ = Client(running.url + "/", verbose=False).predict(COST, [], api_name="/ask")
+        content = chat[-1]["content"]
+        return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
+
+    with ThreadPoolExecutor(4) as pool:
+        apis = [pool.submit(api, i) for i in range(3)]
+        on_page = pool.submit(page)
+        answers = [f.result() for f in apis] + [on_page.result()]
+    assert all("557.6" in a for a in answers)
+    assert generator.max_active == 1
