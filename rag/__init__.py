@@ -19,7 +19,7 @@ _LAZY = {
     "load_settings": ("rag.config", "load_settings"),
     "RagError": ("rag.errors", "RagError"),
 }
-__all__ = sorted(_LAZY)
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> object:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from types import TracebackType
+from typing import Self
 
 
 class Ticket:
@@ -44,10 +44,10 @@ class Ticket:
         """Leave the line, or end the turn; safe to call more than once."""
         self._line._release(self)
 
-    def __enter__(self) -> Ticket:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 

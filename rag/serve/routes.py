@@ -166,7 +166,7 @@ def run(service: Service, job: Job, emit: Callable[[object], None]) -> None:
                 events.close()  # frees the model at once when the client left
     except RagError as exc:
         emit(from_rag_error(exc))
-    except Exception as exc:  # noqa: BLE001 - reported to the client as a 500, logged here
+    except Exception as exc:  # reported to the client as a 500, logged here
         log.exception("answering failed")
         emit(ApiError(500, f"Answering failed: {type(exc).__name__}. The server log has the details.", "internal"))
     finally:
