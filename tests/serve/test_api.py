@@ -338,3 +338,29 @@ def test_the_page_and_the_api_share_one_line(slow: tuple[Running, SlowGenerator]
         answers = [f.result() for f in apis] + [on_page.result()]
     assert all("557.6" in a for a in answers)
     assert generator.max_active == 1
+
+
+def test_rag_serve_puts_the_page_and_the_api_on_one_port(small_env) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    port = free_port()
+    env = {**small_env, "RAG_API_KEY": "k"}
+    proc = subprocess.Popen([sys.executable, "-m", "rag.cli", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else "rag serve exited"
+            try:
+                return httpx.get(url + "/v1/models", headers={"Authorization": "Bearer k"}).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, "rag serve to start", seconds=180)
+        assert httpx.get(url + "/v1/models").status_code == 401  # the key from RAG_API_KEY
+        assert httpx.get(url + "/").status_code == 200
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert f"Chat page: {url}/" in out and "Traceback" not in out
