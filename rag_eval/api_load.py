@@ -50,8 +50,8 @@ class LoadReport:
         busy = sum(r.status == 429 for r in self.results)
         lost = len(self.results) - len(ok) - busy
         return [
-            f"{self.clients} concurrent clients: {len(ok)} answered, {busy} told 429 (queue full), {lost} failed;"
-            f" wall {self.wall:.1f} s",
+            (f"{self.clients} concurrent clients: {len(ok)} answered, {busy} told 429 (queue full), {lost} failed;"
+             f" wall {self.wall:.1f} s"),
             f"  first word  p50 {percentile(firsts, 50):6.2f} s   p95 {percentile(firsts, 95):6.2f} s",
             f"  whole answer p50 {percentile(totals, 50):6.2f} s   p95 {percentile(totals, 95):6.2f} s",
             *[f"  failed: {r.status} {r.error}" for r in self.results if r.error],

@@ -37,7 +37,9 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, kv_build: B
     """The FastAPI app: /v1 first (so the page's catch-all mount at / does not shadow it), then the page."""
     pipeline = pipeline or Pipeline(settings)
     service = Service(pipeline, ChatModels(pipeline), GenerationQueue(settings.api_queue_limit), kv_build)
-    app = FastAPI(title="rag-chat API", docs_url="/v1/docs", openapi_url="/v1/openapi.json", redoc_url=None)
+    # No /docs page: FastAPI's loads Swagger from a CDN, and the product is offline. The schema is
+    # served by the router (/v1/openapi.json), behind the key like every /v1 call.
+    app = FastAPI(title="rag-chat API", docs_url=None, redoc_url=None, openapi_url=None)
     errors.install(app)
     app.include_router(router(service))
     app.state.service = service

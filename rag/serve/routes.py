@@ -288,6 +288,10 @@ def router(service: Service) -> APIRouter:
     def index_state() -> dict[str, Any]:
         return _index_state(service)
 
+    @api.get("/openapi.json", include_in_schema=False)
+    def openapi(request: Request) -> dict[str, Any]:
+        return request.app.openapi()
+
     @api.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
     def not_found(rest: str) -> None:
         raise ApiError(404, f"There is no endpoint /v1/{rest}. See GET /v1/models and docs/api.md.", "unknown_endpoint")

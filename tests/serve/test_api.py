@@ -168,6 +168,8 @@ def test_the_page_is_served_on_the_same_port(real: Running) -> None:
     page = httpx.get(real.url + "/")
     assert page.status_code == 200 and "<html" in page.text
     assert httpx.get(real.url + "/config").status_code == 200  # Gradio's own routes beside /v1
+    schema = httpx.get(real.url + "/v1/openapi.json").json()
+    assert "/v1/chat/completions" in schema["paths"] and "/v1/search" in schema["paths"]
 
 
 # ---------------------------------------------------------------- bad requests
@@ -226,7 +228,8 @@ def test_with_an_api_key_every_v1_call_needs_it(small_world, real: Running) -> N
                      api_key="s3cret")  # fmt: skip
     try:
         for method, path in [("GET", "/v1/models"), ("GET", "/v1/index"), ("POST", "/v1/search"),
-                             ("POST", "/v1/chat/completions"), ("GET", "/v1/nothing")]:  # fmt: skip
+                             ("POST", "/v1/chat/completions"), ("GET", "/v1/nothing"),
+                             ("GET", "/v1/openapi.json")]:  # fmt: skip
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
                 r = httpx.request(method, keyed.url + path, json={"query": "x"}, headers=headers)
                 assert r.status_code == 401, (path, headers)
