@@ -149,9 +149,19 @@ class Settings:
     # questions, as the ordinary path; best first 0.60, best last but numbered by rank 0.75 (README).
     kv_order: str = "best_last"  # or best_first
 
-    # --- UI ---
+    # --- UI and HTTP API (one server: the page at /, the OpenAI-compatible API at /v1; docs/api.md) ---
     host: str = "127.0.0.1"  # never listen beyond this machine unless asked
     port: int = 7860
+    # A bearer token every /v1 call must send (Authorization: Bearer ...); "" = no key. Set it
+    # (RAG_API_KEY) before listening beyond 127.0.0.1: `rag serve` warns when it is missing then.
+    api_key: str = ""
+    # API requests that may wait behind the answer being generated; one more gets 429. One model
+    # answers one question at a time (~5-15 s each with the default model on 2 cores), so 16
+    # waiting is already minutes of waiting; past it a client is better told to retry.
+    api_queue_limit: int = 16
+    # Largest /v1 request body: a question is at most 2000 characters and only the last turns of
+    # `messages` are read, so 1 MB is generous and still stops a client from filling memory.
+    api_max_body_kb: int = 1024
 
     @property
     def conversations_path(self) -> Path:
@@ -286,6 +296,11 @@ def _validate(s: Settings) -> None:
                 f"{name} ({getattr(s, name)}) must be >= 1: a passage cut to nothing is left out of the prompt.",
                 f"Use {getattr(Settings, name)} (the default) or another positive number of characters.",
             )
+    if s.api_queue_limit < 0 or s.api_max_body_kb < 1:
+        raise ConfigError(
+            f"api_queue_limit ({s.api_queue_limit}) must be >= 0 and api_max_body_kb ({s.api_max_body_kb}) >= 1.",
+            "Use e.g. api_queue_limit = 16 and api_max_body_kb = 1024.",
+        )
     if s.top_k < 1 or s.candidates < s.top_k:
         raise ConfigError(
             f"top_k ({s.top_k}) must be >= 1 and <= candidates ({s.candidates}).",

@@ -460,7 +460,23 @@ def bench_cmd(
         save_report(json_out, report.to_dict(), "Full record")
 
 
+def bench_api_cmd(
+    url: Annotated[str, typer.Option("--url", help="The running `rag serve`.")] = "http://127.0.0.1:7860",
+    clients: Annotated[int, typer.Option("--clients", help="Concurrent clients, one question each.")] = 8,
+    model: Annotated[str | None, typer.Option("--model", help="Chat model (default: the server's).")] = None,
+    key: Annotated[str, typer.Option("--key", envvar="RAG_API_KEY", help="API key, if the server has one.")] = "",
+) -> None:
+    """Ask a running server from N clients at once; print answered / 429 / failed and p50/p95 latency."""
+    from rag_eval.api_load import run_load
+
+    report = run_load(url, clients, model, key)
+    typer.echo("\n".join(report.lines()))
+    if any(r.error for r in report.results):
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     """Entry point ("rag.commands" group): adds `rag eval ...` and `rag bench` to the product's CLI."""
     app.add_typer(eval_app, name="eval")
     app.command("bench")(bench_cmd)
+    app.command("bench-api")(bench_api_cmd)

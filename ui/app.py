@@ -8,6 +8,8 @@ questions from several tabs wait their turn instead of mixing tokens.
 A question goes through two steps: `prepare` (not queued: shows the question
 at once and takes the tab's turn) and `respond` (queued: retrieves and
 streams). API clients (gradio_client) call `/ask`, which does both.
+Generating then waits its turn in a GenerationQueue (rag/answer/turns.py) that
+`rag serve` shares with its OpenAI-compatible /v1 API, first come first served.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from rag.errors import RagError
 from rag.index.report import BuildReport
 from rag.answer.kvstore import BackgroundBuild
 from rag.answer.pipeline import MAX_QUESTION_CHARS, Done, Pipeline, Restart, Retrieved, Token, Turn
+from rag.answer.turns import GenerationQueue
 from rag.collections import for_collection
 from rag.conversations import ConversationStore
 from ui import render, saved_chats
@@ -139,19 +142,22 @@ def _bot(content: str) -> dict[str, str]:
 
 def build_app(
     pipeline: Pipeline, kv_build: BackgroundBuild | None = None, base: Settings | None = None,
-    store: ConversationStore | None = None,
+    store: ConversationStore | None = None, models: ChatModels | None = None, turns: GenerationQueue | None = None,
 ) -> gr.Blocks:  # fmt: skip
     """The page. `kv_build` (from `launch`) computes the passage KV store in the background.
 
     `pipeline` serves the collection `base.collection`; `base` are the settings as loaded
     (rag/collections.py), from which the other collections are found (default: pipeline.settings).
     Chats are saved in `store` (default: the file settings.conversations_path names).
+    The HTTP API (rag/serve) passes its `models` and `turns`, so the page and the API share
+    the loaded models and one fair line for generating.
     """
     settings = pipeline.settings
     base = base or settings
     store = store or ConversationStore(base.conversations_path)
-    models = ChatModels(pipeline)
+    models = models or ChatModels(pipeline)
     collections = CollectionPipelines(base, models)
+    line = turns or GenerationQueue(settings.api_queue_limit)  # `turns` below are a chat's turns
     offered = offered_models(settings.chat_model)
     tabs = Tabs()
     max_bytes = int(settings.max_file_mb * 1e6)
@@ -177,10 +183,17 @@ def build_app(
         def still_ours() -> bool:  # "clear chat" gives the tab's turn away
             return tab.current == question.id
 
+        ticket = line.join(refusable=False)  # the page never refuses: Gradio's queue already holds the rest
         try:
+            while not ticket.wait(0.5):  # API clients (rag/serve) that asked first answer first
+                if stop.is_set() or not still_ours():
+                    break
+                yield history, panel(say(lang, "waiting", n=ticket.ahead)), conv
             if stop.is_set():
                 history[-1] = _bot(render.answer_html_stopped(lang))
                 yield history, panel(), conv
+                return
+            if not still_ours():
                 return
             model = model or settings.chat_model
             if not models.is_loaded(model):
@@ -225,6 +238,8 @@ def build_app(
             log.exception("answering failed")
             history[-1] = _bot("⚠️ " + render.streaming_text(say(lang, "error", message=f"{type(exc).__name__}: {exc}")))
             yield history, panel(), conv
+        finally:
+            ticket.release()
 
     def prepare(text: str, history: list[dict[str, Any]], request: gr.Request):  # type: ignore[no-untyped-def]
         """Show the question at once and take the tab's turn (not queued)."""

@@ -62,6 +62,7 @@ TEXT: dict[str, dict[str, str]] = {
         # status while answering
         "loading_model": "正在加载对话模型 {name}…",
         "searching": "正在检索…",
+        "waiting": "排队中：前面还有 {n} 个问题在回答…",
         "generating": "正在根据 {n} 个段落生成回答…",
         "again": "第一稿未采用（未通过核对或答“没有相关信息”），正在重新回答…",
         "stopped": "（已停止）",
@@ -163,6 +164,7 @@ TEXT: dict[str, dict[str, str]] = {
         "export_file": "Exported file",
         "loading_model": "Loading the chat model {name}…",
         "searching": "Searching…",
+        "waiting": "Waiting in line: {n} question(s) ahead…",
         "generating": "Writing the answer from {n} passages…",
         "again": "The first draft was not kept (it failed the check or said the documents do not cover it); answering again…",
         "stopped": "(stopped)",

@@ -1,0 +1,119 @@
+"""`rag serve`: one uvicorn server on one port, the chat page at / and the OpenAI-compatible API at /v1.
+
+The page (ui/app.py's Gradio Blocks) is mounted on a FastAPI app that also holds the /v1
+routes (rag/serve/routes.py). Both share the loaded models and one fair line for generating
+(rag/answer/turns.py), so a question from the page and one from an API client wait for each
+other in arrival order.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from rag import offline  # noqa: F401  (before gradio: analytics off)
+
+# isort: split
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI
+
+from rag.answer.kvstore import BackgroundBuild
+from rag.answer.pipeline import Pipeline
+from rag.answer.turns import GenerationQueue
+from rag.collections import for_collection
+from rag.config import Settings
+from rag.errors import RagError
+from rag.serve import errors
+from rag.serve.routes import Service, router
+from ui.app import build_app
+from ui.assets import CSS, FONTS, JS, MONO_FONTS
+from ui.chat_models import ChatModels
+
+
+def create_app(settings: Settings, pipeline: Pipeline | None = None, kv_build: BackgroundBuild | None = None) -> FastAPI:
+    """The FastAPI app: /v1 first (so the page's catch-all mount at / does not shadow it), then the page.
+
+    `settings` as loaded: the page offers every collection they name; /v1 answers from the
+    pipeline's collection (`settings.collection`, the default one).
+    """
+    pipeline = pipeline or Pipeline(for_collection(settings))
+    service = Service(pipeline, ChatModels(pipeline), GenerationQueue(settings.api_queue_limit), kv_build)
+    # No /docs page: FastAPI's loads Swagger from a CDN, and the product is offline. The schema is
+    # served by the router (/v1/openapi.json), behind the key like every /v1 call.
+    app = FastAPI(title="rag-chat API", docs_url=None, redoc_url=None, openapi_url=None)
+    errors.install(app)
+    app.include_router(router(service))
+    app.state.service = service
+    page = build_app(pipeline, kv_build, base=settings, models=service.models, turns=service.turns)
+    return gr.mount_gradio_app(
+        app, page, path="/", server_name=settings.host, server_port=settings.port, footer_links=[],
+        theme=gr.themes.Default(font=FONTS, font_mono=MONO_FONTS), css=CSS, js=JS, ssr_mode=False,
+        max_file_size=int(settings.max_file_mb * 1e6),
+    )  # fmt: skip
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.1, ::1 and localhost stay on this machine; 0.0.0.0 or a LAN address do not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(settings: Settings, host: str) -> str:
+    """What to tell the person starting a server others can reach; '' on 127.0.0.1."""
+    if is_loopback(host):
+        return ""
+    if not settings.api_key:
+        return (f"Warning: listening on {host} without an API key: anyone who can reach this machine can use /v1 "
+                "and the chat page. Set api_key (RAG_API_KEY) or listen on 127.0.0.1.")  # fmt: skip
+    return f"Note: the API key guards /v1 only; the chat page at / is open to anyone who can reach {host}."
+
+
+@dataclass
+class Server:
+    """A running server (see `serve`); `close` stops it."""
+
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread | None
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+
+
+def serve(settings: Settings, host: str, port: int, block: bool = True, pipeline: Pipeline | None = None) -> Server:
+    """Load the index and models, then serve the page and the API; tests pass their own `pipeline`."""
+    kv_build = None
+    if pipeline is None:
+        pipeline = Pipeline(for_collection(settings))
+        pipeline.load()  # before the first visitor, so the first answer is not slowed
+        kv_build = BackgroundBuild(pipeline)
+        kv_build.start()
+    app = create_app(settings, pipeline, kv_build)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    warning = exposure_warning(settings, host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    print(f"Chat page: {url}/   API: {url}/v1 (docs/api.md)", flush=True)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    if block:
+        server.run()
+        return Server(url, server, None)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not server.started:
+        raise RagError(f"The server on {url} did not start.", "Is the port taken? Pick another with --port.")
+    return Server(url, server, thread)
