@@ -47,7 +47,7 @@ if ! ls "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; t
 fi
 
 EXTRAS=""
-[ "$DEV" = 1 ] && EXTRAS="[dev]"
+[ "$DEV" = 1 ] && EXTRAS="[dev,scale]"  # the tests start the scale parts (an LLM server, ...) locally
 STAMP=".venv/.installed$EXTRAS"
 WANT="$(cat pyproject.toml | sha256sum | cut -c1-16)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
