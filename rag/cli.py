@@ -33,10 +33,15 @@ def main(
     index: Annotated[Path | None, typer.Option(help="Folder of the built index.")] = None,
     embed_model: Annotated[str | None, typer.Option(help="Embedding model name (see `rag models`).")] = None,
     chat_model: Annotated[str | None, typer.Option("--model", help="Chat model name (see `rag models`).")] = None,
+    llm_url: Annotated[
+        str | None, typer.Option(help='An OpenAI-compatible server to answer with (e.g. http://127.0.0.1:8080); "" = local.')
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
 ) -> None:
     try:
-        ctx.obj = load_settings(config, corpus_dir=corpus, index_dir=index, embed_model=embed_model, chat_model=chat_model)
+        ctx.obj = load_settings(
+            config, corpus_dir=corpus, index_dir=index, embed_model=embed_model, chat_model=chat_model, llm_url=llm_url
+        )
     except RagError as exc:
         _fail(exc)
 
