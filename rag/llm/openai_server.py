@@ -16,6 +16,7 @@ when the served model's name is a registry model installed here. Otherwise the b
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 # Ideographs, CJK and full-width punctuation (as generation._CHINESE): about one token each or more.
 _ONE_TOKEN_EACH = re.compile("[\u3000-\u303f\u3400-\u9fff\uf900-\ufaff\uff00-\uffef0-9]")
 BAN = -100.0  # OpenAI's strongest logit bias ("ban"); llama.cpp's servers accept it too
+_log = logging.getLogger(__name__)
 _MAX_COUNTS = 4096  # remembered token counts (prompt building asks for the same texts again)
 
 
@@ -80,6 +82,8 @@ class ServerGenerator:
         self.name = model or self._first_model()
         self.banned: list[int] = []
         self.english_note = self._load_ban(vocabulary or self.name, models_dir)
+        if self.english_note:
+            _log.warning(self.english_note)
 
     @property
     def usage(self) -> Usage:
