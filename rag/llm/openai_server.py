@@ -72,8 +72,13 @@ class ServerGenerator:
         self.temperature = temperature
         self.timeout_s = timeout_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # trust_env=False: the URL is used as given. A proxy from the environment (HTTP_PROXY) would
+        # carry the prompts, passages of the user's documents, off to another machine.
         self._client = httpx.Client(
-            base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s)
+            base_url=self.url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            trust_env=False,
         )
         self._usage = Usage()
         self._counts: dict[str, int] = {}
