@@ -36,6 +36,9 @@ def main(
     index: Annotated[Path | None, typer.Option(help="Folder of the built index.")] = None,
     embed_model: Annotated[str | None, typer.Option(help="Embedding model name (see `rag models`).")] = None,
     chat_model: Annotated[str | None, typer.Option("--model", help="Chat model name (see `rag models`).")] = None,
+    llm_url: Annotated[
+        str | None, typer.Option(help='An OpenAI-compatible server to answer with (e.g. http://127.0.0.1:8080); "" = local.')
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
     collection: Annotated[
         str | None, typer.Option(help="Collection to index, search and ask (see `rag collections`).")
@@ -46,7 +49,7 @@ def main(
     try:
         base = load_settings(
             config, corpus_dir=corpus, index_dir=index, embed_model=embed_model, chat_model=chat_model,
-            collection=collection,
+            collection=collection, llm_url=llm_url,
         )  # fmt: skip
         ctx.meta[BASE_SETTINGS] = base
         ctx.obj = for_collection(base)

@@ -135,6 +135,22 @@ class Settings:
     lean_later_chars: int = 120
     prompt_token_budget: int = 1400  # tokens of passages at most; leaves room to answer
 
+    # --- where the chat model runs (rag/llm/server.py) ---
+    # "" = in this process through llama.cpp (chat_model above). A URL such as http://127.0.0.1:8080
+    # sends the chat to that OpenAI-compatible server (llama.cpp's or llama-cpp-python's server, vLLM)
+    # instead, so one served model can answer for many processes or sit on a bigger machine. The
+    # passage KV store (kv_cache) needs the model in this process, so it is off with a server.
+    llm_url: str = ""
+    # The model name sent to the server; "" = chat_model. When it names a model of the registry that
+    # is installed here, its vocabulary (read without the weights) lets English answers ban Chinese
+    # tokens over HTTP too (logit_bias); otherwise that ban is skipped.
+    llm_model: str = ""
+    llm_api_key: str = ""  # sent as "Authorization: Bearer ..."; "" = none (a local server needs none)
+    llm_connect_timeout_s: float = 5.0  # a server on this machine or the LAN answers a connect in ms
+    # The longest wait for the next piece of an answer. The first piece comes after the whole prompt
+    # is read (~7 s for 1.5B on 2 cores, longer on a busy server), so a minute, not seconds.
+    llm_timeout_s: float = 60.0
+
     # --- passage KV store (rag/answer/kvstore.py; issue #8) ---
     # Each passage's KV cache is computed once, at index time, so a question only makes the model
     # read the labels and the question (~40 tokens instead of ~650): first token ~1 s instead of ~7 s.
@@ -276,6 +292,16 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"milvus_uri '{s.milvus_uri}' is neither a Milvus Lite path nor a server address.",
             "Use a path ending in .db (Milvus Lite), http://host:19530 (a Milvus server), or leave it empty.",
+        )
+    if s.llm_url and not s.llm_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"llm_url '{s.llm_url}' is not an http(s) URL.",
+            'Use e.g. http://127.0.0.1:8080 (an OpenAI-compatible server), or "" for the local llama.cpp model.',
+        )
+    if s.llm_connect_timeout_s <= 0 or s.llm_timeout_s <= 0:
+        raise ConfigError(
+            f"llm_connect_timeout_s ({s.llm_connect_timeout_s}) and llm_timeout_s ({s.llm_timeout_s}) must be > 0.",
+            "Use seconds, e.g. 5 and 60.",
         )
     if s.fusion not in ("zscore", "rrf"):
         raise ConfigError(f"fusion '{s.fusion}' is not known.", "Use zscore (the default) or rrf.")

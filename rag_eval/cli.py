@@ -392,6 +392,45 @@ def _compare_stores(chunks: int, dim: int, queries: int, stores: list[str], seed
         save_report(json_out, report.to_dict())
 
 
+@eval_app.command("llm-server")
+def llm_server_cmd(
+    ctx: typer.Context,
+    eval_file: Annotated[
+        Path | None, typer.Argument(help="Question file (default: ../shared/eval/dev.jsonl).", metavar="EVAL.jsonl")
+    ] = None,
+    llm_url: Annotated[
+        str | None, typer.Option("--llm-url", help="A running server (default: start llama-cpp-python's here).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every answer's tokens and timings here.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+) -> None:
+    """The same questions through the in-process model and an OpenAI-compatible server: token-identical? how fast?"""
+    import tempfile
+    from contextlib import nullcontext
+    from dataclasses import replace
+
+    from rag_eval.bench import DEFAULT_QUESTIONS
+    from rag_eval.llm_server import compare, format_report, local_server
+    from rag_eval.metrics import load_questions
+
+    try:
+        questions = [(q.id, q.question) for q in load_questions(eval_file or DEFAULT_QUESTIONS)][:limit]
+        settings = _settings(ctx)
+        url = llm_url or settings.llm_url
+        with tempfile.TemporaryDirectory() as tmp:
+            server = nullcontext(url) if url else local_server(settings, Path(tmp) / "server.log")
+            with server as base:
+                say = (lambda msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
+                report = compare(replace(settings, llm_url=""), base, questions, not url, say)
+    except RagError as exc:
+        _fail(exc)
+        return
+    typer.echo(format_report(report))
+    if json_out is not None:
+        save_report(json_out, report.to_dict())
+
+
 def _require_cached(pipeline) -> None:  # type: ignore[no-untyped-def]
     """--path cached/both measures nothing unless the store is complete: say how to build it."""
     from rag.answer import kvstore

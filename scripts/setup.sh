@@ -47,7 +47,7 @@ if ! ls "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; t
 fi
 
 EXTRAS=""
-# The tests also cover the optional vector store (Milvus Lite), so --dev installs the scale extra too.
+# The tests start the optional scale parts locally (Milvus Lite, Ray, an LLM server), so --dev installs them too.
 [ "$DEV" = 1 ] && EXTRAS="[dev,scale]"
 STAMP=".venv/.installed$EXTRAS"
 WANT="$(cat pyproject.toml | sha256sum | cut -c1-16)"

@@ -392,6 +392,15 @@ def open_engine(settings: Settings, generator: object | None = None):  # type: i
     """A KVEngine on `generator`'s model (a LlamaGenerator), loading the chat model when none is given."""
     from rag.llm.kvengine import KVEngine, context_size
 
+    if settings.llm_url:
+        from rag.errors import ModelError
+
+        # Its KV cache lives in the server; the store's blocks are loaded into this process's model.
+        raise ModelError(
+            f"The passage KV store needs the chat model in this process; answers come from {settings.llm_url}, "
+            "so the cached path is off and every answer reads its whole prompt.",
+            'Set llm_url = "" to answer with the local llama.cpp model and its KV store, or kv_cache = false.',
+        )
     if generator is None:
         from rag.llm.generation import load_generator
 

@@ -149,10 +149,9 @@ class Pipeline:
     def get_generator(self) -> Generator:
         with self._generator_lock:
             if self.generator is None:
-                from rag.llm.generation import load_generator
+                from rag.llm.generation import open_generator
 
-                s = self.settings
-                self.generator = load_generator(s.chat_model, s.models_dir, s.n_ctx, s.n_threads, s.n_batch, s.temperature)
+                self.generator = open_generator(self.settings)
             return self.generator
 
     def load(self, chat_model: bool = True) -> dict[str, float]:

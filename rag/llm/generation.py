@@ -12,11 +12,14 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from rag import offline  # noqa: F401
+
+if TYPE_CHECKING:
+    from rag.config import Settings
 
 
 @dataclass
@@ -148,3 +151,14 @@ def load_generator(name: str, models_dir: Path, n_ctx: int, n_threads: int, n_ba
 
         raise ModelError(f"'{name}' is an embedding model, not a chat model.", "Pick a chat model from `rag models`.")
     return LlamaGenerator(name, locate(name, models_dir), n_ctx, n_threads, n_batch, temperature)
+
+
+def open_generator(settings: Settings) -> Generator:
+    """The chat model the settings choose: an OpenAI-compatible server when llm_url is set, else
+    `chat_model` in this process through llama.cpp. The one place that makes the choice."""
+    s = settings
+    if s.llm_url:
+        from rag.llm.openai_server import from_settings
+
+        return from_settings(s)
+    return load_generator(s.chat_model, s.models_dir, s.n_ctx, s.n_threads, s.n_batch, s.temperature)
