@@ -46,6 +46,7 @@ from typing import Any
 
 from rag.errors import RagError
 from rag.schema import Chunk, Hit
+from rag_eval.stats import percentile
 
 MRR_CUTOFF = 10
 DEFAULT_KS = (1, 3, 5, 10)
@@ -581,12 +582,8 @@ class AnswerResult:
 
 
 def _median_p90(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    ordered = sorted(values)
-    median = ordered[len(ordered) // 2] if len(ordered) % 2 else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
-    p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
-    return median, p90
+    """Median and p90 by rag_eval.stats.percentile, the definition every other table uses."""
+    return percentile(values, 50), percentile(values, 90)
 
 
 @dataclass
