@@ -45,6 +45,7 @@ import numpy as np
 
 from rag import offline  # noqa: F401
 from rag.errors import RagError
+from rag_eval import stats
 
 if TYPE_CHECKING:
     from rag.config import Settings
@@ -66,17 +67,9 @@ class BenchError(RagError):
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between the closest ranks (numpy's default).
-
-    Example: percentile([1, 2, 3, 4], 50) -> 2.5; percentile([1, 2, 3, 4], 90) -> 3.7
-    """
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    """rag_eval.stats.percentile (linear interpolation), NaN instead of None so bench arithmetic stays float."""
+    value = stats.percentile(values, q)
+    return math.nan if value is None else value
 
 
 def ratio(product: float | None, raw: float | None) -> float | None:

@@ -454,7 +454,9 @@ def _compare(ordinary, cached) -> str:  # type: ignore[no-untyped-def]
     parts = [
         diff("key terms", ordinary.key_term_accuracy, cached.key_term_accuracy),
         diff("refusal", ordinary.refusal_accuracy, cached.refusal_accuracy),
-        diff("citation precision", ordinary.citation_precision, cached.citation_precision),
+        diff("citation precision (independent)", ordinary.citation_precision_independent,
+             cached.citation_precision_independent),
+        diff("citation precision (product's own test)", ordinary.citation_precision, cached.citation_precision),
         diff("TTFT p50 (s)", ordinary.ttft_median, cached.ttft_median),
         f"TTFT cached/ordinary {'-' if ratio is None else f'{ratio:.2f}'}",
         diff("first token of the kept answer p50 (s)", ordinary.answer_ttft_median, cached.answer_ttft_median),

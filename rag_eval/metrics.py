@@ -46,6 +46,7 @@ from typing import Any
 
 from rag.errors import RagError
 from rag.schema import Chunk, Hit
+from rag_eval.stats import percentile
 
 MRR_CUTOFF = 10
 DEFAULT_KS = (1, 3, 5, 10)
@@ -532,8 +533,13 @@ def _rjust(s: str, w: int) -> str:
 #   `must_include` term after NFKC normalization;
 # - refusal accuracy: unanswerable questions answered with a refusal;
 # - false-refusal rate: answerable questions answered with a refusal;
-# - citation precision: shown citations whose passage covers an evidence quote
-#   of the question, or contains the key terms of the sentence that cites it;
+# - citation precision, two figures side by side:
+#   - independent ("cite-indep"): shown citations whose passage contains an
+#     evidence quote or a `must_include` term of the reference answer (string
+#     containment after NFKC + whitespace squashing); it never calls the product;
+#   - the product's own ("cite-own"): the passage covers an evidence quote, or
+#     passes `citations.support` for the citing sentence, the same test
+#     `check()` uses to keep a citation, so it largely measures itself;
 # - cited share: answerable, non-refused answers with at least one citation;
 # - unsupported-sentence rate: unsupported / checked sentences, over all answers.
 
@@ -556,6 +562,16 @@ def citation_is_precise(answer_text: str, number: int, passage: str, quotes: Seq
     if any(covers(passage, q) for q in quotes):
         return True
     return any(support(key_terms(s), passage) >= SUPPORTS for s in sentences_citing(answer_text, number))
+
+
+def citation_is_grounded(passage: str, quotes: Sequence[str], terms: Sequence[str]) -> bool:
+    """Judged without the product's support test: the passage holds an evidence quote or a reference term.
+
+    Exists because citation_is_precise reuses `citations.support`, the test that kept the citation.
+    Example: citation_is_grounded("The pump runs at 40 rpm.", [], ["40 rpm"]) -> True
+    """
+    text = squash(_nfkc(passage))
+    return any(squash(_nfkc(x)) in text for x in [*quotes, *terms] if x.strip())
 
 
 @dataclass
@@ -581,12 +597,8 @@ class AnswerResult:
 
 
 def _median_p90(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    ordered = sorted(values)
-    median = ordered[len(ordered) // 2] if len(ordered) % 2 else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
-    p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
-    return median, p90
+    """Median and p90 by rag_eval.stats.percentile, the definition every other table uses."""
+    return percentile(values, 50), percentile(values, 90)
 
 
 @dataclass
@@ -596,7 +608,7 @@ class AnswerMetrics:
     key_term_accuracy: float | None
     refusal_accuracy: float | None
     false_refusal_rate: float | None
-    citation_precision: float | None
+    citation_precision: float | None  # the product's own test (see citation_is_precise)
     cited_share: float | None
     unsupported_rate: float | None
     ttft_median: float | None
@@ -606,6 +618,8 @@ class AnswerMetrics:
     prompt_tokens_median: float | None
     # First token of the text finally kept: later than ttft when a first draft was written again.
     answer_ttft_median: float | None = None
+    # Independent of the product: cited passage holds an evidence quote or a reference term.
+    citation_precision_independent: float | None = None
 
     @classmethod
     def of(cls, results: Sequence[AnswerResult]) -> AnswerMetrics:
@@ -615,6 +629,7 @@ class AnswerMetrics:
         answerable = [r for r in results if r.answerable]
         unanswerable = [r for r in results if not r.answerable]
         shown = [c["precise"] for r in results for c in r.citations]
+        grounded = [bool(c.get("grounded")) for r in results for c in r.citations]
         factual = sum(r.factual_sentences for r in results)
         ttft = [r.timings["first_token"] for r in results if "first_token" in r.timings]
         total = [r.timings["total"] for r in results if "total" in r.timings]
@@ -626,6 +641,7 @@ class AnswerMetrics:
             refusal_accuracy=share([r.refused for r in unanswerable]),
             false_refusal_rate=share([r.refused for r in answerable]),
             citation_precision=share(shown),
+            citation_precision_independent=share(grounded),
             cited_share=share([bool(r.citations) for r in answerable if not r.refused]),
             unsupported_rate=(sum(len(r.unsupported) for r in results) / factual) if factual else None,
             ttft_median=_median_p90(ttft)[0],
@@ -672,6 +688,7 @@ def evaluate_answers(
             {
                 "number": c.number, "file": c.chunk.path, "start": c.chunk.start, "end": c.chunk.end,
                 "text": c.chunk.text, "precise": citation_is_precise(answer.text, c.number, c.chunk.text, quotes),
+                "grounded": citation_is_grounded(c.chunk.text, quotes, q.must_include),
             }
             for c in answer.citations
         ]
@@ -708,7 +725,8 @@ def format_answer_table(report: AnswerReport) -> str:
         ("key-terms", lambda m: _fmt(m.key_term_accuracy)),
         ("refusal", lambda m: _fmt(m.refusal_accuracy)),
         ("false-ref", lambda m: _fmt(m.false_refusal_rate)),
-        ("cite-prec", lambda m: _fmt(m.citation_precision)),
+        ("cite-indep", lambda m: _fmt(m.citation_precision_independent)),
+        ("cite-own", lambda m: _fmt(m.citation_precision)),
         ("cited", lambda m: _fmt(m.cited_share)),
         ("unsupp", lambda m: _fmt(m.unsupported_rate)),
         ("ttft p50", lambda m: "-" if m.ttft_median is None else f"{m.ttft_median:.1f}s"),
@@ -719,4 +737,8 @@ def format_answer_table(report: AnswerReport) -> str:
     ]
     rows = [["overall"] + [f(report.overall) for _, f in cols]]
     rows += [[t] + [f(m) for _, f in cols] for t, m in report.by_type.items()]
-    return text_table([""] + [c[0] for c in cols], rows)
+    return (
+        text_table([""] + [c[0] for c in cols], rows)
+        + "\ncite-indep: cited passages holding an evidence quote or a reference term (independent); "
+        + "cite-own: the product's own support test (the one that kept the citation)"
+    )

@@ -46,6 +46,7 @@ import numpy as np
 from rag.ingest.chunking import ChunkerSettings, chunk_document, piece_texts, search_text
 from rag.errors import RagError
 from rag_eval.metrics import text_table
+from rag_eval.stats import percentile
 from rag.schema import Chunk, Document, Hit
 
 if TYPE_CHECKING:
@@ -404,8 +405,6 @@ def first_positive_rank(ranked_paths: Sequence[str], positives: frozenset[int]) 
     return None
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else None
 
 
 @dataclass

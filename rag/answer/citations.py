@@ -358,7 +358,7 @@ def misses_the_count(answer: str, question: str) -> bool:
     counted = {w for w in words(m.group(1)) if len(w) >= 2} if m else set()
     if not counted:
         return False
-    # "GPT-4 到底有多少参数？" answered "凭借1750亿参数，GPT-3 …": a count, but of another model.
+    # "K7 有多少档位？" answered "凭借 5 档调节，K6 …": a count, but of another model.
     asked = versioned_names(question)
     return not any(
         any(w in s for w in counted) and all(mentions(s, name) for name in asked)

@@ -478,26 +478,26 @@ def test_a_version_number_reused_as_a_figure_is_invented() -> None:
 def test_unsupported_answer_that_only_restates_the_question_is_a_non_answer() -> None:
     from rag.answer.citations import adds_nothing, is_invented
 
-    hits = _hits("Anthropic 发布了 Claude 3.5 Sonnet，在代码能力上有明显提升。")
-    question = "Anthropic 这家公司是谁创办的？"
-    echo = "Anthropic 这家公司是由 Anthropic 公司创办的。"
+    hits = _hits("Orvell 发布了 Tern 3 折叠车，在车重上有明显改进。")
+    question = "Orvell 这家公司是谁创办的？"
+    echo = "Orvell 这家公司是由 Orvell 公司创办的。"
     assert adds_nothing(echo, question)
     assert is_invented(check(echo, hits), echo, hits, question)
-    assert not adds_nothing("Anthropic 由前 OpenAI 员工创办。", question)
+    assert not adds_nothing("Orvell 由前 Vega 员工创办。", question)
 
 
 @pytest.mark.parametrize(
     ("question", "answer", "expected"),
     [
-        ("Kimi k1.5 模型有多少参数？", "Kimi k1.5 模型有128K tokens的上下文窗口[1]。", True),
-        ("Kimi k1.5 模型有多少参数？", "资料没有给出 Kimi k1.5 的参数量。", False),
-        ("GPT-4o 能支持多少种语言？", "GPT-4o 支持50多种语言[1]。", False),
-        ("Llama 3 预训练一共用了多少 token 的数据？", "Llama 3 使用了更多高质量数据[1]。", True),
+        ("Vega 2.5 台灯有多少档亮度？", "Vega 2.5 台灯有11小时的续航[1]。", True),
+        ("Vega 2.5 台灯有多少档亮度？", "资料没有给出 Vega 2.5 的亮度档位。", False),
+        ("K7o 能支持多少种语言？", "K7o 支持50多种语言[1]。", False),
+        ("Tern 3 出厂一共跑了多少 公里 的路测？", "Tern 3 做了更多严格路测[1]。", True),
         ("剪枝能把参数砍掉多少？", "可以砍掉30%[1]。", False),  # nothing named after 多少: no check
         ("How many parameters does it have?", "It has 175B.", False),
         # a parameter count, but of the model next to the one asked about
-        ("GPT-4 到底有多少参数？", "GPT-4 沿用了 Transformer。凭借惊人的1750亿参数，GPT-3 突破了界限[1]。", True),
-        ("GPT-4 到底有多少参数？", "GPT-4 的参数量约为1.8万亿[1]。", False),
+        ("K7 到底有多少档位？", "K7 沿用了旧底座。凭借惊人的12档调节，K6 突破了界限[1]。", True),
+        ("K7 到底有多少档位？", "K7 的档位约为8档[1]。", False),
         # "how much money": the answer must give a sum
         ("DeepSeek-R1 的训练花了多少钱？", "DeepSeek-R1 的训练花了大约一个月的时间[3]。", True),
         ("DeepSeek-V3 的训练花了多少钱？", "约557.6万美元[1]。", False),

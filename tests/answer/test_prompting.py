@@ -92,15 +92,15 @@ def test_passage_header() -> None:
 @pytest.mark.parametrize(
     ("question", "several"),
     [
-        ("GPT-3 的参数规模有多大？当时普通人能直接下载它吗？", True),
-        ("DeepSeek-R1 和 Kimi k1.5 的上下文窗口分别有多长？", True),
-        ("o1-mini 跟完整版 o1 相比有什么优势？", True),
-        ("BERT 和 GPT 的训练思路有什么根本不同？", True),
-        ("How many questions does TruthfulQA contain, and what does it test?", True),
+        ("K7 电水壶的容量有多大？当时普通人能直接买到它吗？", True),
+        ("Tern-2 和 Vega 3.1 的电池续航分别有多长？", True),
+        ("k7-mini 跟完整版 k7 相比有什么优势？", True),
+        ("Orvell 和 Tern 的设计思路有什么根本不同？", True),
+        ("How many modes does the Tern lamp have, and what does each do?", True),
         ("How does GPT-4 compare with Claude 3?", True),
         ("DeepSeek-V3 的训练成本是多少？", False),
         ("混合专家模型是什么", False),
-        ("What Elo rating did OpenAI's o3 reach on Codeforces?", False),
+        ("What speed did Orvell's T3 reach on the test track?", False),
         ("Who developed BERT and GPT?", False),
     ],
 )

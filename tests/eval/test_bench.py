@@ -368,3 +368,13 @@ def test_bench_small_models_end_to_end(small_world, tmp_path: Path) -> None:  # 
     assert 0.5 < ratios["TTFT / raw prompt eval"] < 2.0
     assert 0.5 < ratios["generation rate product / raw"] < 2.0
     assert "TTFT / raw prompt eval" in format_table(report.stats)
+
+
+def test_every_report_uses_the_one_percentile() -> None:
+    """bench, rgb and the answers report share rag_eval.stats.percentile, so their p90s compare."""
+    from rag_eval import metrics, rgb, stats
+
+    assert rgb.percentile is stats.percentile
+    assert metrics.percentile is stats.percentile
+    assert metrics._median_p90([1.0, 2.0, 3.0, 4.0]) == (2.5, pytest.approx(3.7))
+    assert stats.percentile([], 90) is None

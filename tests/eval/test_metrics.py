@@ -331,12 +331,31 @@ def test_answer_metrics_on_hand_made_answers() -> None:
     assert m.refusal_accuracy == 0.5
     assert m.false_refusal_rate == 0.5
     assert m.citation_precision == 0.5  # [1] of a1 precise, [1] of u2 not
+    assert m.citation_precision_independent == 0.5  # a1's passage holds its quote; u2 has no quote or term
     assert m.cited_share == 1.0  # the only non-refused answerable answer has a citation
     assert m.unsupported_rate == 1 / 4
     assert m.ttft_median == 1.0
     assert report.by_type["unanswerable"].refusal_accuracy == 0.5
     data = report.to_dict()
     assert data["questions"][0]["citations"][0]["text"] == cost.text
+
+
+def test_independent_citation_precision_ignores_the_products_support_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even when the product's own support test passes everything, the independent figure does not move."""
+    import rag.answer.citations as citations
+    from rag_eval.metrics import citation_is_grounded, evaluate_answers, format_answer_table
+
+    monkeypatch.setattr(citations, "support", lambda terms, passage: 1.0)
+    manual = chunk("The Model K7 kettle boils one litre in 140 seconds.")
+    unrelated = chunk("The warranty lasts two years.", "b.md")
+    q = EvalQuestion("k1", "How long does the kettle take?", "", ("140 seconds",), (), "factoid")
+    answer = _answer("It takes 140 seconds [1][2].", [manual, unrelated], [1, 2])
+    report = evaluate_answers([q], lambda question: answer)
+    assert report.overall.citation_precision == 1.0  # the product's test, forced to pass
+    assert report.overall.citation_precision_independent == 0.5  # only the manual holds the reference term
+    assert [c["grounded"] for c in report.results[0].citations] == [True, False]
+    assert "cite-indep" in format_answer_table(report) and "cite-own" in format_answer_table(report)
+    assert citation_is_grounded("Ｔｈｅ pump runs at ４０ rpm", ["runs at 40 rpm"], []) is True  # NFKC, spaces
 
 
 def test_contains_terms_is_nfkc_and_whitespace_insensitive() -> None:
