@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rag.ingest.chunking import clean_text
-from rag.index.lexical import COMPANIES, STOPWORDS, mentions, words
+from rag.index.lexical import STOPWORDS, mentions, words
 from rag.answer.prompting import ENGLISH_FULL_STOP, english_figures, language_of
 from rag.schema import Citation, Hit
 
@@ -476,10 +476,8 @@ def _claimed(terms: set[str], asked: set[str], text: str) -> set[str]:
 
 def _as_english_reader_sees(passage: str) -> str:
     """A Chinese passage as an English answer may restate it: its figures in 亿 written out
-    ("405 billion", as the English prompt showed them) and its companies' English names
-    ("谷歌" -> google), added after the passage as written."""
-    names = " ".join(dict.fromkeys(english for chinese, english in COMPANIES.items() if chinese in passage))
-    return f"{passage}\n{english_figures(passage)}\n{names}"
+    ("405 billion", as the English prompt showed them), added after the passage as written."""
+    return f"{passage}\n{english_figures(passage)}"
 
 
 def check(

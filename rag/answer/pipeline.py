@@ -15,7 +15,8 @@ from rag.answer import citations
 from rag.index import lexical
 from rag.answer import prompting
 from rag.errors import QuestionError
-from rag.answer.retrieval import uncovered_names, unknown_companies
+from rag.answer.retrieval import uncovered_names
+from rag.index.entities import unknown_entities
 from rag.schema import Answer, Hit
 
 if TYPE_CHECKING:
@@ -271,7 +272,7 @@ class Pipeline:
         retriever = self.retriever()
         ranked = retriever.rank(query, max(k, 3, self.settings.conflict_depth))
         hits = ranked[:k] if retriever.has_evidence(ranked[: max(k, 3)]) else []
-        if lang == "zh" and (uncovered_names(query, hits) or unknown_companies(query, retriever.knows)):
+        if lang == "zh" and (uncovered_names(query, hits) or unknown_entities(query, retriever.entities(), retriever.knows)):
             hits = []  # the question names something no passage mentions: refuse, show the closest
         timings = {"retrieval": time.perf_counter() - t0}
         yield Retrieved(query, hits)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rag.ingest.chunking import clean_text
-from rag.index.lexical import COMPANIES, mentions, names
+from rag.index.lexical import mentions, names
 from rag.schema import Chunk, Hit
 
 if TYPE_CHECKING:
@@ -193,6 +193,10 @@ class Retriever:
         """Some document writes `text` (a name), anywhere in the index."""
         return self.index.knows(text)
 
+    def entities(self) -> dict[str, int] | None:
+        """The names mined from the indexed passages at build time (None for an older build)."""
+        return self.index.entities()
+
     def has_evidence(self, hits: list[Hit]) -> bool:
         """Some passage is close in meaning, or shares words with the query."""
         if not hits:
@@ -210,16 +214,3 @@ def uncovered_names(query: str, hits: Sequence[Hit]) -> list[str]:
     """
     text = unicodedata.normalize("NFKC", " ".join(clean_text(h.chunk.text) for h in hits)).lower()
     return sorted(name for name in names(query) if not mentions(text, name))
-
-
-def unknown_companies(query: str, knows: Callable[[str], bool]) -> list[str]:
-    """Companies a Chinese question names ("苹果公司的大模型叫什么？") that no document mentions
-    by any of their names (阿里巴巴, 阿里, Alibaba). `knows(text)`: the passages write it.
-
-    Given passages about other companies' models, the small model answers for them
-    ("苹果公司的大模型叫Llama"); a company absent from every document is a question
-    the documents cannot answer.
-    """
-    named = {en for zh, en in COMPANIES.items() if zh in query}
-    written = {en for zh, en in COMPANIES.items() if en in named and (knows(zh) or knows(en))}
-    return sorted(zh for zh, en in COMPANIES.items() if zh in query and en not in written)

@@ -17,6 +17,7 @@ import numpy as np
 
 from rag.errors import DocumentError, IndexStateError
 from rag.index.assemble import Embedded, Rows, assemble
+from rag.index import entities
 from rag.index.lexical import LexicalIndex, tokenize
 from rag.index.lock import BuildLock
 from rag.index.manifest import FORMAT_VERSION, MANIFEST_FILE, PIECE_OWNERS_FILE, Manifest, now
@@ -226,6 +227,7 @@ def write_build(settings: Settings, root: Path, manifest: Manifest, rows: Rows, 
         for store in stores.stores.values():
             close_store(store)
     LexicalIndex.build([tokenize(search_text(c)) for c in rows.chunks]).save(staging / "bm25")
+    entities.save(staging, entities.mine(search_text(c) for c in rows.chunks))
     manifest.vector_store = stores.record
     publish(root, staging, manifest, rows.chunks)
     drop_unused(root, settings, manifest, previous)

@@ -53,16 +53,6 @@ def words(text: str) -> list[str]:
     return tokens
 
 
-# Companies by their Chinese names, and the names English text gives them. An English answer
-# names 谷歌 "Google"; a Chinese question may name a company no document mentions at all.
-COMPANIES = {
-    "谷歌": "google", "微软": "microsoft", "英伟达": "nvidia", "深度求索": "deepseek", "月之暗面": "moonshot",
-    "阿里巴巴": "alibaba", "阿里": "alibaba", "百度": "baidu", "腾讯": "tencent", "字节跳动": "bytedance",
-    "智谱": "zhipu", "华为": "huawei", "亚马逊": "amazon", "脸书": "facebook", "斯坦福": "stanford",
-    "苹果": "apple", "小米": "xiaomi", "商汤": "sensetime", "讯飞": "iflytek", "三星": "samsung", "英特尔": "intel",
-}  # fmt: skip
-
-
 # Latin-script names in a (Chinese) text: "vLLM", "Claude Opus 4.5", "DeepSeek-V3", "API".
 _NAME = re.compile(r"(?<![a-z0-9.\-])[a-z][a-z0-9.\-]*[a-z0-9](?:\s\d+(?:\.\d+)?)?(?![a-z0-9])")
 

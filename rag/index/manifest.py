@@ -8,6 +8,7 @@ Layout of one build, `builds/<id>/` under the index directory:
     dense.faiss                  inner-product index of normalized vectors
     pieces.faiss, pieces.npy     vectors of each chunk's sentence pieces, and the row each belongs to
     bm25/                        bm25s state over jieba tokens
+    entities.json                names mined from the passages (rag.index.entities)
     SHA256SUMS                   every file's sha256, written last (`sha256sum -c` format)
 
 Loading checks SHA256SUMS before FAISS sees a byte, so a truncated or edited file is reported with

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from rag.errors import IndexStateError, RagError
+from rag.index import entities
 from rag.index.lexical import LexicalIndex, tokenize
 from rag.index.manifest import (
     CHUNKS_FILE,
@@ -143,6 +144,12 @@ class Index:
     def knows(self, text: str) -> bool:
         """The passages write `text` (see LexicalIndex.knows)."""
         return self._lexical.knows(text)
+
+    def entities(self) -> dict[str, int] | None:
+        """The names mined from this build's passages (rag.index.entities); read on first use."""
+        if not hasattr(self, "_entities"):
+            self._entities = entities.load(self.directory)
+        return self._entities
 
     def vectors(self) -> np.ndarray:
         """Every chunk vector in row order: what an incremental build reuses for unchanged files."""

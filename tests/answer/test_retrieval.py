@@ -9,7 +9,7 @@ import pytest
 from rag.ingest.chunking import clean_text
 from rag.index.build import build
 from rag.index.reader import Index
-from rag.answer.retrieval import RetrievalParams, Retriever, given_once, rrf, spread, unknown_companies, zscore_fusion
+from rag.answer.retrieval import RetrievalParams, Retriever, given_once, rrf, spread, zscore_fusion
 from rag.schema import Chunk, Hit
 from tests.fakes import CountingFactory, FakeEmbedder, isolate, tiny_settings
 
@@ -265,12 +265,11 @@ def test_weights_change_the_order(world) -> None:  # type: ignore[no-untyped-def
     assert lexical_only[0].lexical_score is not None
 
 
-def test_unknown_companies_are_those_no_document_names_in_either_language() -> None:
-    corpus = {"谷歌", "google", "字节跳动", "nvidia", "阿里"}
-    knows = corpus.__contains__
-    assert unknown_companies("苹果公司的大模型叫什么？", knows) == ["苹果"]
-    assert unknown_companies("华为和苹果谁的模型大？", knows) == ["华为", "苹果"]
-    assert unknown_companies("谷歌的 Gemini 3 Pro 有什么新功能？", knows) == []
-    assert unknown_companies("英伟达的 GPU 为什么适合训练？", knows) == []  # named "NVIDIA" in the documents
-    assert unknown_companies("阿里巴巴的通义千问是什么？", knows) == []  # the documents write 阿里
-    assert unknown_companies("Transformer 是谁提出的？", knows) == []
+def test_unknown_entities_are_names_the_mined_vocabulary_and_passages_lack() -> None:
+    from rag.index.entities import unknown_entities
+
+    vocabulary = {"张伟": 3, "北京大学": 1}
+    knows = lambda text: text in "张伟在北京大学读书"  # noqa: E731
+    assert unknown_entities("张伟在北京大学读书吗？", vocabulary, knows) == []
+    assert unknown_entities("李娜在清华大学读书吗？", vocabulary, knows) != []
+    assert unknown_entities("李娜在清华大学读书吗？", {"acme": 2}, knows) == []  # no Chinese names to check against
