@@ -530,13 +530,6 @@ def test_english_figure_converted_from_a_chinese_magnitude_is_supported() -> Non
     assert check("Llama 3.1 有405参数。", hits).unsupported
 
 
-def test_an_english_company_name_is_found_under_its_chinese_name() -> None:
-    hits = _hits("2017 年谷歌在 NeurIPS 大会上提出了革命性的 Transformer 架构。", "英伟达股价下跌。")
-    checked = check("Google proposed the Transformer architecture. Nvidia's stock fell.", hits, lang="en")
-    assert checked.text == "Google proposed the Transformer architecture[1]. Nvidia's stock fell[2]."
-    assert check("Microsoft proposed the Transformer architecture.", hits, lang="en").citations == []
-
-
 def test_trailing_filler_sentence_is_dropped() -> None:
     checked = check("训练成本仅557.6万美元[1]。根据资料中的描述。", TWO)
     assert checked.text == "训练成本仅557.6万美元[1]。"
