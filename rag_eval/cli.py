@@ -392,6 +392,28 @@ def _compare_stores(chunks: int, dim: int, queries: int, stores: list[str], seed
         save_report(json_out, report.to_dict())
 
 
+@eval_app.command("ray")
+def ray_cmd(
+    ctx: typer.Context,
+    passages: Annotated[int, typer.Option("--passages", help="Corpus chunks to embed.")] = 120,
+    workers: Annotated[str, typer.Option("--workers", help="Ray worker counts to try, e.g. 1,2.")] = "1,2",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """Passages/s of the build's embedder in process and on 1, 2... Ray actors (pip install .[scale])."""
+    from rag_eval.raybench import corpus_passages, format_ray_report, run_ray_bench
+
+    settings = _settings(ctx)
+    counts = [int(w) for w in workers.replace(" ", "").split(",") if w]
+    try:
+        report = run_ray_bench(settings, corpus_passages(settings, passages), counts)
+    except RagError as exc:
+        _fail(exc)
+        return
+    typer.echo(format_ray_report(report))
+    if json_out is not None:
+        save_report(json_out, report.to_dict())
+
+
 @eval_app.command("llm-server")
 def llm_server_cmd(
     ctx: typer.Context,
