@@ -41,7 +41,9 @@ def build_manifest(
     )
 
 
-def write_build(settings: Settings, root: Path, manifest: Manifest, rows: Rows, previous: Manifest | None = None) -> None:
+def write_build(
+    settings: Settings, root: Path, manifest: Manifest, rows: Rows, previous: Manifest | None = None
+) -> None:
     """Write the vectors (through the configured store) and BM25 state into a staging folder, then publish it
     (chunks, manifest naming the stores, swap); the vectors of replaced builds are dropped only after the swap."""
     staging = new_staging(root)
