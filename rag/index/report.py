@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+Progress = Callable[[str, int, int], None]  # (stage: "read" | "embed" | "write", done, total)
+
+
+def notify(on_progress: Progress | None, stage: str, done: int, total: int) -> None:
+    """Tell the caller (the UI's progress bar, the CLI) how far a build stage is, if it asked."""
+    if on_progress:
+        on_progress(stage, done, total)
 
 
 @dataclass
