@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -133,53 +135,75 @@ def models_fetch(
 # ---------------------------------------------------------------- index
 
 
+class _StageBars:
+    """A tqdm bar per build stage on stderr, so a long build shows where it is; `quiet` (--json) shows none."""
+
+    def __init__(self, quiet: bool) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.quiet = quiet
+        self.bars: dict[str, tqdm] = {}
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if stage not in self.bars:
+            unit = "chunk" if stage == "embed" else "file"
+            self.bars[stage] = self._tqdm(total=total, desc=stage, unit=unit, file=sys.stderr)
+        bar = self.bars[stage]
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+class _RayFactory:
+    """The embedder factory of `rag index --ray`: Ray actors that each load the model with `load`.
+
+    build() calls it only when there is something to embed; the actors it started are shut down
+    by `shutdown()` once the build ends, whether it succeeded or not.
+    """
+
+    def __init__(self, load: Any, settings: Settings) -> None:
+        self.load, self.settings = load, settings
+        self.started: list[Any] = []
+
+    def __call__(self):  # type: ignore[no-untyped-def]
+        from rag.index.distributed import RAY_BATCH, RayEmbedder
+
+        s = self.settings
+        self.started.append(RayEmbedder(self.load, s.ray_workers, RAY_BATCH, s.ray_address))
+        return self.started[-1]
+
+    def shutdown(self) -> None:
+        for embedder in self.started:
+            embedder.shutdown()
+
+
 def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet: bool = False, use_ray: bool = False):  # type: ignore[no-untyped-def]
     """Build or update the index with a progress bar; shared by `rag index` and `rag serve`.
     use_ray: embed on Ray actors (rag/index/distributed.py); the rest of the build is unchanged."""
     from functools import partial
 
-    from tqdm import tqdm
-
-    from rag.index.embedding import load_document_embedder
     from rag.index.build import build
+    from rag.index.embedding import load_document_embedder
     from rag.models import get_spec
 
-    bars: dict[str, tqdm] = {}
-
-    def on_progress(stage: str, done: int, total: int) -> None:
-        if quiet:
-            return
-        if stage not in bars:
-            bars[stage] = tqdm(total=total, desc=stage, unit="chunk" if stage == "embed" else "file", file=sys.stderr)
-        bar = bars[stage]
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
+    bars = _StageBars(quiet)
     spec = get_spec(settings.embed_model)
     load = partial(load_document_embedder, settings.embed_model, settings.models_dir, threads=settings.n_threads)
-    started: list = []  # type: ignore[type-arg]
-
-    def on_ray():  # type: ignore[no-untyped-def]
-        from rag.index.distributed import RAY_BATCH, RayEmbedder
-
-        started.append(RayEmbedder(load, settings.ray_workers, RAY_BATCH, settings.ray_address))
-        return started[-1]
-
+    ray = _RayFactory(load, settings) if use_ray else None
     try:
-        return build(
-            settings,
-            on_ray if use_ray else load,
-            spec.sha256,
-            full=full,
-            wait=wait,
-            on_progress=on_progress,
-        )
+        factory = ray if ray is not None else load
+        return build(settings, factory, spec.sha256, full=full, wait=wait, on_progress=bars.update)
     finally:
-        for bar in bars.values():
-            bar.close()
-        for embedder in started:
-            embedder.shutdown()
+        bars.close()
+        if ray is not None:
+            ray.shutdown()
 
 
 def run_kv_store(settings: Settings, build_missing: bool, quiet: bool = False) -> str:
@@ -222,9 +246,6 @@ def index_cmd(
     use_ray: Annotated[bool, typer.Option("--ray", help="Embed on Ray actors (ray_address, ray_workers; pip install .[scale]).")] = False,
 ) -> None:
     """Build or update the index from the corpus folder: only new and changed files are read and embedded."""
-    import time
-
-    from rag.errors import IndexStateError
     from rag.index.lock import lock_holder
 
     settings = _settings(ctx)
@@ -234,31 +255,14 @@ def index_cmd(
             "Turn it on with kv_cache = true in rag.toml (or RAG_KV_CACHE=1), then run: rag index --kv",
         ))  # fmt: skip
         return
-    corpus, root = Path(settings.corpus_dir), Path(settings.index_dir)
-    holder = lock_holder(root) if wait or watch else None  # without --wait, build() itself names the holder
+    holder = lock_holder(Path(settings.index_dir)) if wait or watch else None  # without --wait, build() names it
     if holder:
         typer.echo(f"Another index build is running ({holder}); waiting for it to finish…", err=True)
 
     def update(full_now: bool, always_show: bool) -> None:
         report = run_index(settings, full=full_now, wait=wait or watch, quiet=as_json, use_ray=use_ray)
-        if not (report.wrote or always_show):
-            return  # --watch: an event that changed nothing the index holds
-        if as_json:
-            sys.stdout.write(json.dumps(asdict(report), ensure_ascii=False, indent=None if watch else 1) + "\n")
-            sys.stdout.flush()
-            return
-        lines = report.summary()
-        if watch:
-            lines[0] = f"[{time.strftime('%H:%M:%S')}] {lines[0]}"
-        typer.echo("\n".join(lines))
-        for path, reason in report.skipped.items():
-            typer.secho(f"Skipped {path}: {reason}", fg="yellow", err=True)
-        for note in report.notes:
-            typer.secho(f"Note: {note}", fg="yellow", err=True)
-        if settings.kv_cache:
-            kv_line = run_kv_store(settings, build_missing=kv, quiet=as_json)
-            if kv_line:
-                typer.echo(kv_line, err=as_json)
+        if report.wrote or always_show:  # else --watch: an event that changed nothing the index holds
+            _show_index_report(settings, report, as_json=as_json, watch=watch, kv=kv)
 
     if not watch:
         try:
@@ -266,9 +270,37 @@ def index_cmd(
         except RagError as exc:
             _fail(exc)
         return
+    _watch_index(settings, update, full)
 
+
+def _show_index_report(settings: Settings, report: Any, as_json: bool, watch: bool, kv: bool) -> None:
+    """Print one build's report: JSON (a line per update with --watch) or its summary, skipped files
+    and notes; with kv_cache on, then the passage KV store's state (built first with --kv)."""
+    if as_json:
+        sys.stdout.write(json.dumps(asdict(report), ensure_ascii=False, indent=None if watch else 1) + "\n")
+        sys.stdout.flush()
+        return
+    lines = report.summary()
+    if watch:
+        lines[0] = f"[{time.strftime('%H:%M:%S')}] {lines[0]}"
+    typer.echo("\n".join(lines))
+    for path, reason in report.skipped.items():
+        typer.secho(f"Skipped {path}: {reason}", fg="yellow", err=True)
+    for note in report.notes:
+        typer.secho(f"Note: {note}", fg="yellow", err=True)
+    if settings.kv_cache:
+        kv_line = run_kv_store(settings, build_missing=kv, quiet=as_json)
+        if kv_line:
+            typer.echo(kv_line, err=as_json)
+
+
+def _watch_index(settings: Settings, update: Callable[[bool, bool], None], full: bool) -> None:
+    """`rag index --watch`: run `update` once now (it always reports), then on every corpus change
+    until Ctrl-C. An error (e.g. a missing model) is printed and watching goes on."""
+    from rag.errors import IndexStateError
     from rag.ingest.watch import watch as watch_corpus
 
+    corpus, root = Path(settings.corpus_dir), Path(settings.index_dir)
     if not corpus.is_dir():
         _fail(IndexStateError(f"Corpus folder {corpus} does not exist.", "Create it and put .txt/.md/.pdf files in it."))
     first = True
@@ -277,7 +309,7 @@ def index_cmd(
         nonlocal first
         initial, first = first, False
         try:
-            update(full and initial, always_show=initial)  # the first update always reports the state
+            update(full and initial, initial)  # the first update always reports the state
         except RagError as exc:  # e.g. a missing model: say so and keep watching
             typer.secho(f"Error: {exc.message}" + (f"\n  -> {exc.hint}" if exc.hint else ""), fg="red", err=True)
 
@@ -361,25 +393,11 @@ def ask_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming.")] = False,
 ) -> None:
     """Answer a question from the documents, streaming, then list the cited sources."""
-    from rag.answer.pipeline import Done, Restart, Token, clean_question
-
-    answer = None
     try:
-        clean_question(question)  # a bad question costs no model loading
-        pipeline = _pipeline(ctx)
-        pipeline.load()
-        for event in pipeline.ask(question, k=k):
-            if isinstance(event, Token) and not as_json:
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
-            elif isinstance(event, Restart) and not as_json:
-                sys.stdout.write(ANSWERING_AGAIN)
-            elif isinstance(event, Done):
-                answer = event.answer
+        answer = _stream_answer(ctx, question, k, show_tokens=not as_json)
     except RagError as exc:
         _fail(exc)
         return
-    assert answer is not None
     if as_json:
         _print_json(answer_to_dict(answer))
         return
@@ -387,6 +405,40 @@ def ask_cmd(
     if answer.text != answer.raw_text and not answer.refused:
         typer.secho("\nChecked answer:", bold=True)
         typer.echo(answer.text)
+    _print_sources(answer)
+    t = answer.timings
+    typer.secho(
+        f"\n(first token {t.get('first_token', 0):.1f} s, total {t.get('total', 0):.1f} s"
+        + (", passages from the KV store)" if answer.path == "cached" else ")"),
+        dim=True,
+        err=True,
+    )
+
+
+def _stream_answer(ctx: typer.Context, question: str, k: int | None, show_tokens: bool):  # type: ignore[no-untyped-def]
+    """Answer `question`, writing its tokens to stdout as they come when `show_tokens`; returns the
+    Answer. The question is checked before any model loads, so a bad one fails at once."""
+    from rag.answer.pipeline import Done, Restart, Token, clean_question
+
+    answer = None
+    clean_question(question)  # a bad question costs no model loading
+    pipeline = _pipeline(ctx)
+    pipeline.load()
+    for event in pipeline.ask(question, k=k):
+        if isinstance(event, Token) and show_tokens:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        elif isinstance(event, Restart) and show_tokens:
+            sys.stdout.write(ANSWERING_AGAIN)
+        elif isinstance(event, Done):
+            answer = event.answer
+    assert answer is not None
+    return answer
+
+
+def _print_sources(answer) -> None:  # type: ignore[no-untyped-def]
+    """After a streamed answer: its citations with an excerpt each, or, when it cites nothing, the
+    related passages (labelled as not citations) so the reader still sees where to look."""
     if answer.citations:
         typer.secho("\nSources:", bold=True)
         for c in answer.citations:
@@ -397,13 +449,6 @@ def ask_cmd(
         typer.secho("\nRelated passages (not citations):", bold=True)
         for h in answer.related:
             typer.echo(f"- {h.chunk.path} — {h.chunk.heading or h.chunk.title}: {h.chunk.text[:120].replace(chr(10), ' ')}…")
-    t = answer.timings
-    typer.secho(
-        f"\n(first token {t.get('first_token', 0):.1f} s, total {t.get('total', 0):.1f} s"
-        + (", passages from the KV store)" if answer.path == "cached" else ")"),
-        dim=True,
-        err=True,
-    )
 
 
 @app.command("chat")
