@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -272,11 +273,25 @@ def load_settings(config_file: Path | None = None, **overrides: object) -> Setti
 
 
 def _validate(s: Settings) -> None:
+    """Refuse settings that would fail later, far from their cause (mid-build, mid-answer), with the fix.
+
+    The checks of _CHECKS run in order; the first that fails is reported.
+    """
+    for check in _CHECKS:
+        check(s)
+
+
+def _check_chunking(s: Settings) -> None:
+    """An overlap as long as the chunk would never advance through the text."""
     if s.chunk_overlap >= s.chunk_size:
         raise ConfigError(
             f"chunk_overlap ({s.chunk_overlap}) must be smaller than chunk_size ({s.chunk_size}).",
             "Lower chunk_overlap or raise chunk_size.",
         )
+
+
+def _check_kv_store(s: Settings) -> None:
+    """Only the passage orders and cache types the KV store was measured with (q4_0 breaks it)."""
     if s.kv_order not in ("best_first", "best_last"):
         raise ConfigError(f"kv_order '{s.kv_order}' is not supported.", "Use best_last (measured best) or best_first.")
     if s.kv_cache_type not in ("f16", "q8_0"):
@@ -284,6 +299,10 @@ def _validate(s: Settings) -> None:
             f"kv_cache_type '{s.kv_cache_type}' is not supported.",
             "Use q8_0 (smaller) or f16; q4_0 breaks the position shift that places cached passages.",
         )
+
+
+def _check_index_backends(s: Settings) -> None:
+    """The Ray workers and the vector store, checked here rather than when a build first uses them."""
     if s.ray_workers < 1:
         raise ConfigError(f"ray_workers ({s.ray_workers}) must be at least 1.", "Use e.g. ray_workers = 2.")
     if s.vector_store not in ("faiss", "milvus"):
@@ -293,6 +312,10 @@ def _validate(s: Settings) -> None:
             f"milvus_uri '{s.milvus_uri}' is neither a Milvus Lite path nor a server address.",
             "Use a path ending in .db (Milvus Lite), http://host:19530 (a Milvus server), or leave it empty.",
         )
+
+
+def _check_llm_server(s: Settings) -> None:
+    """A chat server's address and timeouts, so a typo fails here and not at the first question."""
     if s.llm_url and not s.llm_url.startswith(("http://", "https://")):
         raise ConfigError(
             f"llm_url '{s.llm_url}' is not an http(s) URL.",
@@ -303,6 +326,10 @@ def _validate(s: Settings) -> None:
             f"llm_connect_timeout_s ({s.llm_connect_timeout_s}) and llm_timeout_s ({s.llm_timeout_s}) must be > 0.",
             "Use seconds, e.g. 5 and 60.",
         )
+
+
+def _check_ranking(s: Settings) -> None:
+    """Fusion, the per-document cap, sentence pieces and joining: each has a meaningful range."""
     if s.fusion not in ("zscore", "rrf"):
         raise ConfigError(f"fusion '{s.fusion}' is not known.", "Use zscore (the default) or rrf.")
     if s.per_doc_cap < 0:
@@ -316,19 +343,43 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"join_max_chars ({s.join_max_chars}) cannot be negative.", "Use 0 to never join chunks, or e.g. 700."
         )
+
+
+def _check_passage_cuts(s: Settings) -> None:
+    """A passage cut to 0 characters would silently drop out of the prompt."""
     for name in ("passage_chars", "lean_first_chars", "lean_later_chars"):
         if getattr(s, name) < 1:
             raise ConfigError(
                 f"{name} ({getattr(s, name)}) must be >= 1: a passage cut to nothing is left out of the prompt.",
                 f"Use {getattr(Settings, name)} (the default) or another positive number of characters.",
             )
+
+
+def _check_api_limits(s: Settings) -> None:
+    """The /v1 queue and body limits: a negative queue or a body under 1 KB would refuse every request."""
     if s.api_queue_limit < 0 or s.api_max_body_kb < 1:
         raise ConfigError(
             f"api_queue_limit ({s.api_queue_limit}) must be >= 0 and api_max_body_kb ({s.api_max_body_kb}) >= 1.",
             "Use e.g. api_queue_limit = 16 and api_max_body_kb = 1024.",
         )
+
+
+def _check_depth(s: Settings) -> None:
+    """top_k passages are taken from the candidates, so there must be at least as many candidates."""
     if s.top_k < 1 or s.candidates < s.top_k:
         raise ConfigError(
             f"top_k ({s.top_k}) must be >= 1 and <= candidates ({s.candidates}).",
             "Adjust top_k or candidates.",
         )
+
+
+_CHECKS: tuple[Callable[[Settings], None], ...] = (
+    _check_chunking,
+    _check_kv_store,
+    _check_index_backends,
+    _check_llm_server,
+    _check_ranking,
+    _check_passage_cuts,
+    _check_api_limits,
+    _check_depth,
+)
