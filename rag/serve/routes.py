@@ -244,9 +244,22 @@ async def stream(job: Job, events: asyncio.Queue[object], cid: str, ignored: lis
 
 
 def router(service: Service) -> APIRouter:
-    """The /v1 routes, each behind the API key when one is set."""
+    """The /v1 routes, each behind the API key when one is set.
+
+    Registered in this order on purpose: the catch-all 404 route must come last, after every endpoint.
+    """
     api = APIRouter(prefix="/v1", dependencies=[Depends(authorize(service))])
     limit = service.settings.api_max_body_kb * 1024
+    _chat_routes(api, service, limit)
+    _model_routes(api, service)
+    _search_routes(api, service, limit)
+    _index_routes(api, service)
+    _fallback_routes(api)
+    return api
+
+
+def _chat_routes(api: APIRouter, service: Service, limit: int) -> None:
+    """POST /v1/chat/completions: the one endpoint that generates (and so waits its turn)."""
 
     @api.post("/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
@@ -263,6 +276,10 @@ def router(service: Service) -> APIRouter:
             return JSONResponse({"error": {"message": "client disconnected", "type": "aborted"}}, status_code=499)
         return JSONResponse(wire.completion(cid, job.model, answer, "length" if job.truncated else "stop", ignored))
 
+
+def _model_routes(api: APIRouter, service: Service) -> None:
+    """GET /v1/models and /v1/models/{name}: the chat models, installed and loaded or not."""
+
     @api.get("/models")
     def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [_model(service, name) for name, s in REGISTRY.items() if s.kind == "chat"]}
@@ -272,6 +289,10 @@ def router(service: Service) -> APIRouter:
         if name not in REGISTRY or REGISTRY[name].kind != "chat":
             chat_model(service, name)  # raises the 404 that lists the known names
         return _model(service, name)
+
+
+def _search_routes(api: APIRouter, service: Service, limit: int) -> None:
+    """POST /v1/search: retrieval only, so a client can see what an answer would be built from."""
 
     @api.post("/search")
     async def search(request: Request) -> dict[str, Any]:
@@ -284,9 +305,18 @@ def router(service: Service) -> APIRouter:
         data = [wire.hit_dict(h, i) for i, h in enumerate(hits, start=1)]
         return {"object": "list", "query": req.query.strip(), "data": data}
 
+
+def _index_routes(api: APIRouter, service: Service) -> None:
+    """GET /v1/index: what the index holds and whether a build is running (see _index_state)."""
+
     @api.get("/index")
     def index_state() -> dict[str, Any]:
         return _index_state(service)
+
+
+def _fallback_routes(api: APIRouter) -> None:
+    """/v1/openapi.json (the app's schema, behind the key too) and, registered last, a 404 for any
+    other /v1 path that names the real endpoints, in the API's own error format."""
 
     @api.get("/openapi.json", include_in_schema=False)
     def openapi(request: Request) -> dict[str, Any]:
@@ -295,8 +325,6 @@ def router(service: Service) -> APIRouter:
     @api.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
     def not_found(rest: str) -> None:
         raise ApiError(404, f"There is no endpoint /v1/{rest}. See GET /v1/models and docs/api.md.", "unknown_endpoint")
-
-    return api
 
 
 def _model(service: Service, name: str) -> dict[str, Any]:
