@@ -23,12 +23,12 @@ def decode_text(data: bytes, name: str) -> str:
     """
     if not data.strip():
         raise DocumentError(f"{name} is empty.", "Add text to the file or remove it from the corpus.")
+    if b"\x00" in data[:_BINARY_PROBE]:
+        raise _binary(name)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass
-    if b"\x00" in data[:_BINARY_PROBE]:
-        raise _binary(name)
     from charset_normalizer import from_bytes
 
     matches = from_bytes(data)
