@@ -594,7 +594,7 @@ def test_watch_updates_once_per_burst_of_changes(settings) -> None:  # type: ign
         assert any("第 4 版" in c.text for c in Index.load(Path(settings.index_dir)).chunks)
 
         (corpus / ".new.md.swp").write_bytes(b"vim swap")  # hidden and unsupported files are not watched
-        (corpus / "notes.docx").write_bytes(b"PK")
+        (corpus / "notes.pages").write_bytes(b"PK")
         time.sleep(1.0)
         assert len(reports) == 2
 

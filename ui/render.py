@@ -30,8 +30,9 @@ KEEP_TURNS = 10
 
 _MARKER = re.compile(r"\[(\d{1,2})\]")
 # A sentence ends after Chinese or Western end punctuation (with closing quotes), or at a newline;
-# a '.' only counts when whitespace follows, so "557.6" and "v2.5" stay whole.
-_SENTENCE_END = re.compile(r"[。！？!?；;]+[”’」』\"')）]*|\.(?=\s)|\n")
+# a '.' only counts when whitespace follows, so "557.6" and "v2.5" stay whole; a ';' before the next
+# "header: " of a table row (rag/ingest/formats.py row_lines) does not, so a row is marked whole.
+_SENTENCE_END = re.compile(r"(?:[。！？!?；]|;(?! [^;:\n]{1,40}: ))+[”’」』\"')）]*|\.(?=\s)|\n")
 _TAG = re.compile(r"<[^>]+>")
 
 
