@@ -81,11 +81,9 @@ def html_page(title: str, blocks: Sequence[Block]) -> str:
     body = []
     for kind, value in blocks:
         if kind == "table":
-            rows = "".join(
-                "<tr>" + "".join(f"<{'th' if r == 0 else 'td'}>{html.escape(str(c))}</{'th' if r == 0 else 'td'}>"
-                                 for c in row) + "</tr>"  # fmt: skip
-                for r, row in enumerate(value)
-            )
+            cells = [[f"<{tag}>{html.escape(str(c))}</{tag}>" for c in row]
+                     for row, tag in zip(value, ["th"] + ["td"] * (len(value) - 1), strict=True)]  # fmt: skip
+            rows = "".join(f"<tr>{''.join(row)}</tr>" for row in cells)
             body.append(f"<table>{rows}</table>")
         else:
             tag = kind if kind.startswith("h") else "p"

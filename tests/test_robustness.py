@@ -191,8 +191,8 @@ def test_bad_files_added_to_an_index_lose_nothing_and_say_why_everywhere(setting
 
     result = cli(settings, "index")
     assert result.exit_code == 0, result.output
-    assert re.search(r"^  added +1  预算 说明\.docx$", result.stdout, re.M)
-    assert re.search(r"^  unchanged +3$", result.stdout, re.M)
+    assert re.search(r"^  added +1  预算 说明\.docx$", result.stdout, re.MULTILINE)
+    assert re.search(r"^  unchanged +3$", result.stdout, re.MULTILINE)
     names = {name for name, _, _ in BAD_FILES.values()} | {"huge.txt"}
     skipped_lines = [x for x in result.output.splitlines() if x.startswith("Skipped ")]
     assert {x.split(": ")[0].removeprefix("Skipped ") for x in skipped_lines} == names

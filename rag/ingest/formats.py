@@ -157,7 +157,7 @@ def _open_office(data: bytes, rel_path: str, opener: Callable[[io.BytesIO], T]) 
         )
     try:
         return opener(io.BytesIO(data))
-    except Exception as exc:  # noqa: BLE001 - each library raises its own types for a damaged file
+    except Exception as exc:  # each library raises its own types for a damaged file
         raise unreadable(rel_path, kind, program, exc) from exc
 
 
@@ -178,7 +178,7 @@ def _guarded(rel_path: str, read: Callable[[], Document]) -> Document:
         return read()
     except DocumentError:
         raise
-    except Exception as exc:  # noqa: BLE001 - as above
+    except Exception as exc:  # as above: a library error of any type
         raise unreadable(rel_path, kind, program, exc) from exc
 
 

@@ -239,8 +239,8 @@ BAD = {
     "zero-byte-xlsx": ("empty.xlsx", lambda: b"", ["empty (0 bytes)"]),
     "empty-docx": ("blank.docx", lambda: docx_bytes([]), ["no text to index"]),
     "binary-named-csv": ("data.csv", lambda: b"\x89PNG\r\n\x1a\n\x00\x00" + bytes(range(256)), ["binary"]),
-    "html-without-text": ("app.html", lambda: "<html><body><div id='root'></div><script>x()</script></body></html>",
-                          ["no main text"]),  # fmt: skip
+    "html-without-text": ("app.html", lambda: "<html><body><div id='app'></div><script>x()</script></body></html>",
+                          ["no main text"]),
 }
 
 

@@ -233,8 +233,9 @@ def _office_files(folder: Path) -> dict[str, Path]:
     contents = {
         "运维 手册.docx": docx_bytes([("h1", "Ferry maintenance"), ("h2", "Engines"),
                                    ("p", "The ferry engines are serviced every 600 running hours by the harbour crew.")]),
-        "harbour.html": html_page("Harbour news", [("h1", "Harbour news"), ("p", "The new pier opened in March "
-                                  "and can berth two cruise ships at once, the harbour master said on Monday.")]),
+        "harbour.html": html_page("Harbour news", [("h1", "Harbour news"), ("p", (
+            "The new pier opened in March and can berth two cruise ships at once, the harbour master said on Monday."
+        ))]),
         "备件清单.xlsx": xlsx_bytes({
             "Staff": [["Name", "Role"], ["Kari Dahl", "Storekeeper"]],
             "Spare parts": [["Part", "Warehouse", "Quantity"], ["gearbox oil", "Vadsø East", 40],
