@@ -24,7 +24,9 @@ from pathlib import Path
 from rag.errors import DocumentError
 from rag.ingest.loaders import SUPPORTED_SUFFIXES, decode_text
 
+# Quick content checks before a file is saved; the build's loaders check everything else.
 OFFICE_SUFFIXES = (".docx", ".xlsx", ".pptx")
+TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".csv", ".html", ".htm")
 UPLOAD_TYPES = " ".join(SUPPORTED_SUFFIXES)  # as the page lists them: ".txt .md ... .htm"
 MAX_NAME_BYTES = 200  # well under the 255-byte limit of common file systems, in UTF-8
 _UNSAFE = re.compile(r'[<>:"/\\|?*]')
@@ -86,6 +88,8 @@ def _check_content(data: bytes, suffix: str, original: str) -> UploadStatus | No
         return None if b"%PDF-" in data[:1024] else UploadStatus.NOT_PDF
     if suffix in OFFICE_SUFFIXES:  # Word, Excel and PowerPoint files are zip packages; an encrypted one is not
         return None if zipfile.is_zipfile(io.BytesIO(data)) else UploadStatus.NOT_OFFICE
+    if suffix not in TEXT_SUFFIXES:
+        return None  # a format with no quick check here: the build reads it and reports a bad file
     try:
         decode_text(data, original)
     except DocumentError:

@@ -194,7 +194,7 @@ def load_docx(data: bytes, rel_path: str, sha256: str) -> Document:
     document = _open_office(data, rel_path, docx.Document)
 
     def read() -> Document:
-        b, pages = TextBuilder(), [0]
+        b, pages, title_style = TextBuilder(), [0], None
         for item in document.iter_inner_content():
             if isinstance(item, Table):
                 b.table([cell.text for cell in row.cells] for row in item.rows)
@@ -206,10 +206,12 @@ def load_docx(data: bytes, rel_path: str, sha256: str) -> Document:
             if level:
                 b.heading(int(level.group(1)), item.text)
             else:
+                if style == "Title" and title_style is None:
+                    title_style = item.text
                 b.block(item.text)
         if len(pages) > 1:
             b.page_starts = pages
-        title = document.core_properties.title or _first_heading(b)
+        title = document.core_properties.title or title_style or _first_heading(b)
         return b.document(rel_path, sha256, title)
 
     return _guarded(rel_path, read)

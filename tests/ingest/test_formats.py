@@ -103,6 +103,7 @@ def test_docx_title_property_wins_and_page_breaks_word_recorded_become_pages(tmp
     doc = load_file(path, path.name)
     assert doc.title == "Quarterly report"
     assert len(doc.page_starts) == 2
+    assert load_file(_write(tmp_path, "t.docx", docx_bytes([("h0", "Plan 2025"), ("h1", "Goals")])), "t.docx").title == "Plan 2025"
     assert doc.page_at(doc.text.index("hiring")) == 2 and doc.page_at(0) == 1
 
 
