@@ -89,7 +89,7 @@ class TextBuilder:
     page_starts: list[int] = field(default_factory=list)
     stack: list[tuple[int, str]] = field(default_factory=list)  # (level, heading) from the outermost
 
-    def _next_start(self) -> int:
+    def next_start(self) -> int:
         return self.length + 2 if self.parts else 0
 
     def block(self, text: str) -> int | None:
@@ -97,7 +97,7 @@ class TextBuilder:
         text = text.strip()
         if not text:
             return None
-        start = self._next_start()
+        start = self.next_start()
         if self.parts:
             self.parts.append("\n\n")
         self.parts.append(text)
@@ -120,7 +120,7 @@ class TextBuilder:
     def page(self, headings: tuple[str, ...] | None = None) -> None:
         """A page, slide or sheet starts here. With `headings` its heading path starts afresh (a slide's
         title, a sheet's name, or () for none); without, the headings around it go on (a Word page)."""
-        start = self._next_start()
+        start = self.next_start()
         self.page_starts.append(start)
         if headings is not None:
             self.stack = [(i + 1, h) for i, h in enumerate(headings)]
@@ -200,7 +200,7 @@ def load_docx(data: bytes, rel_path: str, sha256: str) -> Document:
                 b.table([cell.text for cell in row.cells] for row in item.rows)
                 continue
             if item.rendered_page_breaks and b.parts:
-                pages.append(b._next_start())
+                pages.append(b.next_start())
             style = item.style.name if item.style is not None else ""
             level = _WORD_HEADING.match(style or "")
             if level:
