@@ -34,7 +34,7 @@ def _settings(ctx: typer.Context) -> Settings:
 @app.callback()
 def main(
     ctx: typer.Context,
-    corpus: Annotated[Path | None, typer.Option(help="Folder of .txt/.md/.pdf documents.")] = None,
+    corpus: Annotated[Path | None, typer.Option(help="Folder of documents (.txt .md .pdf .docx .xlsx .csv .pptx .html).")] = None,
     index: Annotated[Path | None, typer.Option(help="Folder of the built index.")] = None,
     embed_model: Annotated[str | None, typer.Option(help="Embedding model name (see `rag models`).")] = None,
     chat_model: Annotated[str | None, typer.Option("--model", help="Chat model name (see `rag models`).")] = None,
@@ -302,7 +302,7 @@ def _watch_index(settings: Settings, update: Callable[[bool, bool], None], full:
 
     corpus, root = Path(settings.corpus_dir), Path(settings.index_dir)
     if not corpus.is_dir():
-        _fail(IndexStateError(f"Corpus folder {corpus} does not exist.", "Create it and put .txt/.md/.pdf files in it."))
+        _fail(IndexStateError(f"Corpus folder {corpus} does not exist.", "Create it and put documents in it (.txt, .md, .pdf, .docx, .xlsx, .csv, .pptx, .html)."))
     first = True
 
     def on_change() -> None:

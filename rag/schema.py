@@ -7,12 +7,23 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class Section:
+    """Where a part of a document under one heading path starts (a Word heading, a slide, a sheet)."""
+
+    start: int  # offset in Document.text
+    headings: tuple[str, ...]  # outermost first; () for a part under no heading (an untitled slide)
+
+
+@dataclass(frozen=True)
 class Document:
     """One source file, decoded. `text` is what spans index into.
 
     For .txt/.md it is the file's full text (front matter included, so spans
-    are offsets in the file); for PDFs it is the extracted pages joined by
-    blank lines, and `page_starts[i]` is where page i+1 begins.
+    are offsets in the file); for other formats it is the extracted text
+    (PDF pages, slides and sheets joined by blank lines), and `page_starts[i]`
+    is where page (slide, sheet) i+1 begins. `sections` gives the heading path
+    of formats whose headings are not markdown lines; when empty, the chunker
+    follows the markdown headings in `text`.
     """
 
     path: str  # relative to the corpus directory, '/'-separated
@@ -21,6 +32,7 @@ class Document:
     sha256: str
     body_start: int = 0  # first character after any YAML front matter
     page_starts: tuple[int, ...] = ()
+    sections: tuple[Section, ...] = ()
 
     def page_at(self, offset: int) -> int | None:
         if not self.page_starts:

@@ -28,6 +28,7 @@ from rag.models import get_spec
 from rag.answer.pipeline import Done, Pipeline
 from rag.answer.prompting import SYSTEM_PROMPT
 from rag.schema import Answer
+from tests.documents import docx_bytes, encrypted, xlsx_bytes
 from tests.fakes import TINY_CORPUS, CountingFactory, FakeEmbedder, FakeGenerator, isolate, tiny_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,6 +128,14 @@ def _scanned_pdf() -> bytes:
     return bytes(pdf.output())
 
 
+def _docx() -> bytes:
+    return docx_bytes([("h1", "预算"), ("p", "第三季度的预算评审定在十月九日，由财务部主持。")])
+
+
+def _xlsx() -> bytes:
+    return xlsx_bytes({"预算": [["部门", "金额"], ["财务", 120]]})
+
+
 BAD_FILES = {
     # case: (file name, its content, words its skip reason must contain)
     "empty": ("empty.txt", lambda: b"", ["empty"]),
@@ -135,6 +144,12 @@ BAD_FILES = {
     "encrypted-pdf": ("locked.pdf", _encrypted_pdf, ["encrypted", "unencrypted copy"]),
     "truncated-pdf": ("cut.pdf", lambda: _pdf(["Page one.", "Page two."])[:700], ["not a readable PDF"]),
     "pdf-without-text": ("scan.pdf", _scanned_pdf, ["no extractable text", "OCR"]),
+    "encrypted-docx": ("密码.docx", lambda: encrypted(_docx()), ["password-protected", "remove the password"]),
+    "encrypted-xlsx": ("locked.xlsx", lambda: encrypted(_xlsx()), ["password-protected", "remove the password"]),
+    "corrupt-docx": ("cut.docx", lambda: _docx()[:1500], ["not a readable Word file", "save it again"]),
+    "corrupt-xlsx": ("cut.xlsx", lambda: _xlsx()[:1500], ["not a readable Excel file", "save it again"]),
+    "zero-byte-docx": ("empty.docx", lambda: b"", ["empty (0 bytes)"]),
+    "binary-named-csv": ("table.csv", lambda: b"\x89PNG\r\n\x1a\n\x00\x00" + bytes(range(256)), ["binary"]),
 }
 
 
@@ -160,9 +175,58 @@ def test_bad_file_is_skipped_with_its_reason_and_the_rest_is_indexed(settings, c
     assert cli.loads == [settings.embed_model]
 
 
+def test_bad_files_added_to_an_index_lose_nothing_and_say_why_everywhere(settings, cli: Cli) -> None:  # type: ignore[no-untyped-def]
+    """All the bad files at once, beside a good new Word file: each is skipped with its reason in
+    `rag index`, the page's index panel and /v1/index; the good files, old and new, are all indexed."""
+    from rag.serve.routes import Service, _index_state
+    from ui.render import index_summary
+
+    assert cli(settings, "index").exit_code == 0
+    corpus = Path(settings.corpus_dir)
+    for name, content, _ in BAD_FILES.values():
+        (corpus / name).write_bytes(content())
+    (corpus / "预算 说明.docx").write_bytes(_docx())
+    with (corpus / "huge.txt").open("wb") as fh:
+        fh.truncate(200 * 1024 * 1024)  # a sparse 200 MB file: nothing is written, nothing is read
+
+    result = cli(settings, "index")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^  added +1  预算 说明\.docx$", result.stdout, re.MULTILINE)
+    assert re.search(r"^  unchanged +3$", result.stdout, re.MULTILINE)
+    names = {name for name, _, _ in BAD_FILES.values()} | {"huge.txt"}
+    skipped_lines = [x for x in result.output.splitlines() if x.startswith("Skipped ")]
+    assert {x.split(": ")[0].removeprefix("Skipped ") for x in skipped_lines} == names
+    assert _paths(settings) == set(TINY_CORPUS) | {"预算 说明.docx"}
+
+    index = Index.load(Path(settings.index_dir))
+    panel = index_summary(index, "en")
+    state = _index_state(Service(pipeline=_pipeline(settings), models=None, turns=None))  # type: ignore[arg-type]
+    assert set(state["skipped"]) == names
+    for name, _, words in [*BAD_FILES.values(), ("huge.txt", None, ["over the 50 MB limit", "max_file_mb"])]:
+        for word in words:
+            assert word in state["skipped"][name]
+            assert word.replace("_", "\\_") in panel  # the panel is markdown
+    assert "209.7 MB" in state["skipped"]["huge.txt"]
+
+
+def test_oversized_file_is_refused_without_being_read(settings, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import rag.index.plan
+
+    hashed: list[Path] = []
+    real_hash = rag.index.plan.file_sha256
+    monkeypatch.setattr(rag.index.plan, "file_sha256", lambda p: hashed.append(p) or real_hash(p))
+    with (Path(settings.corpus_dir) / "dump.csv").open("wb") as fh:
+        fh.truncate(200 * 1024 * 1024)
+    report = _build(settings)
+    assert "over the 50 MB limit" in report.skipped["dump.csv"]
+    assert {p.name for p in hashed} == set(TINY_CORPUS)  # never even hashed
+    assert not _build(settings).wrote  # and remembered as skipped, so nothing is rewritten
+
+
 def test_gbk_encoded_chinese_is_indexed_and_found(settings) -> None:  # type: ignore[no-untyped-def]
     text = "# 旧系统说明\n\n这份说明用 GBK 编码保存，记录了服务器机房的备用电源容量为 480 千瓦。\n"
     (Path(settings.corpus_dir) / "windows-gbk.txt").write_bytes(text.encode("gbk"))
+    (Path(settings.corpus_dir) / "机房 设备.csv").write_bytes("设备,数量\n电池柜,12\n".encode("gbk"))
     report = _build(settings)
     assert report.skipped == {} and "windows-gbk.txt" in report.added
     index = Index.load(Path(settings.index_dir))
@@ -171,6 +235,7 @@ def test_gbk_encoded_chinese_is_indexed_and_found(settings) -> None:  # type: ig
     assert chunks[0].title == "旧系统说明"
     row, _ = index.lexical_search("备用电源容量", 1)[0]
     assert index.chunks[row].path == "windows-gbk.txt"
+    assert [c.text for c in index.chunks if c.path == "机房 设备.csv"] == ["设备: 电池柜; 数量: 12"]
 
 
 def test_50_mb_file_is_refused_by_the_size_limit_with_flat_memory(settings) -> None:  # type: ignore[no-untyped-def]
@@ -529,7 +594,7 @@ def test_watch_updates_once_per_burst_of_changes(settings) -> None:  # type: ign
         assert any("第 4 版" in c.text for c in Index.load(Path(settings.index_dir)).chunks)
 
         (corpus / ".new.md.swp").write_bytes(b"vim swap")  # hidden and unsupported files are not watched
-        (corpus / "notes.docx").write_bytes(b"PK")
+        (corpus / "notes.pages").write_bytes(b"PK")
         time.sleep(1.0)
         assert len(reports) == 2
 

@@ -36,6 +36,7 @@ from rag.answer.pipeline import MAX_QUESTION_CHARS, Done, Pipeline, Restart, Ret
 from rag.answer.turns import GenerationQueue
 from rag.collections import for_collection
 from rag.conversations import ConversationStore
+from rag.ingest.loaders import SUPPORTED_SUFFIXES
 from ui import render, saved_chats
 from ui.assets import CSS, FONTS, JS, MONO_FONTS, STORE_LANGUAGE_JS
 from ui.chat_models import ChatModels, offered_models
@@ -44,7 +45,7 @@ from ui.indexing import Progress, run_build
 from ui.render import Exchange
 from ui.saved_chats import MessageIds
 from ui.text import DEFAULT_LANG, DETECT_LANGUAGE_JS, LANGUAGES, say
-from ui.uploads import UploadResult, UploadStatus, save_upload
+from ui.uploads import UPLOAD_TYPES, UploadResult, UploadStatus, save_upload
 
 log = logging.getLogger(__name__)
 
@@ -491,7 +492,7 @@ def build_app(
             gr.update(value=rows, headers=_doc_headers(lang)),
             gr.update(value=say(lang, "rebuild")),
             gr.update(label=say(lang, "upload")),
-            gr.update(label=say(lang, "upload_files", mb=settings.max_file_mb)),
+            gr.update(label=say(lang, "upload_files", mb=settings.max_file_mb, types=UPLOAD_TYPES)),
             gr.update(label=say(lang, "overwrite")),
             gr.update(value=say(lang, "upload_btn")),
             *session_language(lang),
@@ -560,8 +561,8 @@ def build_app(
                     index_status = gr.HTML("", elem_id="index-status")
                 with gr.Accordion(say(zh, "upload"), open=False, elem_id="upload") as upload_acc:
                     files = gr.File(
-                        file_count="multiple", file_types=[".txt", ".md", ".pdf"], type="filepath",
-                        label=say(zh, "upload_files", mb=settings.max_file_mb), elem_id="upload-files",
+                        file_count="multiple", file_types=list(SUPPORTED_SUFFIXES), type="filepath",
+                        label=say(zh, "upload_files", mb=settings.max_file_mb, types=UPLOAD_TYPES), elem_id="upload-files",
                     )  # fmt: skip
                     overwrite = gr.Checkbox(False, label=say(zh, "overwrite"), elem_id="overwrite")
                     upload_btn = gr.Button(say(zh, "upload_btn"), elem_id="upload-btn")
@@ -676,10 +677,12 @@ def _upload_text(r: UploadResult, lang: str, max_bytes: int) -> str:
         UploadStatus.TOO_BIG: "up_too_big",
         UploadStatus.EMPTY: "up_empty",
         UploadStatus.NOT_PDF: "up_not_pdf",
+        UploadStatus.NOT_OFFICE: "up_not_office",
         UploadStatus.NOT_TEXT: "up_not_text",
         UploadStatus.FAILED: "up_failed",
     }[r.status]
-    return say(lang, key, name=r.name, original=r.original, size=r.size / 1e6, limit=max_bytes / 1e6, detail=r.detail)
+    return say(lang, key, name=r.name, original=r.original, size=r.size / 1e6, limit=max_bytes / 1e6, detail=r.detail,
+               types=UPLOAD_TYPES)  # fmt: skip
 
 
 def launch(

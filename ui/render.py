@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from rag.answer.citations import key_terms, sentences_citing, support
+from rag.ingest.loaders import location_unit
 from rag.schema import Answer, Chunk, Hit
 from ui.text import TEXT, lang_or_default, say
 
@@ -29,8 +30,9 @@ KEEP_TURNS = 10
 
 _MARKER = re.compile(r"\[(\d{1,2})\]")
 # A sentence ends after Chinese or Western end punctuation (with closing quotes), or at a newline;
-# a '.' only counts when whitespace follows, so "557.6" and "v2.5" stay whole.
-_SENTENCE_END = re.compile(r"[。！？!?；;]+[”’」』\"')）]*|\.(?=\s)|\n")
+# a '.' only counts when whitespace follows, so "557.6" and "v2.5" stay whole; a ';' before the next
+# "header: " of a table row (rag/ingest/formats.py row_lines) does not, so a row is marked whole.
+_SENTENCE_END = re.compile(r"(?:[。！？!?；]|;(?! [^;:\n]{1,40}: ))+[”’」』\"')）]*|\.(?=\s)|\n")
 _TAG = re.compile(r"<[^>]+>")
 
 
@@ -150,7 +152,8 @@ def _where(chunk: Chunk, lang: str) -> str:
     if heading:
         parts.append(f'<span class="heading">{html.escape(heading)}</span>')
     if chunk.page:
-        parts.append(f'<span class="page">{html.escape(say(lang, "page", n=chunk.page))}</span>')
+        where = say(lang, location_unit(chunk.path), n=chunk.page)  # page 3, slide 3 or sheet 3
+        parts.append(f'<span class="page">{html.escape(where)}</span>')
     parts.append(f'<span class="chars">{html.escape(say(lang, "chars", start=chunk.start, end=chunk.end))}</span>')
     return " · ".join(parts)
 
@@ -270,13 +273,17 @@ def documents_rows(index: Index) -> list[list[Any]]:
     ]
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
+
+
 def index_summary(index: Index, lang: str) -> str:
+    """The index panel's markdown: model, counts, build time, and each skipped file with its reason
+    (kept in the manifest, so the panel says it until the file is fixed, not only after a build)."""
     m = index.manifest
-    return say(
-        lang,
-        "index_info",
-        model=m.embed_model,
-        documents=len(m.files),
-        chunks=len(index),
-        built=_local_time(m.built_at),
-    )
+    head = say(lang, "index_info", model=m.embed_model, documents=len(m.files), chunks=len(index),
+               built=_local_time(m.built_at))  # fmt: skip
+    skipped = [
+        "- " + _MARKDOWN_SPECIAL.sub(r"\\\1", say(lang, "build_skipped", path=path, reason=entry.get("reason", "")))
+        for path, entry in sorted(m.skipped.items())
+    ]
+    return "\n\n".join([head, say(lang, "index_skipped", n=len(skipped)), "\n".join(skipped)]) if skipped else head

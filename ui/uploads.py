@@ -11,10 +11,12 @@ place, which fails if the name was taken in the meantime.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import tempfile
 import unicodedata
+import zipfile
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -22,6 +24,10 @@ from pathlib import Path
 from rag.errors import DocumentError
 from rag.ingest.loaders import SUPPORTED_SUFFIXES, decode_text
 
+# Quick content checks before a file is saved; the build's loaders check everything else.
+OFFICE_SUFFIXES = (".docx", ".xlsx", ".pptx")
+TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".csv", ".html", ".htm")
+UPLOAD_TYPES = " ".join(SUPPORTED_SUFFIXES)  # as the page lists them: ".txt .md ... .htm"
 MAX_NAME_BYTES = 200  # well under the 255-byte limit of common file systems, in UTF-8
 _UNSAFE = re.compile(r'[<>:"/\\|?*]')
 _SPACES = re.compile(r"\s+")
@@ -36,6 +42,7 @@ class UploadStatus(Enum):
     TOO_BIG = "too_big"
     EMPTY = "empty"
     NOT_PDF = "not_pdf"
+    NOT_OFFICE = "not_office"  # a .docx/.xlsx/.pptx that is not one (or is password-protected)
     NOT_TEXT = "not_text"
     FAILED = "failed"  # the file system refused (permissions, a folder of that name, ...)
 
@@ -79,6 +86,10 @@ def _check_content(data: bytes, suffix: str, original: str) -> UploadStatus | No
         return UploadStatus.EMPTY
     if suffix == ".pdf":
         return None if b"%PDF-" in data[:1024] else UploadStatus.NOT_PDF
+    if suffix in OFFICE_SUFFIXES:  # Word, Excel and PowerPoint files are zip packages; an encrypted one is not
+        return None if zipfile.is_zipfile(io.BytesIO(data)) else UploadStatus.NOT_OFFICE
+    if suffix not in TEXT_SUFFIXES:
+        return None  # a format with no quick check here: the build reads it and reports a bad file
     try:
         decode_text(data, original)
     except DocumentError:

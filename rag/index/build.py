@@ -51,7 +51,7 @@ def build(
     t0 = time.perf_counter()
     root, corpus = Path(settings.index_dir), Path(settings.corpus_dir)
     if not corpus.is_dir():
-        raise IndexStateError(f"Corpus folder {corpus} does not exist.", "Create it and put .txt/.md/.pdf files in it.")
+        raise IndexStateError(f"Corpus folder {corpus} does not exist.", "Create it and put documents in it (.txt, .md, .pdf, .docx, .xlsx, .csv, .pptx, .html).")
     report = BuildReport()
     with BuildLock(root, wait=wait) as lock:
         _clear_interrupted(settings, root, lock, report)

@@ -14,7 +14,7 @@ from rag.index.manifest import FORMAT_VERSION, Manifest
 from rag.index.reader import Index, index_exists
 from rag.index.report import BuildReport
 from rag.ingest.chunking import ChunkerSettings
-from rag.ingest.loaders import check_path, file_sha256, iter_corpus, printable_name
+from rag.ingest.loaders import check_path, file_sha256, iter_corpus, printable_name, size_problem
 
 if TYPE_CHECKING:
     from rag.config import Settings
@@ -70,7 +70,7 @@ def make_plan(settings: Settings, embed_sha256: str, full: bool, report: BuildRe
     previous, why_not = (None, None) if full else load_previous(Path(settings.index_dir), compatible)
     if why_not:
         report.notes.append(why_not)
-    files = scan_corpus(Path(settings.corpus_dir), report)
+    files = scan_corpus(Path(settings.corpus_dir), report, max_bytes)
     to_read = classify(files, previous.manifest if previous else None, max_bytes, report)
     same = previous is None or in_configured_store(previous.manifest, settings)
     return Plan(files, to_read, previous, chunker, max_bytes, same)
@@ -101,16 +101,21 @@ def load_previous(root: Path, compatible: Callable[[Manifest], bool]) -> tuple[I
     return previous, None
 
 
-def scan_corpus(corpus: Path, report: BuildReport) -> dict[str, tuple[Path, str]]:
+def scan_corpus(corpus: Path, report: BuildReport, max_bytes: int | None = None) -> dict[str, tuple[Path, str]]:
     """Every indexable file -> (path, sha256), in corpus order; refused and unreadable ones go to report.skipped.
 
-    Hashing reads each file in 1 MB blocks, so memory stays flat for any size.
+    Empty files and files over the size limit are refused by their size alone, before hashing, so a
+    200 MB file costs nothing on each run. Hashing reads each file in 1 MB blocks, so memory stays
+    flat for any size.
     """
     files: dict[str, tuple[Path, str]] = {}
     for path, rel in iter_corpus(corpus):
         name = printable_name(rel)
         try:
             check_path(path, rel, corpus)
+            problem = size_problem(path.stat().st_size, name, max_bytes)
+            if problem is not None:
+                raise problem
             files[name] = (path, file_sha256(path))
         except DocumentError as exc:
             report.skipped[name] = reason(exc)

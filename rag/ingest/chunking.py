@@ -115,8 +115,20 @@ def first_heading(text: str, start: int = 0) -> str | None:
 
 
 def _sections(doc: Document) -> list[tuple[tuple[str, ...], int, int]]:
-    """(heading path, start, end) for each heading-delimited section of the body."""
-    text, start = doc.text, doc.body_start
+    """(heading path, start, end) for each heading-delimited section of the body: the loader's sections
+    (Word headings, slides, sheets) when it gave them, else the markdown headings of the text."""
+    text = doc.text
+    if doc.sections:
+        starts = [(s.headings, max(s.start, doc.body_start)) for s in doc.sections]
+        if starts[0][1] > doc.body_start:
+            starts.insert(0, ((), doc.body_start))
+        ends = [start for _, start in starts[1:]] + [len(text)]
+        sections = [(path, a, b) for (path, a), b in zip(starts, ends, strict=True) if b > a]
+        return _merge_short(sections, text, into_other_parts=False)
+    return _merge_short(_markdown_sections(text, doc.body_start), text, into_other_parts=True)
+
+
+def _markdown_sections(text: str, start: int) -> list[tuple[tuple[str, ...], int, int]]:
     fences = _fenced_ranges(text)
     headings = [
         m
@@ -134,12 +146,24 @@ def _sections(doc: Document) -> list[tuple[tuple[str, ...], int, int]]:
         path = tuple(title for _, title in stack)
         cursor = m.start()
     sections.append((path, cursor, len(text)))
+    return sections
 
+
+def _merge_short(
+    sections: list[tuple[tuple[str, ...], int, int]], text: str, into_other_parts: bool
+) -> list[tuple[tuple[str, ...], int, int]]:
+    """A section too short to stand alone (a heading with a sub-heading right after it) joins the next one.
+
+    Without `into_other_parts` it joins only a section nested under it: a short slide or sheet stays
+    itself rather than take the next one's title.
+    """
     merged: list[tuple[tuple[str, ...], int, int]] = []
     carry: int | None = None
     for i, (path, a, b) in enumerate(sections):
         a = carry if carry is not None else a
-        if len(text[a:b].strip()) < _MIN_SECTION and i + 1 < len(sections):
+        following = sections[i + 1][0] if i + 1 < len(sections) else ()
+        nested = bool(path) and len(following) > len(path) and following[: len(path)] == path
+        if len(text[a:b].strip()) < _MIN_SECTION and i + 1 < len(sections) and (into_other_parts or nested):
             carry = a
             continue
         carry = None

@@ -1,10 +1,11 @@
-"""Files -> Document.
+"""Files -> Document, through one table: FORMATS maps a file suffix to its loader.
 
-.txt and .md are read as UTF-8, falling back to GB18030 (a superset of GBK,
-common for Chinese files saved on Windows). PDFs are read page by page with
-pypdf, keeping where each page starts. YAML front matter is skipped (its
-title becomes the document title) but stays in `text`, so every character
-span still indexes into the file itself.
+.txt and .md are read as UTF-8, else in the encoding charset-normalizer finds
+(GBK and GB18030 are common for Chinese files saved on Windows). PDFs are read
+page by page with pypdf, keeping where each page starts. YAML front matter is
+skipped (its title becomes the document title) but stays in `text`, so every
+character span still indexes into the file itself. Word, PowerPoint, Excel,
+CSV and HTML are read by their libraries in formats.py.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from rag.ingest.chunking import first_heading
 from rag.errors import DocumentError
+from rag.ingest import formats
+from rag.ingest.chunking import first_heading
+from rag.ingest.encoding import decode_text
 from rag.schema import Document
 
-SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".pdf")
+__all__ = ["FORMATS", "SUPPORTED_SUFFIXES", "decode_text", "load_file", "location_unit"]
 
 _FRONT_MATTER = re.compile(r"\A\ufeff?---[ \t]*\r?\n(.*?)^---[ \t]*(?:\r?\n|\Z)", re.DOTALL | re.MULTILINE)
 _TITLE_LINE = re.compile(r"^title:[ \t]*(.+?)[ \t]*$", re.MULTILINE)
@@ -32,25 +36,6 @@ def file_sha256(path: Path) -> str:
         while block := fh.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def decode_text(data: bytes, name: str) -> str:
-    if not data.strip():
-        raise DocumentError(f"{name} is empty.", "Add text to the file or remove it from the corpus.")
-    if b"\x00" in data[:8192]:
-        raise DocumentError(
-            f"{name} looks like a binary file, not text.",
-            "Convert it to .txt, .md or .pdf, or remove it from the corpus.",
-        )
-    for encoding in ("utf-8-sig", "gb18030"):
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    raise DocumentError(
-        f"{name} is neither UTF-8 nor GB18030 text.",
-        "Re-save it as UTF-8 and run `rag index` again.",
-    )
 
 
 def _front_matter_title(block: str) -> str | None:
@@ -79,6 +64,10 @@ def parse_text(text: str, rel_path: str, sha256: str) -> Document:
         what = "has no text after its front matter" if match else "is empty (only white space)"
         raise DocumentError(f"{rel_path} {what}.", "Add text to the file or remove it from the corpus.")
     return Document(path=rel_path, title=title, text=text, sha256=sha256, body_start=body_start)
+
+
+def load_text(data: bytes, rel_path: str, sha256: str) -> Document:
+    return parse_text(decode_text(data, rel_path), rel_path, sha256)
 
 
 def load_pdf(data: bytes, rel_path: str, sha256: str) -> Document:
@@ -135,6 +124,49 @@ def load_pdf(data: bytes, rel_path: str, sha256: str) -> Document:
     )
 
 
+@dataclass(frozen=True)
+class Format:
+    """How files of one suffix are read."""
+
+    load: Callable[[bytes, str, str], Document]  # (bytes, corpus-relative path, sha256) -> Document
+    unit: str = "page"  # what Document.page_starts counts for this format: "page", "slide" or "sheet"
+
+
+# The loader registry. A new format is a loader function (in formats.py, importing its library
+# lazily) and one line here; see CONTRIBUTING.md.
+FORMATS: dict[str, Format] = {
+    ".txt": Format(load_text),
+    ".md": Format(load_text),
+    ".markdown": Format(load_text),
+    ".pdf": Format(load_pdf),
+    ".docx": Format(formats.load_docx),
+    ".pptx": Format(formats.load_pptx, unit="slide"),
+    ".xlsx": Format(formats.load_xlsx, unit="sheet"),
+    ".csv": Format(formats.load_csv),
+    ".html": Format(formats.load_html),
+    ".htm": Format(formats.load_html),
+}
+SUPPORTED_SUFFIXES = tuple(FORMATS)
+
+
+def location_unit(path: str) -> str:
+    """What a chunk's `page` number counts in this file: "page", "slide" or "sheet"."""
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    return fmt.unit if fmt else "page"
+
+
+def size_problem(size: int, rel_path: str, max_bytes: int | None) -> DocumentError | None:
+    """Why a file of `size` bytes is not read at all: it is empty, or over the size limit."""
+    if size == 0:
+        return DocumentError(f"{rel_path} is empty (0 bytes).", "Add content to the file or remove it from the corpus.")
+    if max_bytes is not None and size > max_bytes:
+        return DocumentError(
+            f"{rel_path} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:g} MB limit.",
+            "Split the file, or raise max_file_mb in rag.toml (or RAG_MAX_FILE_MB).",
+        )
+    return None
+
+
 def load_file(path: Path, rel_path: str, max_bytes: int | None = None) -> Document:
     """Read one file into a Document, or raise DocumentError saying why not.
 
@@ -142,22 +174,16 @@ def load_file(path: Path, rel_path: str, max_bytes: int | None = None) -> Docume
     so a file edited while it is being indexed is seen as changed next time.
     """
     suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
+    if suffix not in FORMATS:
         raise DocumentError(
             f"{rel_path}: unsupported file type '{suffix}'.",
             f"Supported types: {', '.join(SUPPORTED_SUFFIXES)}.",
         )
-    size = path.stat().st_size
-    if max_bytes is not None and size > max_bytes:
-        raise DocumentError(
-            f"{rel_path} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:g} MB limit.",
-            "Split the file, or raise max_file_mb in rag.toml (or RAG_MAX_FILE_MB).",
-        )
+    problem = size_problem(path.stat().st_size, rel_path, max_bytes)
+    if problem is not None:
+        raise problem
     data = path.read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    if suffix == ".pdf":
-        return load_pdf(data, rel_path, sha)
-    return parse_text(decode_text(data, rel_path), rel_path, sha)
+    return FORMATS[suffix].load(data, rel_path, hashlib.sha256(data).hexdigest())
 
 
 def printable_name(rel_path: str) -> str:
@@ -190,5 +216,5 @@ def iter_corpus(corpus_dir: Path) -> Iterator[tuple[Path, str]]:
         rel = path.relative_to(corpus_dir)
         if any(part.startswith(".") for part in rel.parts):
             continue
-        if path.is_file() and path.suffix.lower() in SUPPORTED_SUFFIXES:
+        if path.is_file() and path.suffix.lower() in FORMATS:
             yield path, rel.as_posix()

@@ -535,3 +535,28 @@ def test_pieces_cover_the_chunk_text_in_order_within_the_size(name: str) -> None
             assert re.sub(r"\s", "", "".join(bodies)) == re.sub(r"\s", "", clean_text(chunk.text))
         for body in bodies:  # a piece over the size (line breaks not counted) is one sentence longer on its own
             assert len(re.sub(r"\s", "", body)) <= 50 or not re.search(r"[。！？!?\n]", body[:-1])
+
+
+# ---------------------------------------------------------------- sections a loader gives
+
+
+def test_loader_sections_give_heading_paths_and_a_short_part_keeps_its_own() -> None:
+    """A Word heading followed at once by its sub-heading joins it (as in markdown); a short slide
+    does not take the next slide's title, and an untitled slide has no heading path."""
+    from rag.schema import Section
+
+    parts = [("章", ""), ("章 > 节", "节里的正文有足够多的字，讲的是备用电源的容量与测试周期。"),
+             ("短页", "短。"), ("", "没有标题的一页，正文同样足够长，讲的是下季度的招聘计划安排。")]  # fmt: skip
+    text, sections, starts = "", [], []
+    for path, body in parts:
+        start = len(text) + (2 if text else 0)
+        text += ("\n\n" if text else "") + (path.split(" > ")[-1] + "\n\n" + body if path else body)
+        sections.append(Section(start, tuple(path.split(" > ")) if path else ()))
+        starts.append(start)
+    doc = Document(path="d.docx", title="D", text=text, sha256="x", sections=tuple(sections),
+                   page_starts=tuple(starts))  # fmt: skip
+    chunks = chunk_document(doc, ChunkerSettings(size=200, overlap=20))
+    assert [(c.headings, c.page) for c in chunks] == [(("章", "节"), 1), (("短页",), 3), ((), 4)]
+    assert chunks[0].text.startswith("章") and "节里的正文" in chunks[0].text
+    for c in chunks:
+        assert doc.text[c.start : c.end] == c.text

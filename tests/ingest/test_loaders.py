@@ -186,7 +186,7 @@ def test_file_over_max_bytes_is_a_document_error(tmp_path: Path) -> None:
     assert _load(path, max_bytes=3000).text == "大" * 1000
 
 
-@pytest.mark.parametrize("name", ["slides.docx", "table.csv", "noext", "page.html"])
+@pytest.mark.parametrize("name", ["slides.key", "table.numbers", "noext", "old.doc"])
 def test_unsupported_suffix_is_a_document_error(tmp_path: Path, name: str) -> None:
     with pytest.raises(DocumentError, match="unsupported"):
         _load(_write(tmp_path, name, ZH))
@@ -202,7 +202,7 @@ def test_iter_corpus_sorts_and_skips_hidden_and_unsupported(tmp_path: Path) -> N
         ".hidden.md",
         ".git/config.md",
         "sub/.obsidian/e.md",
-        "notes.docx",
+        "notes.pages",
         "image.png",
     ]
     for rel in files:

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from tests.documents import docx_bytes, html_page, pptx_bytes, xlsx_bytes
 from tests.ui.test_ui_api import LIGHTHOUSE, REPLIES, ScriptedByQuestion, serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
@@ -36,6 +37,8 @@ COST_REPLY = (
     "它采用混合专家（MoE）架构，总参数 6710 亿，每个 token 激活 370 亿参数[2]。"
 )
 LONG_REPLY = "DeepSeek-V3 的完整训练仅花费 557.6万美元[1]。" * 30
+BLADES_QUESTION = "Which warehouse keeps the spare turbine blades?"
+BLADES_REPLY = "The spare turbine blades are kept in the Hammerfest North warehouse, 14 of them[1]."
 # The text of an element, '' while it is not on the page.
 TEXT_OF = "(document.querySelector('{}') || {{innerText: ''}}).innerText".format
 ANSWERED = "() => document.querySelectorAll('#sources details.turn').length >= {n}"
@@ -48,7 +51,8 @@ def scripted_url(small_world, tmp_path_factory: pytest.TempPathFactory) -> Itera
     shutil.copytree(small_world.corpus_dir, base / "corpus")
     shutil.copytree(small_world.index_dir, base / "index", symlinks=True)
     settings = replace(small_world, corpus_dir=base / "corpus", index_dir=base / "index")
-    generator = ScriptedByQuestion({"详细介绍": LONG_REPLY, **REPLIES, "成本": COST_REPLY}, delay=0.04)
+    generator = ScriptedByQuestion({"详细介绍": LONG_REPLY, **REPLIES, "成本": COST_REPLY, "turbine": BLADES_REPLY},
+                                   delay=0.04)  # fmt: skip
     with serve(settings, generator) as url:
         yield url
 
@@ -221,6 +225,61 @@ def test_uploaded_file_is_indexed_and_cited(scripted_url: str, open_page, tmp_pa
     active.wait_for(timeout=5_000)
     assert "lighthouse.md" in active.inner_text()
     assert "painted bright purple in 1921" in active.locator("mark").inner_text()
+
+
+def _office_files(folder: Path) -> dict[str, Path]:
+    """One file of each new type, on topics of their own; the spreadsheet answers BLADES_QUESTION from
+    a row on its second sheet."""
+    contents = {
+        "运维 手册.docx": docx_bytes([("h1", "Ferry maintenance"), ("h2", "Engines"),
+                                   ("p", "The ferry engines are serviced every 600 running hours by the harbour crew.")]),
+        "harbour.html": html_page("Harbour news", [("h1", "Harbour news"), ("p", (
+            "The new pier opened in March and can berth two cruise ships at once, the harbour master said on Monday."
+        ))]),
+        "备件清单.xlsx": xlsx_bytes({
+            "Staff": [["Name", "Role"], ["Kari Dahl", "Storekeeper"]],
+            "Spare parts": [["Part", "Warehouse", "Quantity"], ["gearbox oil", "Vadsø East", 40],
+                            ["spare turbine blades", "Hammerfest North", 14], ["anchor chain", "Kirkenes", 3]],
+        }),
+        "briefing.pptx": pptx_bytes([("Winter schedule", ["Ferries leave at 07:15 and 16:40 from December."])]),
+    }  # fmt: skip
+    folder.mkdir()
+    paths = {}
+    for name, data in contents.items():
+        paths[name] = folder / name
+        paths[name].write_bytes(data.encode() if isinstance(data, str) else data)
+    return paths
+
+
+def test_uploaded_word_web_sheet_and_slides_are_indexed_and_a_row_is_cited(scripted_url: str, open_page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    files = _office_files(tmp_path / "office")
+    page = open_page(scripted_url)
+    page.locator("#upload").get_by_text("上传文档").click()
+    page.locator("#upload-files input[type=file]").set_input_files([str(p) for p in files.values()])
+    page.locator("#upload-btn").click()
+    try:
+        page.wait_for_function(f"() => {TEXT_OF('#upload-status')}.includes('完成')", timeout=120_000)
+    finally:
+        screenshot(page, "upload-office.png")
+    status = page.locator("#upload-status").inner_text()
+    for name in files:
+        assert f"已添加 {name}" in status, status
+    assert "跳过" not in status, status  # none of them was skipped
+    page.locator("#index").get_by_text("索引").first.click()
+    for name in files:
+        page.wait_for_function(f"() => {TEXT_OF('#documents')}.includes({name!r})", timeout=10_000)
+
+    ask(page, BLADES_QUESTION)
+    page.wait_for_function(ANSWERED.format(n=1), timeout=60_000)
+    link = page.locator("#chat a.cite").first
+    assert link.get_attribute("title") == "备件清单.xlsx"
+    link.click()
+    active = page.locator("#sources .src.active")
+    active.wait_for(timeout=5_000)
+    meta = active.locator(".meta").inner_text()
+    assert "备件清单.xlsx" in meta and "Spare parts" in meta and "第 2 个工作表" in meta, meta
+    marked = " ".join(active.locator("mark").all_inner_texts())
+    assert "Part: spare turbine blades; Warehouse: Hammerfest North; Quantity: 14" in marked, marked
 
 
 def test_two_tabs_chatting_at_once_get_their_own_answers(real_url: str, open_page) -> None:  # type: ignore[no-untyped-def]

@@ -332,8 +332,11 @@ def test_upload_refuses_wrong_types(index_world: World, tmp_path: Path) -> None:
     fake_pdf = upload_file(tmp_path, "report.pdf", "not really a pdf")
     status, *_ = index_world.client().predict([handle_file(fake_pdf)], False, "en", api_name="/upload")
     assert "report.pdf is not a valid PDF file" in status
-    with pytest.raises(Exception, match="(?i)invalid file type|not allowed|\\.html"):
-        index_world.client().predict([handle_file(upload_file(tmp_path, "page.html", "<p>hi</p>"))], api_name="/upload")
+    fake_docx = upload_file(tmp_path, "notes.docx", "not really a Word file")
+    status, *_ = index_world.client().predict([handle_file(fake_docx)], False, "en", api_name="/upload")
+    assert "notes.docx is not a valid Word / Excel / PowerPoint file" in status
+    with pytest.raises(Exception, match="(?i)invalid file type|not allowed|\\.exe"):
+        index_world.client().predict([handle_file(upload_file(tmp_path, "tool.exe", "MZ"))], api_name="/upload")
     assert sorted(p.name for p in corpus.iterdir()) == before
 
 

@@ -88,6 +88,23 @@ def test_split_sentences_keeps_decimals_whole() -> None:
     ]  # fmt: skip
 
 
+def test_a_table_row_is_one_sentence_but_a_semicolon_in_prose_still_ends_one() -> None:
+    rows = "Part: turbine blades; Warehouse: North; Quantity: 14\nPart: anchor chain; Warehouse: East"
+    assert render.split_sentences(rows) == ["Part: turbine blades; Warehouse: North; Quantity: 14\n",
+                                            "Part: anchor chain; Warehouse: East"]  # fmt: skip
+    assert render.split_sentences("He came; she left.") == ["He came;", " she left."]
+    out = render.highlighted_passage(rows, ["The turbine blades are in the North warehouse[1]."])
+    assert re.findall(r"<mark>(.*?)</mark>", out) == ["Part: turbine blades; Warehouse: North; Quantity: 14"]
+
+
+def test_location_says_slide_or_sheet_for_those_files() -> None:
+    def where(path: str, lang: str) -> str:
+        return render.passage_html(Chunk("x", path, "T", ("H",), 0, 4, "text", page=2), lang)
+
+    assert "第 2 页" in where("a.pdf", "zh") and "slide 2" in where("b.pptx", "en")
+    assert "第 2 个工作表" in where("c.xlsx", "zh") and "sheet 2" in where("c.xlsx", "en")
+
+
 def test_the_sentence_supporting_the_claim_is_highlighted() -> None:
     out = render.highlighted_passage(COST.text, ["训练仅花费 557.6万美元[1]。"])
     assert re.findall(r"<mark>(.*?)</mark>", out) == [

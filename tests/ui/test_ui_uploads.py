@@ -106,7 +106,10 @@ def test_a_folder_of_that_name_is_reported(tmp_path: Path, corpus: Path) -> None
     ("name", "data", "status"),
     [
         ("run.exe", b"MZ\x90\x00", UploadStatus.BAD_TYPE),
-        ("page.html", b"<html></html>", UploadStatus.BAD_TYPE),
+        ("old.doc", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", UploadStatus.BAD_TYPE),
+        ("fake.docx", b"just text, not a Word file", UploadStatus.NOT_OFFICE),
+        ("locked.xlsx", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 504, UploadStatus.NOT_OFFICE),
+        ("data.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00", UploadStatus.NOT_TEXT),
         ("noext", b"text", UploadStatus.BAD_TYPE),
         ("empty.md", b"  \n", UploadStatus.EMPTY),
         ("fake.pdf", b"just text, not a pdf", UploadStatus.NOT_PDF),
@@ -129,6 +132,17 @@ def test_text_and_pdf_that_pass(tmp_path: Path, corpus: Path) -> None:
         is UploadStatus.ADDED
     )
     assert save_upload(upload(tmp_path, "n", b"%PDF-1.4\n..."), "doc.PDF", corpus, MB).name == "doc.pdf"
+
+
+def test_the_new_types_pass(tmp_path: Path, corpus: Path) -> None:
+    from tests.documents import docx_bytes, html_page, pptx_bytes, xlsx_bytes
+
+    files = {"手册.docx": docx_bytes([("p", "正文。")]), "deck.pptx": pptx_bytes([("T", ["x"])]),
+             "表.xlsx": xlsx_bytes({"S": [["a"], [1]]}), "page.HTM": html_page("t", [("p", "x")]).encode(),
+             "gbk.csv": "名称,数量\n苹果,3\n".encode("gbk")}  # fmt: skip
+    for name, data in files.items():
+        assert save_upload(upload(tmp_path, "n", data), name, corpus, MB).status is UploadStatus.ADDED, name
+    assert (corpus / "page.htm").exists()
 
 
 def test_too_big_is_refused(tmp_path: Path, corpus: Path) -> None:
