@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# One command: install everything the tests need (first run only), then run the whole suite.
-# ./test.sh --slow also runs the slow tier (the production models end to end; setup fetches them).
+# One command: install everything the tests need (first run only), then run the whole suite,
+# the slow tier included (the production models end to end: setup fetches them; ~3 min).
+# ./test.sh --fast skips the slow tier; other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh --dev
+slow=1
 args=()
 for a in "$@"; do
-  if [ "$a" = "--slow" ]; then
-    args+=(-m "slow or not slow")
-    .venv/bin/rag models fetch  # the default (production) models the slow tier runs
-  else
-    args+=("$a")
-  fi
+  case "$a" in
+    --fast) slow=0 ;;
+    --slow) ;;  # the default now; kept so older instructions still work
+    *) args+=("$a") ;;
+  esac
 done
+if [ "$slow" = 1 ]; then
+  .venv/bin/rag models fetch  # the default (production) models the slow tier runs
+  args=(-m "slow or not slow" "${args[@]}")
+fi
 set +e
 .venv/bin/python -m pytest "${args[@]}"
 rc=$?

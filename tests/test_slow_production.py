@@ -1,4 +1,4 @@
-"""The production models end to end (slow tier: `./test.sh --slow`).
+"""The production models end to end (slow tier: run by `./test.sh` and CI, skipped by plain pytest and `./test.sh --fast`).
 
 Every rule about model behaviour is otherwise tested only against scripted replies; these run the
 default chat model and embedder on a small invented corpus the test writes itself, so a model
