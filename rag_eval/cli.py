@@ -171,6 +171,7 @@ def answers_cmd(
         str,
         typer.Option("--path", help="auto, cached (passage KV store), ordinary, or both (each question on both paths)."),
     ] = "auto",
+    without: Annotated[str, typer.Option("--without", help=WITHOUT_HELP, metavar="NAME[,NAME]")] = "",
 ) -> None:
     """Answer every question with the full pipeline; print key-term, refusal and citation metrics and timings."""
     from dataclasses import replace
@@ -182,7 +183,7 @@ def answers_cmd(
         if path not in ("auto", "cached", "ordinary", "both"):
             raise ConfigError(f"Unknown --path '{path}'.", "Use auto, cached, ordinary or both.")
         questions = _questions(eval_file, load_questions)[:limit]
-        settings = _settings(ctx)
+        settings = _with_guards_off(_settings(ctx), without)
         if model:
             settings = replace(settings, chat_model=model)
         pipeline = Pipeline(settings)
@@ -224,7 +225,8 @@ def answers_cmd(
         _fail(exc)
         return
     typer.echo(f"Answers on {eval_file} ({len(questions)} questions; chat model {settings.chat_model}, "
-               f"embedder {settings.embed_model}, top_k {settings.top_k}; path {path})\n")  # fmt: skip
+               f"embedder {settings.embed_model}, top_k {settings.top_k}; path {path})")  # fmt: skip
+    typer.echo(_guard_lines(pipeline.guards) + "\n")
     for which, paths in served.items():
         counts = ", ".join(f"{p} {paths.count(p)}" for p in sorted(set(paths)))
         typer.echo(f"--path {which}: answers served by {counts}")
@@ -243,9 +245,88 @@ def answers_cmd(
     if json_out is not None:
         data = report.to_dict()
         data.update(eval_file=str(eval_file), chat_model=settings.chat_model, embed_model=settings.embed_model,
-                    path=path, served=served)  # fmt: skip
+                    path=path, served=served, disabled_guards=sorted(pipeline.guards.disabled),
+                    guards_fired=dict(pipeline.guards.counts))  # fmt: skip
         if twin_report is not None:
             data["cached"] = twin_report.to_dict()
+        save_report(json_out, data)
+
+
+WITHOUT_HELP = "Turn these answer guards off (rag/guards.py; `rag eval ablation` lists them), comma-separated."
+
+
+def _with_guards_off(settings, without: str):  # type: ignore[no-untyped-def]
+    """The settings with the --without guards off as well as those the settings turn off (names checked)."""
+    from dataclasses import replace
+
+    from rag.guards import parse_names
+
+    return replace(settings, disabled_guards=parse_names([*settings.disabled_guards, *parse_names(without)]))
+
+
+def _guard_lines(guards) -> str:  # type: ignore[no-untyped-def]
+    """'guards off: echo' and 'guards fired: uncited_zh 3, focus_retry 1' (in rag/guards.py's order)."""
+    from rag.guards import GUARDS
+
+    fired = ", ".join(f"{n} {guards.counts[n]}" for n in GUARDS if guards.counts[n]) or "none"
+    off = ", ".join(n for n in GUARDS if n in guards.disabled) or "none"
+    return f"guards off: {off}; guards fired: {fired}"
+
+
+@eval_app.command("ablation")
+def ablation_cmd(
+    ctx: typer.Context,
+    eval_file: Annotated[Path, typer.Argument(help=QUESTIONS_HELP, metavar="EVAL.jsonl")],
+    guards: Annotated[str, typer.Option("--guards", help="Only these guards, comma-separated (default: all).")] = "",
+    model: Annotated[str | None, typer.Option("--model", help="Chat model (default: the configured one).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every run's metrics here.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+) -> None:
+    """What each answer guard adds: the answers evaluation with every guard on, then with each one off."""
+    from dataclasses import replace
+
+    from rag.answer.pipeline import Done, Pipeline
+    from rag.guards import GUARDS, parse_names
+    from rag_eval.ablation import format_ablation, run_ablation
+    from rag_eval.metrics import load_questions
+
+    try:
+        names = parse_names(guards) if guards else tuple(GUARDS)
+        questions = _questions(eval_file, load_questions)[:limit]
+        settings = replace(_settings(ctx), disabled_guards=())
+        if model:
+            settings = replace(settings, chat_model=model)
+        pipeline = Pipeline(settings)
+        pipeline.get_generator()  # load time is not part of any question's timings
+
+        def ask_with(g):  # type: ignore[no-untyped-def]
+            pipeline.guards = g
+
+            def ask(question: str):  # type: ignore[no-untyped-def]
+                for event in pipeline.ask(question):
+                    if isinstance(event, Done):
+                        return event.answer
+                raise RuntimeError("the pipeline ended without an answer")
+
+            return ask
+
+        def on_run(name: str, report, g) -> None:  # type: ignore[no-untyped-def]
+            if not quiet:
+                m = report.overall
+                typer.echo(f"{'all guards on' if not name else 'without ' + name}: key terms {m.key_term_accuracy}, "
+                           f"refusal {m.refusal_accuracy}, {report.seconds:.0f} s; {_guard_lines(g)}", err=True)  # fmt: skip
+
+        report = run_ablation(questions, ask_with, names, on_run)
+    except RagError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"Guard ablation on {eval_file} ({len(questions)} questions; chat model {settings.chat_model}, "
+               f"embedder {settings.embed_model}; {report.seconds:.0f} s)\n")  # fmt: skip
+    typer.echo(format_ablation(report, names))
+    if json_out is not None:
+        data = report.to_dict()
+        data.update(eval_file=str(eval_file), chat_model=settings.chat_model, embed_model=settings.embed_model)
         save_report(json_out, data)
 
 
@@ -264,6 +345,7 @@ def rgb_cmd(
     model: Annotated[str | None, typer.Option("--model", help="--answers: chat model (default: the configured one).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    without: Annotated[str, typer.Option("--without", help="--answers: " + WITHOUT_HELP, metavar="NAME[,NAME]")] = "",
 ) -> None:
     """RGB (zh): pooled-passage retrieval (BM25, dense, fused), or with --answers the paper's noise robustness."""
     from dataclasses import replace
@@ -272,6 +354,7 @@ def rgb_cmd(
 
     settings = _settings(ctx)
     try:
+        settings = _with_guards_off(settings, without)
         if answers:
             from rag.answer.pipeline import Pipeline
 
