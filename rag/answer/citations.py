@@ -281,7 +281,7 @@ def conflicts(sentence: str, cited: Sequence[int], passages: Sequence[str]) -> l
     return found
 
 
-# "DeepSeek-R1 于 2025 年 1 月发布", "由 DeepSeek 在 2024年底发布的": when a named model came out.
+# "Orvell-R2 于 2025 年 1 月发布", "由 Orvell 在 2024年底发布的": when a named model came out.
 _RELEASED = re.compile(r"发布|推出|上线|亮相|问世|公布|开源")
 _YEAR = re.compile(r"(?<!\d)(20\d\d)\s*年")
 _DATE_REACH = 30  # characters from the name to the year, and from the year to the verb
@@ -307,7 +307,7 @@ def _release_years(clause: str, name: str) -> set[str]:
 def date_conflicts(sentence: str, cited: Sequence[int], passages: Sequence[str]) -> list[tuple[int, str]]:
     """Passages not cited by `sentence` that date the release of the model it names in another year.
 
-    "DeepSeek-R1 于2025年1月发布[1]" against "DeepSeek R1：由中国初创公司DeepSeek在2024年底发布"
+    "Orvell-R2 于2025年1月发布[1]" against "Orvell R2：由初创公司Orvell在2024年底发布"
     -> [(that passage's number, that line)]. Months are not compared: "1月" and "1月下旬" agree.
     """
     body = _norm(_MARKER.sub("", sentence))
@@ -349,11 +349,11 @@ def misses_the_count(answer: str, question: str) -> bool:
     """The question asks how many of something and no sentence of the answer names that thing
     (with the model the question names, if it names one).
 
-    "Kimi k1.5 有多少参数？" answered with its context window is about another
+    "K7 有多少参数？" answered with its context window is about another
     figure: the model found no parameter count and reported what it did find.
     """
     question = unicodedata.normalize("NFKC", question)
-    if "多少钱" in question:  # "DeepSeek-R1 的训练花了多少钱？" answered "大约一个月的时间"
+    if "多少钱" in question:  # "K7 的研发花了多少钱？" answered "大约一个月的时间"
         return not _MONEY.search(_MARKER.sub("", answer))
     m = _COUNTED.search(question)
     counted = {w for w in words(m.group(1)) if len(w) >= 2} if m else set()
@@ -506,7 +506,7 @@ def check(
 ) -> CheckedAnswer:
     """Check, repair and add the answer's [n] markers against `hits` (passage n is hits[n-1]).
 
-    Words the answer takes over from the `question` ("一次最多能塞进去") are not held
+    Words the answer takes over from the `question` ("一次最多能装下") are not held
     against a passage that does not use them: they restate what was asked, not a claim.
     `further`: the next-ranked passages, not shown to the model, read only for another
     source that dates a release differently; one that does is cited as [len(hits) + i].
