@@ -276,58 +276,86 @@ def _guard_lines(guards) -> str:  # type: ignore[no-untyped-def]
 @eval_app.command("ablation")
 def ablation_cmd(
     ctx: typer.Context,
-    eval_file: Annotated[Path, typer.Argument(help=QUESTIONS_HELP, metavar="EVAL.jsonl")],
+    eval_file: Annotated[Path, typer.Argument(help=QUESTIONS_HELP + " With --rgb: RGB rows.", metavar="FILE")],
     guards: Annotated[str, typer.Option("--guards", help="Only these guards, comma-separated (default: all).")] = "",
     model: Annotated[str | None, typer.Option("--model", help="Chat model (default: the configured one).")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions.")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write every run's metrics here.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions (RGB: rows).")] = None,
+    rgb_rows: Annotated[bool, typer.Option("--rgb", help="FILE is RGB rows (zh_refine.json): answer from each "
+                                           "row's passages at the --noise rates.")] = False,  # fmt: skip
+    noise: Annotated[str, typer.Option("--noise", help="--rgb: noise rates; 1.0 rows are unanswerable.")] = "0.4,1.0",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every run's scores here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
     """What each answer guard adds: the answers evaluation with every guard on, then with each one off."""
     from dataclasses import replace
 
-    from rag.answer.pipeline import Done, Pipeline
     from rag.guards import GUARDS, parse_names
-    from rag_eval.ablation import format_ablation, run_ablation
-    from rag_eval.metrics import load_questions
+    from rag_eval.ablation import format_ablation, format_scores, run_ablation
 
     try:
         names = parse_names(guards) if guards else tuple(GUARDS)
-        questions = _questions(eval_file, load_questions)[:limit]
         settings = replace(_settings(ctx), disabled_guards=())
         if model:
             settings = replace(settings, chat_model=model)
-        pipeline = Pipeline(settings)
-        pipeline.get_generator()  # load time is not part of any question's timings
+        if not quiet:
+            typer.echo(f"Loading {settings.chat_model}…", err=True)
+        evaluate, size = (_rgb_scorer if rgb_rows else _answers_scorer)(eval_file, settings, limit, noise)
 
-        def ask_with(g):  # type: ignore[no-untyped-def]
-            pipeline.guards = g
-
-            def ask(question: str):  # type: ignore[no-untyped-def]
-                for event in pipeline.ask(question):
-                    if isinstance(event, Done):
-                        return event.answer
-                raise RuntimeError("the pipeline ended without an answer")
-
-            return ask
-
-        def on_run(name: str, report, g) -> None:  # type: ignore[no-untyped-def]
+        def on_run(name: str, scores, g, seconds: float) -> None:  # type: ignore[no-untyped-def]
             if not quiet:
-                m = report.overall
-                typer.echo(f"{'all guards on' if not name else 'without ' + name}: key terms {m.key_term_accuracy}, "
-                           f"refusal {m.refusal_accuracy}, {report.seconds:.0f} s; {_guard_lines(g)}", err=True)  # fmt: skip
+                typer.echo(f"{'all guards on' if not name else 'without ' + name}: {format_scores(scores)} "
+                           f"({seconds:.0f} s); {_guard_lines(g)}", err=True)  # fmt: skip
 
-        report = run_ablation(questions, ask_with, names, on_run)
+        report = run_ablation(evaluate, names, on_run)
     except RagError as exc:
         _fail(exc)
         return
-    typer.echo(f"Guard ablation on {eval_file} ({len(questions)} questions; chat model {settings.chat_model}, "
+    typer.echo(f"Guard ablation on {eval_file} ({size}; chat model {settings.chat_model}, "
                f"embedder {settings.embed_model}; {report.seconds:.0f} s)\n")  # fmt: skip
     typer.echo(format_ablation(report, names))
     if json_out is not None:
         data = report.to_dict()
         data.update(eval_file=str(eval_file), chat_model=settings.chat_model, embed_model=settings.embed_model)
         save_report(json_out, data)
+
+
+def _answers_scorer(path: Path, settings, limit: int | None, noise: str):  # type: ignore[no-untyped-def]
+    """guards -> Scores of `rag eval answers` on the question file; and '<n> questions'."""
+    from rag.answer.pipeline import Done, Pipeline
+    from rag_eval.ablation import Scores
+    from rag_eval.metrics import evaluate_answers, load_questions
+
+    questions = _questions(path, load_questions)[:limit]
+    pipeline = Pipeline(settings)
+    pipeline.get_generator()  # load time is not part of any run
+
+    def ask(question: str):  # type: ignore[no-untyped-def]
+        for event in pipeline.ask(question):
+            if isinstance(event, Done):
+                return event.answer
+        raise RuntimeError("the pipeline ended without an answer")
+
+    def evaluate(g):  # type: ignore[no-untyped-def]
+        pipeline.guards = g
+        return Scores.of_answers(evaluate_answers(questions, ask).overall)
+
+    return evaluate, f"{len(questions)} questions"
+
+
+def _rgb_scorer(path: Path, settings, limit: int | None, noise: str):  # type: ignore[no-untyped-def]
+    """guards -> Scores of `rag eval rgb --answers` on the rows; and '<n> rows at noise ...'."""
+    from rag.answer.pipeline import Pipeline
+    from rag_eval import rgb
+    from rag_eval.ablation import Scores
+
+    rates = rgb.parse_rates(noise)
+    rows = rgb.load_rows(path, limit=limit or 20)
+    generator = Pipeline(settings).get_generator()
+
+    def evaluate(g):  # type: ignore[no-untyped-def]
+        return Scores.of_rgb(rgb.evaluate_noise(rows, rates, settings, generator, guards=g))
+
+    return evaluate, f"{len(rows)} RGB rows at noise {noise}"
 
 
 @eval_app.command("rgb")

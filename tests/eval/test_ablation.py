@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from rag.guards import GUARDS, Guards
 from rag.schema import Answer
-from rag_eval.ablation import format_ablation, run_ablation
-from rag_eval.metrics import EvalQuestion, Evidence
+from rag_eval.ablation import Scores, format_ablation, run_ablation
+from rag_eval.metrics import EvalQuestion, Evidence, evaluate_answers
 
 ANSWERABLE = EvalQuestion("a1", "Tern 3 多重？", "", ("12 公斤",), (Evidence("t.md", "Tern 3 重 12 公斤"),), "factoid")
 ALSO = EvalQuestion("a2", "Tern 3 多长？", "", ("150 厘米",), (Evidence("t.md", "Tern 3 长 150 厘米"),), "factoid")
@@ -20,11 +20,11 @@ QUESTIONS = [ANSWERABLE, ALSO, UNANSWERABLE]
 
 
 def scripted(calls: list[frozenset[str]]):  # type: ignore[no-untyped-def]
-    """A stand-in for the pipeline whose answers depend on the guards, the way the real rules do:
+    """Scores of a stand-in pipeline whose answers depend on the guards, the way the real rules do:
     "echo" turns the unanswerable question's made-up answer into a refusal; "focus_retry" turns a
     refusal of a2 into its answer; "invented" never fires."""
 
-    def ask_with(g: Guards):  # type: ignore[no-untyped-def]
+    def evaluate(g: Guards) -> Scores:
         calls.append(g.disabled)
 
         def ask(question: str) -> Answer:
@@ -38,14 +38,16 @@ def scripted(calls: list[frozenset[str]]):  # type: ignore[no-untyped-def]
             terms = ANSWERABLE.must_include if question == ANSWERABLE.question else ALSO.must_include
             return Answer(question, question, f"答案是 {terms[0]}。", [], [])
 
-        return ask
+        return Scores.of_answers(evaluate_answers(QUESTIONS, ask).overall)
 
-    return ask_with
+    return evaluate
 
 
 def test_each_guard_that_fired_is_run_once_without_it() -> None:
     calls: list[frozenset[str]] = []
-    report = run_ablation(QUESTIONS, scripted(calls), ["echo", "focus_retry", "invented"])
+    seen: list[str] = []
+    report = run_ablation(scripted(calls), ["echo", "focus_retry", "invented"], lambda name, *_: seen.append(name))
+    assert seen == ["", "echo", "focus_retry"]
     assert calls == [frozenset(), {"echo"}, {"focus_retry"}]  # "invented" never fired: not run
     assert report.fired["echo"] == 1 and report.fired["focus_retry"] == 1 and report.fired["invented"] == 0
     rows = {r.guard: r for r in report.rows(["echo", "focus_retry", "invented"])}
@@ -57,7 +59,7 @@ def test_each_guard_that_fired_is_run_once_without_it() -> None:
 
 
 def test_the_table_names_every_guard_asked_for() -> None:
-    report = run_ablation(QUESTIONS, scripted([]), ["echo", "invented"])
+    report = run_ablation(scripted([]), ["echo", "invented"])
     table = format_ablation(report, ["echo", "invented"])
     assert "guard" in table and "key terms Δ" in table and "citation precision Δ" in table
     echo = next(line for line in table.splitlines() if line.startswith("echo"))
@@ -66,6 +68,16 @@ def test_the_table_names_every_guard_asked_for() -> None:
     data = report.to_dict()
     assert [r["guard"] for r in data["rows"]] == list(GUARDS)
     json.dumps(data)  # the --json report is plain data
+
+
+def test_rgb_rows_with_a_positive_passage_are_answerable_and_noise_1_rows_are_not() -> None:
+    from rag_eval.rgb import NoiseReport, NoiseResult
+
+    def row(noise: float, correct: bool, refused: bool) -> NoiseResult:
+        return NoiseResult("1", noise, "q", [["x"]], [], "a", "a", correct, correct, refused, {})
+
+    report = NoiseReport([], [row(0.4, True, False), row(0.4, False, True), row(1.0, False, True), row(1.0, False, False)], 0.0)
+    assert Scores.of_rgb(report) == Scores(key_terms=0.5, refusal=0.5, false_refusal=0.5, citation_precision=None)
 
 
 @pytest.fixture
