@@ -273,6 +273,9 @@ def _guard_lines(guards) -> str:  # type: ignore[no-untyped-def]
     return f"guards off: {off}; guards fired: {fired}"
 
 
+RGB_ROWS_HELP = "FILE is RGB rows (zh_refine.json): answer from each row's passages at the --noise rates."
+
+
 @eval_app.command("ablation")
 def ablation_cmd(
     ctx: typer.Context,
@@ -280,8 +283,7 @@ def ablation_cmd(
     guards: Annotated[str, typer.Option("--guards", help="Only these guards, comma-separated (default: all).")] = "",
     model: Annotated[str | None, typer.Option("--model", help="Chat model (default: the configured one).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions (RGB: rows).")] = None,
-    rgb_rows: Annotated[bool, typer.Option("--rgb", help="FILE is RGB rows (zh_refine.json): answer from each "
-                                           "row's passages at the --noise rates.")] = False,  # fmt: skip
+    rgb_rows: Annotated[bool, typer.Option("--rgb", help=RGB_ROWS_HELP)] = False,
     noise: Annotated[str, typer.Option("--noise", help="--rgb: noise rates; 1.0 rows are unanswerable.")] = "0.4,1.0",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every run's scores here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
