@@ -117,6 +117,11 @@ class Settings:
     # retrieval reports "no evidence" and the answer refuses instead of guessing.
     min_dense_score: float = 0.25
 
+    # --- answer guards (rag/guards.py) ---
+    # Rules that repair or refuse an answer, turned off by name ("echo,focus_retry"; RAG_DISABLED_GUARDS).
+    # All on by default; `rag eval ablation` measures what each adds (docs/measurements.md, "Guard ablation").
+    disabled_guards: tuple[str, ...] = ()
+
     # --- generation ---
     n_ctx: int = 4096
     n_threads: int = 2
@@ -210,6 +215,10 @@ def _coerce(name: str, raw: object, typ: type) -> object:
             return text in ("1", "true", "yes", "on")
         if typ in (float, "float"):
             return float(raw)  # type: ignore[arg-type]
+        if typ == "tuple[str, ...]":
+            from rag.guards import parse_names  # the only tuple setting: guard names, checked there
+
+            return parse_names(raw if isinstance(raw, str | list | tuple) else str(raw))  # type: ignore[arg-type]
         return str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(

@@ -171,6 +171,7 @@ def answers_cmd(
         str,
         typer.Option("--path", help="auto, cached (passage KV store), ordinary, or both (each question on both paths)."),
     ] = "auto",
+    without: Annotated[str, typer.Option("--without", help=WITHOUT_HELP, metavar="NAME[,NAME]")] = "",
 ) -> None:
     """Answer every question with the full pipeline; print key-term, refusal and citation metrics and timings."""
     from dataclasses import replace
@@ -182,7 +183,7 @@ def answers_cmd(
         if path not in ("auto", "cached", "ordinary", "both"):
             raise ConfigError(f"Unknown --path '{path}'.", "Use auto, cached, ordinary or both.")
         questions = _questions(eval_file, load_questions)[:limit]
-        settings = _settings(ctx)
+        settings = _with_guards_off(_settings(ctx), without)
         if model:
             settings = replace(settings, chat_model=model)
         pipeline = Pipeline(settings)
@@ -224,7 +225,8 @@ def answers_cmd(
         _fail(exc)
         return
     typer.echo(f"Answers on {eval_file} ({len(questions)} questions; chat model {settings.chat_model}, "
-               f"embedder {settings.embed_model}, top_k {settings.top_k}; path {path})\n")  # fmt: skip
+               f"embedder {settings.embed_model}, top_k {settings.top_k}; path {path})")  # fmt: skip
+    typer.echo(_guard_lines(pipeline.guards) + "\n")
     for which, paths in served.items():
         counts = ", ".join(f"{p} {paths.count(p)}" for p in sorted(set(paths)))
         typer.echo(f"--path {which}: answers served by {counts}")
@@ -243,10 +245,119 @@ def answers_cmd(
     if json_out is not None:
         data = report.to_dict()
         data.update(eval_file=str(eval_file), chat_model=settings.chat_model, embed_model=settings.embed_model,
-                    path=path, served=served)  # fmt: skip
+                    path=path, served=served, disabled_guards=sorted(pipeline.guards.disabled),
+                    guards_fired=dict(pipeline.guards.counts))  # fmt: skip
         if twin_report is not None:
             data["cached"] = twin_report.to_dict()
         save_report(json_out, data)
+
+
+WITHOUT_HELP = "Turn these answer guards off (rag/guards.py; `rag eval ablation` lists them), comma-separated."
+
+
+def _with_guards_off(settings, without: str):  # type: ignore[no-untyped-def]
+    """The settings with the --without guards off as well as those the settings turn off (names checked)."""
+    from dataclasses import replace
+
+    from rag.guards import parse_names
+
+    return replace(settings, disabled_guards=parse_names([*settings.disabled_guards, *parse_names(without)]))
+
+
+def _guard_lines(guards) -> str:  # type: ignore[no-untyped-def]
+    """'guards off: echo' and 'guards fired: uncited_zh 3, focus_retry 1' (in rag/guards.py's order)."""
+    from rag.guards import GUARDS
+
+    fired = ", ".join(f"{n} {guards.counts[n]}" for n in GUARDS if guards.counts[n]) or "none"
+    off = ", ".join(n for n in GUARDS if n in guards.disabled) or "none"
+    return f"guards off: {off}; guards fired: {fired}"
+
+
+RGB_ROWS_HELP = "FILE is RGB rows (zh_refine.json): answer from each row's passages at the --noise rates."
+
+
+@eval_app.command("ablation")
+def ablation_cmd(
+    ctx: typer.Context,
+    eval_file: Annotated[Path, typer.Argument(help=QUESTIONS_HELP + " With --rgb: RGB rows.", metavar="FILE")],
+    guards: Annotated[str, typer.Option("--guards", help="Only these guards, comma-separated (default: all).")] = "",
+    model: Annotated[str | None, typer.Option("--model", help="Chat model (default: the configured one).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions (RGB: rows).")] = None,
+    rgb_rows: Annotated[bool, typer.Option("--rgb", help=RGB_ROWS_HELP)] = False,
+    noise: Annotated[str, typer.Option("--noise", help="--rgb: noise rates; 1.0 rows are unanswerable.")] = "0.4,1.0",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every run's scores here.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+) -> None:
+    """What each answer guard adds: the answers evaluation with every guard on, then with each one off."""
+    from dataclasses import replace
+
+    from rag.guards import GUARDS, parse_names
+    from rag_eval.ablation import format_ablation, format_scores, run_ablation
+
+    try:
+        names = parse_names(guards) if guards else tuple(GUARDS)
+        settings = replace(_settings(ctx), disabled_guards=())
+        if model:
+            settings = replace(settings, chat_model=model)
+        if not quiet:
+            typer.echo(f"Loading {settings.chat_model}…", err=True)
+        evaluate, size = (_rgb_scorer if rgb_rows else _answers_scorer)(eval_file, settings, limit, noise)
+
+        def on_run(name: str, scores, g, seconds: float) -> None:  # type: ignore[no-untyped-def]
+            if not quiet:
+                typer.echo(f"{'all guards on' if not name else 'without ' + name}: {format_scores(scores)} "
+                           f"({seconds:.0f} s); {_guard_lines(g)}", err=True)  # fmt: skip
+
+        report = run_ablation(evaluate, names, on_run)
+    except RagError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"Guard ablation on {eval_file} ({size}; chat model {settings.chat_model}, "
+               f"embedder {settings.embed_model}; {report.seconds:.0f} s)\n")  # fmt: skip
+    typer.echo(format_ablation(report, names))
+    if json_out is not None:
+        data = report.to_dict()
+        data.update(eval_file=str(eval_file), chat_model=settings.chat_model, embed_model=settings.embed_model)
+        save_report(json_out, data)
+
+
+def _answers_scorer(path: Path, settings, limit: int | None, noise: str):  # type: ignore[no-untyped-def]
+    """guards -> Scores of `rag eval answers` on the question file; and '<n> questions'."""
+    from rag.answer.pipeline import Done, Pipeline
+    from rag_eval.ablation import Scores
+    from rag_eval.metrics import evaluate_answers, load_questions
+
+    questions = _questions(path, load_questions)[:limit]
+    pipeline = Pipeline(settings)
+    pipeline.get_generator()  # load time is not part of any run
+
+    def ask(question: str):  # type: ignore[no-untyped-def]
+        for event in pipeline.ask(question):
+            if isinstance(event, Done):
+                return event.answer
+        raise RuntimeError("the pipeline ended without an answer")
+
+    def evaluate(g):  # type: ignore[no-untyped-def]
+        pipeline.guards = g
+        return Scores.of_answers(evaluate_answers(questions, ask).overall)
+
+    return evaluate, f"{len(questions)} questions"
+
+
+def _rgb_scorer(path: Path, settings, limit: int | None, noise: str):  # type: ignore[no-untyped-def]
+    """guards -> Scores of `rag eval rgb --answers` on the rows; and '<n> rows at noise ...'."""
+    from rag.answer.pipeline import Pipeline
+    from rag_eval import rgb
+    from rag_eval.ablation import Scores
+
+    rates = rgb.parse_rates(noise)
+    rows = rgb.load_rows(path, limit=limit or 20)
+    generator = Pipeline(settings).get_generator()
+
+    def evaluate(g):  # type: ignore[no-untyped-def]
+        return Scores.of_rgb(rgb.evaluate_noise(rows, rates, settings, generator, guards=g))
+
+    return evaluate, f"{len(rows)} RGB rows at noise {noise}"
 
 
 @eval_app.command("rgb")
@@ -264,6 +375,7 @@ def rgb_cmd(
     model: Annotated[str | None, typer.Option("--model", help="--answers: chat model (default: the configured one).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    without: Annotated[str, typer.Option("--without", help="--answers: " + WITHOUT_HELP, metavar="NAME[,NAME]")] = "",
 ) -> None:
     """RGB (zh): pooled-passage retrieval (BM25, dense, fused), or with --answers the paper's noise robustness."""
     from dataclasses import replace
@@ -272,6 +384,7 @@ def rgb_cmd(
 
     settings = _settings(ctx)
     try:
+        settings = _with_guards_off(settings, without)
         if answers:
             from rag.answer.pipeline import Pipeline
 

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from rag.llm.generation import Generator
     from rag.index.reader import Index
     from rag.answer.pipeline import Pipeline
+    from rag.guards import Guards
     from rag.answer.retrieval import RetrievalParams
 
 MRR_CUTOFF = 10
@@ -679,8 +680,11 @@ def evaluate_noise(
     settings: Settings,
     generator: Generator,
     on_progress: Callable[[int, int, NoiseResult], None] | None = None,
+    guards: Guards | None = None,
 ) -> NoiseReport:
-    """Answer every row at every noise rate through `Pipeline.ask` with the row's 5 passages."""
+    """Answer every row at every noise rate through `Pipeline.ask` with the row's 5 passages.
+
+    `guards`: the answer guards to use, counting into it (default: those the settings leave on)."""
     from dataclasses import fields, replace
 
     from rag.answer.pipeline import Done
@@ -691,6 +695,8 @@ def evaluate_noise(
         overrides["kv_cache"] = False
     settings = replace(settings, **overrides)
     pipeline = _given_passages_pipeline(settings, generator)
+    if guards is not None:
+        pipeline.guards = guards
     t0 = time.perf_counter()
     results: list[NoiseResult] = []
     total = len(rows) * len(noise_rates)

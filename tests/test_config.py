@@ -168,7 +168,8 @@ def test_unknown_env_var_is_ignored(cwd: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_every_field_can_be_set_from_the_environment(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    samples = {"int": "7", "float": "0.5", "str": "x", "Path": "p", "bool": "off", "Path | None": "p"}
+    samples = {"int": "7", "float": "0.5", "str": "x", "Path": "p", "bool": "off", "Path | None": "p",
+               "tuple[str, ...]": "echo"}  # fmt: skip
     for f in fields(Settings):
         if f.name in TABLE_SETTINGS:  # tables (e.g. [collections.NAME]) come from rag.toml only
             continue
@@ -180,6 +181,7 @@ def test_every_field_can_be_set_from_the_environment(cwd: Path, monkeypatch: pyt
     s = load_settings()
     assert s.n_ctx == 7 and s.temperature == 0.5 and s.host == "x" and s.cache_dir == Path("p")
     assert s.kv_cache is False
+    assert s.disabled_guards == ("echo",)
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("1", True), ("true", True), ("0", False), ("off", False)])

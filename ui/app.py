@@ -55,7 +55,7 @@ EXAMPLES = [
     "什么是混合专家（MoE）架构？",
     "GPQA Diamond 是什么样的评测基准？",
     "Transformer 架构是哪一年提出的？",
-    "What Elo rating did OpenAI's o3 reach on Codeforces?",
+    "Which company proposed the Transformer architecture?",
 ]
 HISTORY_TURNS = 3  # earlier turns given to the pipeline for follow-up questions
 PENDING = "…"  # the answer's place in the chat until its first words arrive

@@ -17,6 +17,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rag.guards import ALL, Guards
 from rag.ingest.chunking import clean_text
 from rag.index.lexical import STOPWORDS, mentions, words
 from rag.answer.prompting import ENGLISH_FULL_STOP, english_figures, language_of
@@ -280,7 +281,7 @@ def conflicts(sentence: str, cited: Sequence[int], passages: Sequence[str]) -> l
     return found
 
 
-# "DeepSeek-R1 于 2025 年 1 月发布", "由 DeepSeek 在 2024年底发布的": when a named model came out.
+# "Orvell-R2 于 2025 年 1 月发布", "由 Orvell 在 2024年底发布的": when a named model came out.
 _RELEASED = re.compile(r"发布|推出|上线|亮相|问世|公布|开源")
 _YEAR = re.compile(r"(?<!\d)(20\d\d)\s*年")
 _DATE_REACH = 30  # characters from the name to the year, and from the year to the verb
@@ -306,7 +307,7 @@ def _release_years(clause: str, name: str) -> set[str]:
 def date_conflicts(sentence: str, cited: Sequence[int], passages: Sequence[str]) -> list[tuple[int, str]]:
     """Passages not cited by `sentence` that date the release of the model it names in another year.
 
-    "DeepSeek-R1 于2025年1月发布[1]" against "DeepSeek R1：由中国初创公司DeepSeek在2024年底发布"
+    "Orvell-R2 于2025年1月发布[1]" against "Orvell R2：由初创公司Orvell在2024年底发布"
     -> [(that passage's number, that line)]. Months are not compared: "1月" and "1月下旬" agree.
     """
     body = _norm(_MARKER.sub("", sentence))
@@ -348,11 +349,11 @@ def misses_the_count(answer: str, question: str) -> bool:
     """The question asks how many of something and no sentence of the answer names that thing
     (with the model the question names, if it names one).
 
-    "Kimi k1.5 有多少参数？" answered with its context window is about another
+    "K7 有多少参数？" answered with its context window is about another
     figure: the model found no parameter count and reported what it did find.
     """
     question = unicodedata.normalize("NFKC", question)
-    if "多少钱" in question:  # "DeepSeek-R1 的训练花了多少钱？" answered "大约一个月的时间"
+    if "多少钱" in question:  # "K7 的研发花了多少钱？" answered "大约一个月的时间"
         return not _MONEY.search(_MARKER.sub("", answer))
     m = _COUNTED.search(question)
     counted = {w for w in words(m.group(1)) if len(w) >= 2} if m else set()
@@ -410,7 +411,15 @@ def _figures_agree(sentence: str, solid: str) -> bool:
 
 
 def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], question: str = "") -> bool:
-    """No sentence is supported, and the answer cannot be a paraphrase of the passages.
+    """`invented_reason` with every guard on, as a yes or no."""
+    return invented_reason(checked, answer, hits, question) is not None
+
+
+def invented_reason(
+    checked: CheckedAnswer, answer: str, hits: Sequence[Hit], question: str = "", guards: Guards = ALL
+) -> str | None:
+    """No sentence is supported, and the answer cannot be a paraphrase of the passages: the name of
+    the guard that says so ("uncited_zh", "echo", "invented"; see rag/guards.py), else None.
 
     The 1.5B model answers unanswerable questions with made-up facts ("16 张 GPU", a founder
     "杰克·多尔西（Jeffrey Dorr）", "总部位于美国") or with a figure that belongs to another model
@@ -422,16 +431,23 @@ def is_invented(checked: CheckedAnswer, answer: str, hits: Sequence[Hit], questi
     flagged, unless it restates the `question` or gives figures or names no passage gives.
     """
     if not checked.factual_sentences:
-        return False
-    if language_of(answer) == "zh" and not checked.citations:
-        return True  # no sentence a passage supports well enough to cite ("GPQA 一共有15亿道题")
+        return None
+    if guards.when("uncited_zh", lambda: language_of(answer) == "zh" and not checked.citations):
+        return "uncited_zh"  # no sentence a passage supports well enough to cite ("GPQA 一共有15亿道题")
     if len(checked.unsupported) < checked.factual_sentences:
-        return False
-    if question and adds_nothing(answer, question):
-        return True  # nothing supported and nothing new: the documents did not answer
+        return None
+    if question and guards.when("echo", lambda: adds_nothing(answer, question)):
+        return "echo"  # nothing supported and nothing new: the documents did not answer
+    if guards.when("invented", lambda: _gives_what_no_passage_gives(checked.unsupported, hits)):
+        return "invented"
+    return None
+
+
+def _gives_what_no_passage_gives(unsupported: Sequence[str], hits: Sequence[Hit]) -> bool:
+    """An unsupported sentence writes a magnitude, a count, a versioned name or a figure that no passage gives."""
     texts = [_norm(clean_text(h.chunk.text)) for h in hits]
     solid = "\n".join(re.sub(r"\s+", "", t) for t in texts)
-    for sentence in checked.unsupported:
+    for sentence in unsupported:
         if not _figures_agree(sentence, solid):
             return True  # "1.5亿" no passage writes, or "57道题" where they count 57 of something else
         names = versioned_names(sentence)
@@ -481,22 +497,32 @@ def _as_english_reader_sees(passage: str) -> str:
 
 
 def check(
-    answer: str, hits: Sequence[Hit], lang: str = "zh", question: str = "", further: Sequence[Hit] = ()
+    answer: str,
+    hits: Sequence[Hit],
+    lang: str = "zh",
+    question: str = "",
+    further: Sequence[Hit] = (),
+    guards: Guards = ALL,
 ) -> CheckedAnswer:
     """Check, repair and add the answer's [n] markers against `hits` (passage n is hits[n-1]).
 
-    Words the answer takes over from the `question` ("一次最多能塞进去") are not held
+    Words the answer takes over from the `question` ("一次最多能装下") are not held
     against a passage that does not use them: they restate what was asked, not a claim.
     `further`: the next-ranked passages, not shown to the model, read only for another
     source that dates a release differently; one that does is cited as [len(hits) + i].
+    `guards`: which of the repairs apply, and their firing counts (rag/guards.py).
     """
-    if lang == "zh":
-        answer = tidy_figures(answer)
+    if lang == "zh" and guards.on("tidy_figures"):
+        tidied = tidy_figures(answer)
+        if tidied != answer:
+            guards.fired("tidy_figures")
+        answer = tidied
     passages = [h.chunk.text for h in hits]
     everywhere = passages + [h.chunk.text for h in further]
-    asked = {t for t in key_terms(question) if not _NUMBER.fullmatch(t)} if question else set()
+    asked = {t for t in key_terms(question) if not _NUMBER.fullmatch(t)} if guards.on("question_words") else set()
     # Once per passage, not per sentence: the text _claimed and _support_in read, and which passages are Chinese.
-    normed = [_norm(clean_text(_as_english_reader_sees(p) if lang == "en" else p)) for p in passages]
+    glossed = lang == "en" and guards.on("english_figures")
+    normed = [_norm(clean_text(_as_english_reader_sees(p) if glossed else p)) for p in passages]
     solid = [re.sub(r"\s+", "", t) for t in normed]
     chinese = [language_of(p) == "zh" for p in passages]
     out_parts: list[str] = []
@@ -512,35 +538,50 @@ def check(
         end = tail.group(0) if tail else ""
         core = body[: len(body) - len(end)] if end else body
         if not core.strip() or not _is_factual(core):
-            if not _FILLER.match(core.strip()):
+            if not guards.when("drop_filler", bool(_FILLER.match(core.strip()))):
                 out_parts.append(body)  # a filler sentence ("根据资料中的描述。") is dropped
             continue
         factual += 1
         terms, cross = key_terms(core), checkable_terms(core)
         names = versioned_names(core)
-        agree = [_figures_agree(core, text) for text in solid]
-        scores = [
-            _support_in(_claimed(cross if zh else terms, asked, text), text, names) if ok else 0.0
-            for text, zh, ok in zip(normed, chinese, agree)
-        ]
+        agree = [_figures_agree(core, text) if guards.on("figures_agree") else True for text in solid]
+        own = [cross if zh else terms for zh in chinese]
+        claims = [_claimed(t, asked, text) for t, text in zip(own, normed)]
+        if claims != own:
+            guards.fired("question_words")
+        if any(not ok and _support_in(c, text, names) >= SUPPORTS for c, text, ok in zip(claims, normed, agree)):
+            guards.fired("figures_agree")
+        scores = [_support_in(c, text, names) if ok else 0.0 for c, text, ok in zip(claims, normed, agree)]
         # The claim's own words may be in several passages (a bare year: "是2023年"); then the one
         # that also names what the sentence is about (the question's words too) is its source.
         whole = [_support_in(terms, text, names) if ok else 0.0 for text, ok in zip(normed, agree)]
         best = max(range(len(scores)), key=lambda i: (scores[i], whole[i])) if scores else -1
-        kept = [n for n in dict.fromkeys(numbers) if scores[n - 1] >= SUPPORTS]
-        if len(kept) == 1 and (scores[best], whole[best]) > (scores[kept[0] - 1], whole[kept[0] - 1]):
+        written = list(dict.fromkeys(numbers))
+        repair = guards.on("repair_markers")
+        kept = [n for n in written if scores[n - 1] >= SUPPORTS] if repair else written
+        if repair and len(kept) == 1 and (scores[best], whole[best]) > (scores[kept[0] - 1], whole[kept[0] - 1]):
             kept = [best + 1]
-        if not kept and best >= 0 and scores[best] >= (SUPPORTS if numbers else ATTACH):
+        if not kept and best >= 0 and scores[best] >= (SUPPORTS if numbers else ATTACH) and guards.on(
+            "repair_markers" if numbers else "attach_markers"
+        ):
             kept = [best + 1]  # repaired, or attached where the model wrote none
-        if not kept and (best < 0 or scores[best] < SUPPORTS):
+        if kept != written:
+            guards.fired("repair_markers" if written else "attach_markers")
+        if not any(scores[n - 1] >= SUPPORTS for n in kept) and (best < 0 or scores[best] < SUPPORTS):
             unsupported.append(core.strip())
         markers = "".join(f"[{n}]" for n in kept)
         cited.extend(kept)
         out_parts.append(core.rstrip() + markers + end)
         if kept and len(disagreements) < MAX_CONFLICTS:
-            for other in conflicts(core, kept, passages) + date_conflicts(core, kept, everywhere):
+            figures = conflicts(core, kept, passages) if guards.on("conflict_note") else []
+            found = [(o, "conflict_note") for o in figures]
+            if guards.on("date_conflict_note"):
+                found += [(o, "date_conflict_note") for o in date_conflicts(core, kept, everywhere)]
+            for other, rule in found:
                 if other[0] not in {d[0] for d in disagreements}:
                     disagreements.append(other)
+                    if len(disagreements) <= MAX_CONFLICTS:
+                        guards.fired(rule)
 
     text = "".join(out_parts).strip()
     if disagreements:

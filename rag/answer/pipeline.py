@@ -15,6 +15,7 @@ from rag.answer import citations
 from rag.index import lexical
 from rag.answer import prompting
 from rag.errors import QuestionError
+from rag.guards import ALL, Guards
 from rag.answer.retrieval import uncovered_names
 from rag.index.entities import unknown_entities
 from rag.schema import Answer, Hit
@@ -108,15 +109,56 @@ def standalone_query(question: str, history: Sequence[Turn]) -> str:
     return question
 
 
+def rejection(
+    question: str, raw: str, checked: citations.CheckedAnswer, hits: Sequence[Hit], guards: Guards = ALL
+) -> str | None:
+    """Why what the model wrote cannot stand as an answer, or None when it can.
+
+    "refusal": the model said the documents do not answer. Otherwise the name of the guard
+    that rejected it: a loop on one token, invented figures, a restatement of the question,
+    a count of something else. The reader then gets a refusal instead of the text.
+    """
+    if prompting.is_refusal(raw):
+        return "refusal"
+    if guards.when("degenerate", lambda: citations.is_degenerate(raw)):
+        return "degenerate"
+    invented = citations.invented_reason(checked, raw, hits, question, guards)
+    if invented:
+        return invented
+    if guards.when("misses_the_count", lambda: citations.misses_the_count(raw, question)):
+        return "misses_the_count"
+    return None
+
+
 def not_an_answer(question: str, raw: str, checked: citations.CheckedAnswer, hits: Sequence[Hit]) -> bool:
-    """The model said the documents do not answer, or what it wrote cannot stand as an answer:
-    a loop on one token, invented figures, a restatement of the question, or a count of something else."""
-    return (
-        prompting.is_refusal(raw)
-        or citations.is_degenerate(raw)
-        or citations.is_invented(checked, raw, hits, question)
-        or citations.misses_the_count(raw, question)
-    )
+    """`rejection` with every guard on, as a yes or no."""
+    return rejection(question, raw, checked, hits) is not None
+
+
+@dataclass
+class _Question:
+    """What one `ask` knows about its question while answering it."""
+
+    text: str
+    query: str  # what was searched: the question, or with the previous one for a follow-up
+    lang: str
+    stop: threading.Event | None
+    t0: float
+    timings: dict[str, float] = field(default_factory=dict)
+    tries: list[str] = field(default_factory=list)  # the path of each generation
+
+    def stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+
+@dataclass(frozen=True)
+class _PromptRules:
+    """The prompting guards that apply to one question (see rag/guards.py)."""
+
+    several: bool  # asks two things: full prompt, no cached blocks
+    ban_chinese: bool  # English question: no token that writes Chinese
+    reminder: bool  # English question: "Answer in English" after it
+    figures_in_english: bool  # English question: 亿 figures written in English in the passages
 
 
 @dataclass
@@ -129,12 +171,18 @@ class Pipeline:
     cached_generator: CachedBlockGenerator | None = None
     block_lookup: BlockLookup | None = None
     kv_unavailable: str = ""  # why the cached path cannot be used in this process ('' = it can)
+    # The answer guards that are on, and their firing counts; None: those of settings.disabled_guards.
+    guards: Guards = None  # type: ignore[assignment]
     _index: Index | None = None
     _index_target: Path | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)  # the cached-block generator
     # One lock per model, so that `load` can read both at once.
     _embedder_lock: threading.Lock = field(default_factory=threading.Lock)
     _generator_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.guards is None:
+            self.guards = Guards.without(self.settings.disabled_guards)
 
     # ------------------------------------------------------------ parts
 
@@ -262,119 +310,204 @@ class Pipeline:
 
         `path`: "auto" and "cached" use the stored blocks when they can (the answer's
         `path` says which served it); "ordinary" always reads the whole prompt.
+        The steps: `_retrieve` (and refuse before the model when nothing is evidence),
+        `_with_retries` (each try prompts, generates and checks: `_answer`), `_finish`.
         """
         t0 = time.perf_counter()
         question = clean_question(question)
-        k = k or self.settings.top_k
-        lang = prompting.language_of(question)
-        query = standalone_query(question, history)
+        q = _Question(question, standalone_query(question, history), prompting.language_of(question), stop, t0)
+        ranked, hits = self._retrieve(q.query, q.lang, k or self.settings.top_k)
+        q.timings["retrieval"] = time.perf_counter() - t0
+        yield Retrieved(q.query, hits)
+        if not hits:
+            yield from self._refuse_unanswered(q, ranked)
+            return
+        attempt, raw, checked = yield from self._with_retries(q, ranked, hits, path)
+        yield Done(self._finish(q, attempt, raw, checked))
 
+    # ------------------------------------------------------------ retrieval step
+
+    def _retrieve(self, query: str, lang: str, k: int) -> tuple[list[Hit], list[Hit]]:
+        """The ranked passages (deep enough for the conflict check) and the `k` the model reads.
+
+        None are read when retrieval found no evidence, or when a Chinese question names
+        something no passage mentions: given only near misses, the small model answers
+        about the wrong thing, and refusing here costs no generation.
+        """
+        g = self.guards
         retriever = self.retriever()
         ranked = retriever.rank(query, max(k, 3, self.settings.conflict_depth))
-        hits = ranked[:k] if retriever.has_evidence(ranked[: max(k, 3)]) else []
-        if lang == "zh" and (uncovered_names(query, hits) or unknown_entities(query, retriever.entities(), retriever.knows)):
-            hits = []  # the question names something no passage mentions: refuse, show the closest
-        timings = {"retrieval": time.perf_counter() - t0}
-        yield Retrieved(query, hits)
+        if not ranked or g.when("evidence_threshold", lambda: not retriever.has_evidence(ranked[: max(k, 3)])):
+            return ranked, []
+        hits = ranked[:k]
+        if lang == "zh" and (
+            g.when("uncovered_names", lambda: uncovered_names(query, hits))
+            or g.when("unknown_entities", lambda: unknown_entities(query, retriever.entities(), retriever.knows))
+        ):
+            return ranked, []  # the question names something no passage mentions: refuse, show the closest
+        return ranked, hits
 
-        if not hits:
-            text = prompting.REFUSAL[lang]
-            yield Token(text)
-            timings["total"] = time.perf_counter() - t0
-            yield Done(Answer(question, query, text, [], [], refused=True, related=ranked[:3], timings=timings))
-            return
+    @staticmethod
+    def _refuse_unanswered(q: _Question, ranked: list[Hit]) -> Iterator[Event]:
+        """No passage to answer from: say the documents do not cover it and show the closest passages."""
+        text = prompting.REFUSAL[q.lang]
+        yield Token(text)
+        q.timings["total"] = time.perf_counter() - q.t0
+        yield Done(Answer(q.text, q.query, text, [], [], refused=True, related=ranked[:3], timings=q.timings))
 
-        tries: list[str] = []
+    # ------------------------------------------------------------ retries
 
-        def stopped() -> bool:
-            return stop is not None and stop.is_set()
-
-        def answer_from(asked: str, given: list[Hit], how: str) -> collections.abc.Generator[Event, None, _Tried]:
-            """Generate from `given` on path `how`; the attempt, its text, and the checked answer
-            (None when it is no answer: a refusal, invented, or a count of something else)."""
-            attempt = self._attempt(asked, query, given, how, stop)
-            tries.append(attempt.path)
-            raw = yield from self._stream(attempt, timings, t0)
-            further = ranked[len(attempt.prompt.hits) : self.settings.conflict_depth]
-            checked = citations.check(raw, attempt.prompt.hits, lang, question, further) if raw else None
-            good = checked is not None and not not_an_answer(question, raw, checked, attempt.prompt.hits)
-            return attempt, raw, checked if good else None
-
-        attempt, raw, checked = yield from answer_from(question, hits, path)
-        unchecked = checked is None or checked.unsupported or not checked.factual_sentences
-        if attempt.path == "cached" and not stopped() and unchecked:
-            # Cached blocks never saw one another, and the model copies or mixes them more than
-            # when it reads the passages together; an answer the checker rejects, or cannot check
-            # (a bare name: "IBM.COM[3]"), is written again from the whole prompt. The reader
-            # saw the first token at once.
+    def _with_retries(
+        self, q: _Question, ranked: list[Hit], hits: list[Hit], path: str
+    ) -> collections.abc.Generator[Event, None, _Tried]:
+        """The first try, then at most two more where a known failure of the small model is
+        cheaper to retry than to show: see `_retry_whole` and `_focus_passage`."""
+        tried = yield from self._answer(q, q.text, hits, path, ranked)
+        if self._retry_whole(q, tried):
             yield Restart()
-            attempt, raw, checked = yield from answer_from(question, hits, "ordinary")
-        if not stopped() and prompting.is_refusal(raw) and len(hits) > 1:
-            # The 1.5B model sometimes says "资料中没有相关信息" with the answer in a passage that is
-            # plainly about the question (a release date in a timeline among four other passages).
-            # Asked again with that passage alone, as [1], told it is on topic, it answers; what it
-            # invents then is caught like any answer.
-            plain = citations.most_on_topic(question, [h.chunk.text for h in hits])
-            if plain is not None:
-                yield Restart()
-                note = f"{question}\n{prompting.FOCUS_NOTE[lang]}"
-                attempt, raw, checked = yield from answer_from(note, [hits[plain]], attempt.path)
+            tried = yield from self._answer(q, q.text, hits, "ordinary", ranked)
+        plain = self._focus_passage(q, tried[1], hits)
+        if plain is not None:
+            yield Restart()
+            note = f"{q.text}\n{prompting.FOCUS_NOTE[q.lang]}"
+            tried = yield from self._answer(q, note, [hits[plain]], tried[0].path, ranked)
+        return tried
 
+    def _retry_whole(self, q: _Question, tried: _Tried) -> bool:
+        """Whether an answer from cached blocks is written again from the whole prompt.
+
+        Cached blocks never saw one another, and the model copies or mixes them more than
+        when it reads the passages together; an answer the checker rejects, or cannot check
+        (a bare name: "ACME.COM[3]"), is written again. The reader saw the first token at once.
+        """
+        attempt, _, checked = tried
+        unchecked = checked is None or bool(checked.unsupported) or not checked.factual_sentences
+        return attempt.path == "cached" and not q.stopped() and unchecked and self.guards.when("cached_retry", True)
+
+    def _focus_passage(self, q: _Question, raw: str, hits: list[Hit]) -> int | None:
+        """The passage to ask again from, alone, after a refusal; None: the refusal stands.
+
+        The 1.5B model sometimes says "资料中没有相关信息" with the answer in a passage that is
+        plainly about the question (a date in a timeline among four other passages). Asked
+        again with that passage alone, as [1], told it is on topic, it answers; what it
+        invents then is caught like any answer.
+        """
+        if q.stopped() or not prompting.is_refusal(raw) or len(hits) <= 1 or not self.guards.on("focus_retry"):
+            return None
+        plain = citations.most_on_topic(q.text, [h.chunk.text for h in hits])
+        if plain is not None:
+            self.guards.fired("focus_retry")
+        return plain
+
+    # ------------------------------------------------------------ prompting and checking steps
+
+    def _answer(
+        self, q: _Question, asked: str, given: list[Hit], how: str, ranked: list[Hit]
+    ) -> collections.abc.Generator[Event, None, _Tried]:
+        """One try: generate from `given` on path `how`, streaming the tokens on, then check it.
+        The attempt, its text, and the checked answer (None when it is no answer)."""
+        attempt = self._attempt(asked, q.query, given, how, q.stop)
+        q.tries.append(attempt.path)
+        raw = yield from self._stream(attempt, q.timings, q.t0)
+        return attempt, raw, self._check(q, raw, attempt.prompt.hits, ranked)
+
+    def _check(self, q: _Question, raw: str, shown: list[Hit], ranked: list[Hit]) -> citations.CheckedAnswer | None:
+        """The answer with its citations checked and repaired against the passages it was shown;
+        None when it cannot stand as an answer (see `rejection`): the reader gets a refusal."""
+        if not raw:
+            return None
+        further = ranked[len(shown) : self.settings.conflict_depth]
+        checked = citations.check(raw, shown, q.lang, q.text, further, guards=self.guards)
+        return None if rejection(q.text, raw, checked, shown, self.guards) else checked
+
+    def _finish(self, q: _Question, attempt: _Attempt, raw: str, checked: citations.CheckedAnswer | None) -> Answer:
+        """The Answer of the last try: its checked text and citations, or a refusal that shows
+        the passages it was given; with its tokens, paths and timings."""
         prompt = attempt.prompt
         if checked is None:
-            text = prompting.REFUSAL[lang]
-            answer = Answer(question, query, text, [], prompt.hits, refused=True, related=prompt.hits)
+            text = prompting.REFUSAL[q.lang]
+            answer = Answer(q.text, q.query, text, [], prompt.hits, refused=True, related=prompt.hits)
         else:
-            answer = Answer(
-                question,
-                query,
-                checked.text,
-                checked.citations,
-                prompt.hits,
-                unsupported=checked.unsupported,
-                factual_sentences=checked.factual_sentences,
-            )
+            answer = Answer(q.text, q.query, checked.text, checked.citations, prompt.hits,
+                            unsupported=checked.unsupported, factual_sentences=checked.factual_sentences)  # fmt: skip
         answer.raw_text = raw
         answer.prompt_tokens = attempt.usage.prompt_tokens
         answer.completion_tokens = attempt.usage.completion_tokens
         answer.path = attempt.path
-        answer.tries = tries
+        answer.tries = q.tries
         answer.cached_tokens = attempt.cached_tokens
-        timings["total"] = time.perf_counter() - t0
-        answer.timings = timings
-        yield Done(answer)
+        q.timings["total"] = time.perf_counter() - q.t0
+        answer.timings = q.timings
+        return answer
+
+    def _prompt_rules(self, question: str, hits: list[Hit]) -> _PromptRules:
+        """Which prompting guards apply to this question; each is counted when it does.
+
+        With Chinese passages in view the model answers some English questions in Chinese,
+        whatever the prompt says, and converts 亿 wrongly on its own; cached blocks never saw
+        one another, so a question that needs two passages read together (two parts, a
+        comparison) is answered from the whole prompt.
+        """
+        g = self.guards
+        english = prompting.language_of(question) == "en"
+        glossed = (prompting.english_figures(h.chunk.text) != h.chunk.text for h in hits)
+        g.when("english_figures", lambda: english and any(glossed))
+        return _PromptRules(
+            several=g.when("several_things", lambda: prompting.asks_several_things(question)),
+            ban_chinese=english and g.when("english_tokens", True),
+            reminder=english and g.when("english_reminder", True),
+            figures_in_english=g.on("english_figures"),
+        )
 
     def _attempt(self, question: str, query: str, hits: list[Hit], path: str, stop: threading.Event | None) -> _Attempt:
         """Start answering from `hits`: from their stored blocks when `path` allows and all are
         stored, else from the whole prompt (passages trimmed around the `query`'s words)."""
-        generator = self.get_generator()
+        rules = self._prompt_rules(question, hits)
+        cached = self.get_cached() if path != "ordinary" and not rules.several else None
+        if cached:
+            attempt = self._cached_attempt(question, hits, cached, rules, stop)
+            if attempt is not None:
+                return attempt
+        return self._ordinary_attempt(question, query, hits, rules, stop)
+
+    def _cached_attempt(
+        self, question: str, hits: list[Hit], cached: tuple[CachedBlockGenerator, BlockLookup],
+        rules: _PromptRules, stop: threading.Event | None,
+    ) -> _Attempt | None:  # fmt: skip
+        """Answer from the passages' stored KV blocks; None when one is not stored or they do not fit."""
+        generator, lookup = cached
         s = self.settings
-        # With Chinese passages in view the model answers some English questions in Chinese,
-        # whatever the prompt says; the generators then never choose a token that writes Chinese.
-        english = prompting.language_of(question) == "en"
-        # Cached blocks never saw one another, so a question that needs two passages read together
-        # (two parts, a comparison) is answered from the whole prompt.
-        several = prompting.asks_several_things(question)
-        cached = self.get_cached() if path != "ordinary" and not several else None
-        blocks = cached[1].blocks([h.chunk for h in hits]) if cached else None
-        if cached and blocks is not None and cached[0].engine.fits(blocks, s.max_answer_tokens):
-            placed = prompting.block_order(len(blocks), s.kv_order)
-            numbered = [hits[i] for i, _ in sorted(placed, key=lambda p: p[1])]  # passage n is numbered[n-1]
-            prompt = prompting.cached_prompt(question, numbered, [blocks[i].text for i, _ in placed], [n for _, n in placed])
-            labels = [prompting.block_label(n, first=j == 0) for j, (_, n) in enumerate(placed)]
-            stream = cached[0].stream_blocks(labels, [blocks[i] for i, _ in placed], prompting.question_tail(question),
-                                             s.max_answer_tokens, stop, english=english)  # fmt: skip
-            return _Attempt(prompt, stream, cached[0], "cached", sum(len(b.tokens) for b in blocks))
+        blocks = lookup.blocks([h.chunk for h in hits])
+        if blocks is None or not generator.engine.fits(blocks, s.max_answer_tokens):
+            return None
+        placed = prompting.block_order(len(blocks), s.kv_order)
+        numbered = [hits[i] for i, _ in sorted(placed, key=lambda p: p[1])]  # passage n is numbered[n-1]
+        texts, numbers = [blocks[i].text for i, _ in placed], [n for _, n in placed]
+        prompt = prompting.cached_prompt(question, numbered, texts, numbers, reminder=rules.reminder)
+        labels = [prompting.block_label(n, first=j == 0) for j, (_, n) in enumerate(placed)]
+        stream = generator.stream_blocks(labels, [blocks[i] for i, _ in placed],
+                                         prompting.question_tail(question, reminder=rules.reminder),
+                                         s.max_answer_tokens, stop, english=rules.ban_chinese)  # fmt: skip
+        return _Attempt(prompt, stream, generator, "cached", sum(len(b.tokens) for b in blocks))
+
+    def _ordinary_attempt(
+        self, question: str, query: str, hits: list[Hit], rules: _PromptRules, stop: threading.Event | None
+    ) -> _Attempt:
+        """Answer from the whole prompt: the passages numbered and cut around the `query`'s words.
+
+        A question that asks one thing gets the lean prompt (see lean_prompts in rag/config.py).
+        """
         from rag.index.lexical import words
 
-        # A question that asks one thing gets the lean prompt (see lean_prompts in rag/config.py).
-        lean = s.lean_prompts and not several
+        generator = self.get_generator()
+        s = self.settings
+        lean = s.lean_prompts and not rules.several
         first, later = (s.lean_first_chars, s.lean_later_chars) if lean else (s.passage_chars, s.passage_chars)
         prompt = prompting.build_prompt(
             question, hits, generator.count_tokens, s.prompt_token_budget, first, set(words(query)), later,
-            brief_headers=lean,
-        )
-        stream = generator.stream(prompt.messages(), s.max_answer_tokens, stop, english=english)
+            brief_headers=lean, reminder=rules.reminder, figures_in_english=rules.figures_in_english,
+        )  # fmt: skip
+        stream = generator.stream(prompt.messages(), s.max_answer_tokens, stop, english=rules.ban_chinese)
         return _Attempt(prompt, stream, generator, "ordinary")
 
     @staticmethod

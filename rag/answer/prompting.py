@@ -200,13 +200,16 @@ def build_prompt(
     terms: set[str] | None = None,
     later_passage_chars: int | None = None,
     brief_headers: bool = False,
+    reminder: bool = True,
+    figures_in_english: bool = True,
 ) -> Prompt:
     """Number the passages [1..n] within `budget` tokens (measured with the model's tokenizer).
 
     Passage [1] is cut to `passage_chars` around the `terms`, the others to
     `later_passage_chars` (default: the same). A passage that does not fit whole
     is cut at a sentence end; one that does not fit at all is left out, so the
-    runtime never truncates mid-passage. `brief_headers`: see passage_header.
+    runtime never truncates mid-passage. `brief_headers`: see passage_header;
+    `reminder`: see question_tail; `figures_in_english`: see english_figures (guards, rag/guards.py).
     """
     blocks: list[str] = []
     used: list[Hit] = []
@@ -216,7 +219,7 @@ def build_prompt(
         header = passage_header(len(used) + 1, hit, brief_headers)
         limit = passage_chars if not used or later_passage_chars is None else later_passage_chars
         body = focus(clean_text(hit.chunk.text), terms or set(), limit)
-        body = english_figures(body) if english else body
+        body = english_figures(body) if english and figures_in_english else body
         cost = count_tokens(header) + 2
         body = _trim_to_tokens(body, remaining - cost, count_tokens) if remaining > cost else ""
         if not body:
@@ -224,7 +227,7 @@ def build_prompt(
         blocks.append(f"{header}\n{body}")
         used.append(hit)
         remaining -= cost + count_tokens(body)
-    user = PASSAGES_HEADER + "\n\n".join(blocks) + question_tail(question)
+    user = PASSAGES_HEADER + "\n\n".join(blocks) + question_tail(question, reminder)
     return Prompt(SYSTEM_PROMPT, user, used)
 
 
@@ -256,10 +259,10 @@ def block_label(number: int, first: bool | None = None) -> str:
 ENGLISH_REMINDER = "\n(Answer in English; copy names and numbers exactly as the passages write them.)"
 
 
-def question_tail(question: str) -> str:
-    """What follows the passages: '\n\n问题：…', or '\n\nQuestion：…' and the English reminder."""
+def question_tail(question: str, reminder: bool = True) -> str:
+    """What follows the passages: '\n\n问题：…', or '\n\nQuestion：…' and (unless told not to) the English reminder."""
     if language_of(question) == "en":
-        return f"\n\nQuestion：{question.strip()}{ENGLISH_REMINDER}"
+        return f"\n\nQuestion：{question.strip()}{ENGLISH_REMINDER if reminder else ''}"
     return f"\n\n问题：{question.strip()}"
 
 
@@ -281,8 +284,10 @@ def block_order(n: int, order: str) -> list[tuple[int, int]]:
     return [(n - 1 - j, j + 1) for j in range(n)]
 
 
-def cached_prompt(question: str, hits: Sequence[Hit], blocks: Sequence[str], numbers: Sequence[int]) -> Prompt:
+def cached_prompt(
+    question: str, hits: Sequence[Hit], blocks: Sequence[str], numbers: Sequence[int], reminder: bool = True
+) -> Prompt:
     """The Prompt record of an answer served from cached blocks: the text the model read, in placement order;
     `hits` in number order (passage n is hits[n-1], as citations expect)."""
     body = "".join(block_label(n, first=j == 0) + b for j, (n, b) in enumerate(zip(numbers, blocks)))
-    return Prompt(SYSTEM_PROMPT, PASSAGES_HEADER + body + question_tail(question), list(hits))
+    return Prompt(SYSTEM_PROMPT, PASSAGES_HEADER + body + question_tail(question, reminder), list(hits))

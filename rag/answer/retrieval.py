@@ -206,7 +206,7 @@ class Retriever:
 
 
 def uncovered_names(query: str, hits: Sequence[Hit]) -> list[str]:
-    """Latin-script names of the query ("vLLM", "Claude Opus 4.5") that no passage mentions.
+    """Latin-script names of the query ("zLLM", "Orvell Cargo 4.5") that no passage mentions.
 
     A Chinese question about a name none of the best passages contains asks about
     something the documents do not cover; given only near misses, the small model

@@ -134,10 +134,10 @@ def test_uncited_supported_sentence_gets_a_marker() -> None:
 
 @pytest.mark.parametrize("written", ["", "[1]"])
 def test_of_two_passages_with_the_year_the_one_about_the_subject_is_cited(written: str) -> None:
-    # Both passages hold "2023", the one new word of the answer; only the second is about Moonshot AI.
-    hits = [hit(1, "间章 2023：Kimi Chat 在 2024 年收获了较高的热度，开源模型在 2023 年层出不穷。"),
-            hit(2, "Kimi k1.5：Moonshot AI 公司（成立于 2023 年的中国 AI 新创）推出的最新版本。")]  # fmt: skip
-    result = check(f"开发 Kimi 的 Moonshot AI 公司成立于 2023 年{written}。", hits, question="开发 Kimi 的公司是哪一年成立的？")
+    # Both passages hold "2023", the one new word of the answer; only the second is about Orvell Labs.
+    hits = [hit(1, "间章 2023：Tern Go 在 2024 年卖得很好，新款折叠车在 2023 年层出不穷。"),
+            hit(2, "Tern k2：Orvell Labs 公司（成立于 2023 年的一家单车新创）推出的最新车型。")]  # fmt: skip
+    result = check(f"造 Tern 的 Orvell Labs 公司成立于 2023 年{written}。", hits, question="造 Tern 的公司成立于哪一年？")
     assert numbers_of(result) == [2]
 
 
@@ -273,14 +273,14 @@ def test_other_number_for_the_same_fact_is_shown_and_cited() -> None:
     assert checked.conflicts == 1
 
 
-R1_TIMELINE = "2025年1月 - DeepSeek-R1\n├─ 深度求索发布\n├─ 🔥 开源推理模型（MIT许可）"
-R1_REPORT = "DeepSeek R1：由中国初创公司DeepSeek在2024年底发布的开源大型模型。"
+R1_TIMELINE = "2025年1月 - Orvell-R2\n├─ 奥维尔发布\n├─ 🔥 开源折叠车设计（MIT许可）"
+R1_REPORT = "Orvell R2：由初创公司Orvell在2024年底发布的开源车型。"
 
 
 def test_a_further_passage_that_dates_the_release_otherwise_is_cited_in_the_note() -> None:
-    shown = _hits(R1_TIMELINE, "DeepSeek-R1 的训练采用 GRPO 算法。")
+    shown = _hits(R1_TIMELINE, "Orvell-R2 的车架采用 7005 铝合金。")
     further = _hits(R1_REPORT)
-    checked = check("DeepSeek-R1 是在 2025 年 1 月发布的[1]。", shown, "zh", "DeepSeek-R1 是什么时候发布的？", further)
+    checked = check("Orvell-R2 是在 2025 年 1 月发布的[1]。", shown, "zh", "Orvell-R2 哪一年发布？", further)
     assert "资料说法不一" in checked.text and "2024年底" in checked.text
     assert [c.number for c in checked.citations] == [1, 3]  # the further passage follows the shown ones
     assert checked.citations[1].chunk.text == R1_REPORT
@@ -289,13 +289,13 @@ def test_a_further_passage_that_dates_the_release_otherwise_is_cited_in_the_note
 @pytest.mark.parametrize(
     "other",
     [
-        "2025 年 1 月下旬，DeepSeek 发布了 DeepSeek-R1。",  # same year, another wording
-        "DeepSeek-R1 超过了 2024 年发布的 o1 模型。",  # the year is o1's
-        "2024年12月 - DeepSeek-V3 发布",  # another model
+        "2025 年 1 月下旬，Orvell 发布了 Orvell-R2。",  # same year, another wording
+        "Orvell-R2 超过了 2024 年发布的 k7 车型。",  # the year is k7's
+        "2024年12月 - Orvell-V3 发布",  # another model
     ],
 )
 def test_release_dates_that_agree_or_belong_to_another_model_are_no_conflict(other: str) -> None:
-    checked = check("DeepSeek-R1 是在 2025 年 1 月发布的[1]。", _hits(R1_TIMELINE), "zh", "", _hits(other))
+    checked = check("Orvell-R2 是在 2025 年 1 月发布的[1]。", _hits(R1_TIMELINE), "zh", "", _hits(other))
     assert checked.conflicts == 0 and "说法不一" not in checked.text
 
 
@@ -306,14 +306,14 @@ def test_conflict_note_in_english() -> None:
 
 
 def test_figures_after_one_shared_word_are_not_a_conflict() -> None:
-    hits = _hits("o3 在 ARC-AGI 抽象推理测试上的成绩为 87.5%。", "在 FrontierMath 基准测试中达到 25.2% 的准确率。")
-    checked = check("o3 在 ARC-AGI 抽象推理测试上的成绩为 87.5%[1]。", hits)
+    hits = _hits("K7 在 Q-Bench 爬坡测试里的得分为 87.5%。", "在 Z-Bench 基准测试中达到 25.2% 的通过率。")
+    checked = check("K7 在 Q-Bench 爬坡测试里的得分为 87.5%[1]。", hits)
     assert checked.conflicts == 0
 
 
 def test_two_different_counts_of_one_thing_are_not_a_conflict() -> None:
-    hits = _hits("DBRX MoE架构：1320亿参数", "DBRX 每个token激活360亿参数")
-    checked = check("DBRX 一共有 1320亿参数[1]。", hits)
+    hits = _hits("Tern-X 混合架构：980亿参数", "Tern-X 每个token激活120亿参数")
+    checked = check("Tern-X 一共有 980亿参数[1]。", hits)
     assert checked.conflicts == 0 and "说法不一" not in checked.text
 
 
@@ -321,7 +321,7 @@ def test_answer_with_only_unsupported_invented_figures_is_invented() -> None:
     from rag.answer.citations import is_invented
 
     hits = _hits("DeepSeek-V3 采用 FP8 混合精度训练，训练成本仅557.6万美元。")
-    invented = "DeepSeek-V3 训练时用了 16 张 GPU，型号为 NVIDIA A100。"
+    invented = "训练 DeepSeek-V3 的是 16 张 GPU，型号为 NVIDIA A100。"
     assert is_invented(check(invented, hits), invented, hits)
     grounded = "训练成本仅557.6万美元[1]。"
     assert not is_invented(check(grounded, hits), grounded, hits)
@@ -461,17 +461,17 @@ def test_invented_chip_name_or_count_makes_an_answer_invented() -> None:
     from rag.answer.citations import is_invented
 
     hits = _hits("DeepSeek-R1 支持 128K 上下文窗口，训练成本仅557.6万美元。")
-    for answer in ("DeepSeek-V3 训练时用了 128 张 GPU。", "DeepSeek-V3 训练时用的是 H800 显卡。"):
+    for answer in ("训练 DeepSeek-V3 的是 128 张 GPU。", "训练 DeepSeek-V3 的是 H800 显卡。"):
         assert is_invented(check(answer, hits), answer, hits), answer
 
 
 def test_a_version_number_reused_as_a_figure_is_invented() -> None:
     from rag.answer.citations import is_invented
 
-    hits = _hits("Kimi k1.5 由月之暗面发布，支持 128K tokens 的上下文窗口。")
-    invented = "Kimi k1.5 模型有大约 1.5 亿个参数。"  # the 1.5 is the version, "1.5亿" is nowhere
+    hits = _hits("Tern k2.5 由奥维尔发布，电池支持 128K 次充放电。")
+    invented = "Tern k2.5 车型大约有 2.5 亿个零件。"  # the 2.5 is the version, "2.5亿" is nowhere
     assert is_invented(check(invented, hits), invented, hits)
-    written = "Kimi k1.5 模型支持 128K tokens 的上下文窗口[1]。"
+    written = "Tern k2.5 的电池支持 128K 次充放电[1]。"
     assert not is_invented(check(written, hits), written, hits)
 
 
@@ -479,11 +479,11 @@ def test_unsupported_answer_that_only_restates_the_question_is_a_non_answer() ->
     from rag.answer.citations import adds_nothing, is_invented
 
     hits = _hits("Orvell 发布了 Tern 3 折叠车，在车重上有明显改进。")
-    question = "Orvell 这家公司是谁创办的？"
-    echo = "Orvell 这家公司是由 Orvell 公司创办的。"
+    question = "谁创立了 Orvell 这家公司？"
+    echo = "Orvell 这家公司由 Orvell 公司创立。"
     assert adds_nothing(echo, question)
     assert is_invented(check(echo, hits), echo, hits, question)
-    assert not adds_nothing("Orvell 由前 Vega 员工创办。", question)
+    assert not adds_nothing("Orvell 由前 Vega 员工创立。", question)
 
 
 @pytest.mark.parametrize(
@@ -491,9 +491,9 @@ def test_unsupported_answer_that_only_restates_the_question_is_a_non_answer() ->
     [
         ("Vega 2.5 台灯有多少档亮度？", "Vega 2.5 台灯有11小时的续航[1]。", True),
         ("Vega 2.5 台灯有多少档亮度？", "资料没有给出 Vega 2.5 的亮度档位。", False),
-        ("K7o 能支持多少种语言？", "K7o 支持50多种语言[1]。", False),
+        ("K7o 的菜单有多少种语言？", "K7o 的菜单有50多种语言[1]。", False),
         ("Tern 3 出厂一共跑了多少 公里 的路测？", "Tern 3 做了更多严格路测[1]。", True),
-        ("剪枝能把参数砍掉多少？", "可以砍掉30%[1]。", False),  # nothing named after 多少: no check
+        ("压缩能把体积减少多少？", "可以减少30%[1]。", False),  # nothing named after 多少: no check
         ("How many parameters does it have?", "It has 175B.", False),
         # a parameter count, but of the model next to the one asked about
         ("K7 到底有多少档位？", "K7 沿用了旧底座。凭借惊人的12档调节，K6 突破了界限[1]。", True),
@@ -537,16 +537,16 @@ def test_trailing_filler_sentence_is_dropped() -> None:
 
 
 def test_words_taken_over_from_the_question_do_not_count_against_a_passage() -> None:
-    hits = _hits("Claude 3.5 Sonnet 将上下文窗口扩展到 200K tokens。")
-    answer = "Claude 3.5 Sonnet 一次最多能塞进去 200K tokens。"
-    assert check(answer, hits).citations == []  # "一次最多能塞进去" is not in the passage
-    checked = check(answer, hits, question="Claude 3.5 Sonnet 一次最多能塞进去多少内容？")
+    hits = _hits("Tern 3.5 Cargo 将货架载重提高到 200K 克。")
+    answer = "Tern 3.5 Cargo 后座一次最多能驮上 200K 克。"
+    assert check(answer, hits).citations == []  # "后座一次最多能驮上" is not in the passage
+    checked = check(answer, hits, question="Tern 3.5 Cargo 后座一次最多能驮上多重的东西？")
     assert [c.number for c in checked.citations] == [1] and checked.unsupported == []
     # The question's words do not excuse a figure the passage lacks.
     wrong = check(
-        "Claude 3.5 Sonnet 一次最多能塞进去 100K tokens。",
+        "Tern 3.5 Cargo 后座一次最多能驮上 100K 克。",
         hits,
-        question="Claude 3.5 Sonnet 一次最多能塞进去多少内容？",
+        question="Tern 3.5 Cargo 后座一次最多能驮上多重的东西？",
     )
     assert wrong.citations == []
 
@@ -587,3 +587,50 @@ def test_a_loop_on_one_token_or_one_item_is_degenerate(answer: str, degenerate: 
     from rag.answer.citations import is_degenerate
 
     assert is_degenerate(answer) is degenerate
+
+
+# ---------------------------------------------------------------- guards (rag/guards.py)
+
+
+@pytest.mark.parametrize(
+    ("answer", "guard", "with_it", "without_it"),
+    [
+        # a marker on the wrong passage moves to the right one; off, the model's marker stays
+        ("DeepSeek-V3 的完整训练仅花费557.6万美元[2]。", "repair_markers", "557.6万美元[1]。", "557.6万美元[2]。"),
+        # a supported sentence without a marker gets one; off, it stays bare
+        ("DeepSeek-V3 的完整训练仅花费557.6万美元。", "attach_markers", "557.6万美元[1]。", "557.6万美元。"),
+        # a sentence that only points at the sources goes; off, it stays
+        ("根据资料。Transformer 由谷歌在2017年提出[2]。", "drop_filler", "Transformer", "根据资料。Transformer"),
+        # the space between a figure and a Chinese unit goes; off, it stays
+        ("Transformer 由谷歌在 2017 年提出[2]。", "tidy_figures", "在2017年提出", "在 2017 年提出"),
+    ],
+)
+def test_each_citation_repair_is_counted_and_can_be_turned_off(
+    answer: str, guard: str, with_it: str, without_it: str
+) -> None:
+    from rag.guards import Guards
+
+    on, off = Guards(), Guards.without([guard])
+    assert with_it in check(answer, TWO, guards=on).text and on.counts[guard] == 1
+    assert without_it in check(answer, TWO, guards=off).text and not off.counts[guard]
+
+
+def test_an_unsupported_sentence_is_flagged_whether_or_not_its_marker_is_repaired() -> None:
+    from rag.guards import Guards
+
+    wrong = "DeepSeek-V3 的参数量是6710亿[1]。"  # passage [1] gives the cost, not the size
+    for guards in (Guards(), Guards.without(["repair_markers"])):
+        assert check(wrong, TWO, guards=guards).unsupported == ["DeepSeek-V3 的参数量是6710亿"]
+    assert numbers_of(check(wrong, TWO, guards=Guards.without(["repair_markers"]))) == [1]
+    assert numbers_of(check(wrong, TWO)) == []
+
+
+def test_refusal_guards_of_the_check_say_which_rule_rejected() -> None:
+    from rag.answer.citations import invented_reason
+    from rag.guards import Guards
+
+    made_up = "训练 DeepSeek-V3 的是 4096 张 A100 GPU。"  # no passage names A100 or 4096
+    checked = check(made_up, TWO)
+    assert invented_reason(checked, made_up, TWO) == "uncited_zh"
+    assert invented_reason(checked, made_up, TWO, guards=Guards.without(["uncited_zh"])) == "invented"
+    assert invented_reason(checked, made_up, TWO, guards=Guards.without(["uncited_zh", "invented"])) is None

@@ -181,7 +181,7 @@ def test_self_refusal_is_asked_again_with_the_most_on_topic_passage_whatever_its
     monkeypatch.setattr(Retriever, "rank", lambda self, q, k: (r := rank(self, q, k))[1:2] + r[:1] + r[2:])  # best second
     reply = "DeepSeek-V3 采用混合专家（MoE）架构[1]。"
     generator = FakeGenerator(["资料中没有相关信息。", reply])
-    events, answer = run(Pipeline(settings, embedder=FakeEmbedder(), generator=generator), "DeepSeek-V3 采用混合专家架构吗？")
+    events, answer = run(Pipeline(settings, embedder=FakeEmbedder(), generator=generator), "DeepSeek-V3 的架构是不是混合专家？")
     plain = events[0].hits[1]
     assert "混合专家" in plain.chunk.text and "混合专家" not in events[0].hits[0].chunk.text
     assert len(generator.calls) == 2 and answer.hits == [plain]
@@ -215,9 +215,9 @@ def test_no_evidence_refuses_without_calling_the_model(settings) -> None:  # typ
 
 
 def test_name_no_passage_mentions_refuses_without_calling_the_model(settings) -> None:  # type: ignore[no-untyped-def]
-    generator = FakeGenerator(["vLLM 由 DeepSeek 团队开发[1]。"])
+    generator = FakeGenerator(["Ollama 可以运行 DeepSeek-V3[1]。"])
     pipeline = Pipeline(settings, embedder=FakeEmbedder(), generator=generator)
-    events, answer = run(pipeline, "vLLM 推理框架是 DeepSeek 开发的吗？")
+    events, answer = run(pipeline, "Ollama 能运行 DeepSeek-V3 吗？")
     assert isinstance(events[0], Retrieved) and events[0].hits == []
     assert answer.refused and answer.related and generator.calls == []
     # English questions are all Latin words: the check does not apply to them.
@@ -239,8 +239,8 @@ def test_company_no_document_names_refuses_without_calling_the_model(settings) -
 @pytest.mark.parametrize(
     ("question", "reply"),
     [
-        ("DeepSeek-V3 的训练用了什么硬件？", "DeepSeek-V3 训练时用了 4096 张 A100 GPU[1]。"),  # no passage gives these
-        ("DeepSeek-V3 这家公司是谁创办的？", "DeepSeek-V3 这家公司是由 DeepSeek-V3 公司创办的。"),  # only restates
+        ("DeepSeek-V3 的训练用了什么硬件？", "训练 DeepSeek-V3 的是 4096 张 A100 GPU[1]。"),  # no passage gives these
+        ("谁创立了 DeepSeek-V3 这家公司？", "DeepSeek-V3 这家公司由 DeepSeek-V3 公司创立。"),  # only restates
     ],
 )
 def test_answers_that_cannot_stand_become_refusals(settings, question: str, reply: str) -> None:  # type: ignore[no-untyped-def]
@@ -417,3 +417,91 @@ def test_load_without_the_chat_model(settings, monkeypatch: pytest.MonkeyPatch) 
 
     assert set(pipeline.load(chat_model=False)) == {"index", "embedder", "jieba"}
     assert pipeline.generator is None and pipeline.embedder is not None
+
+
+# ---------------------------------------------------------------- guards (rag/guards.py)
+
+
+def test_the_settings_choose_the_guards_that_are_off(settings) -> None:  # type: ignore[no-untyped-def]
+    assert make(settings).guards.disabled == frozenset()
+    off = make(replace(settings, disabled_guards=("echo", "focus_retry")))
+    assert off.guards.disabled == {"echo", "focus_retry"}
+
+
+@pytest.mark.parametrize(
+    ("question", "reply", "rejected_by"),
+    [
+        # In line: the first guard rejects it; with that one off, the next one does.
+        ("DeepSeek-V3 的训练用了什么硬件？", "训练 DeepSeek-V3 的是 4096 张 A100 GPU[1]。", ["uncited_zh", "invented"]),
+        ("谁创立了 DeepSeek-V3 这家公司？", "DeepSeek-V3 这家公司由 DeepSeek-V3 公司创立。", ["uncited_zh", "echo"]),
+        ("DeepSeek-V3 用了多少张显卡？", COST_REPLY, ["misses_the_count"]),
+        ("DeepSeek-V3 的训练成本是多少？", "1. 1. 1. 1. 1. 1. 1.", ["degenerate"]),
+    ],
+)
+def test_each_refusal_guard_is_counted_and_when_off_lets_the_text_through(  # type: ignore[no-untyped-def]
+    settings, question: str, reply: str, rejected_by: list[str]
+) -> None:
+    pipeline = make(settings, reply)
+    assert run(pipeline, question)[1].refused
+    assert pipeline.guards.counts[rejected_by[0]] == 1
+    assert not any(pipeline.guards.counts[name] for name in rejected_by[1:])  # the first in line decided
+    for n in range(1, len(rejected_by)):
+        partly = make(replace(settings, disabled_guards=tuple(rejected_by[:n])), reply)
+        assert run(partly, question)[1].refused and partly.guards.counts[rejected_by[n]] == 1
+    off = make(replace(settings, disabled_guards=tuple(rejected_by)), reply)
+    _, kept = run(off, question)
+    assert not kept.refused and kept.raw_text == reply
+
+
+def test_refusals_before_the_model_are_counted_and_can_be_turned_off(settings) -> None:  # type: ignore[no-untyped-def]
+    unknown_name = "Ollama 能运行 DeepSeek-V3 吗？"  # a Latin name no passage mentions
+    pipeline = make(settings, COST_REPLY)
+    assert run(pipeline, unknown_name)[1].refused and pipeline.generator.calls == []  # type: ignore[union-attr]
+    assert dict(pipeline.guards.counts) == {"uncovered_names": 1}
+    off = make(replace(settings, disabled_guards=("uncovered_names",)), COST_REPLY)
+    run(off, unknown_name)
+    assert len(off.generator.calls) == 1  # type: ignore[union-attr]
+
+    strict = replace(settings, min_dense_score=0.999)
+    far = "量子计算机的冷却系统"  # no evidence above the threshold
+    pipeline = make(strict, COST_REPLY)
+    assert run(pipeline, far)[1].refused and pipeline.guards.counts["evidence_threshold"] == 1
+    off = make(replace(strict, disabled_guards=("evidence_threshold",)), COST_REPLY)
+    _, answer = run(off, far)
+    assert len(off.generator.calls) == 1 and answer.hits  # type: ignore[union-attr]
+
+
+def test_the_focus_retry_is_counted_and_can_be_turned_off(settings) -> None:  # type: ignore[no-untyped-def]
+    pipeline = make(settings, "资料中没有相关信息。", COST_REPLY)
+    assert not run(pipeline, "DeepSeek-V3 的训练成本是多少？")[1].refused
+    assert pipeline.guards.counts["focus_retry"] == 1
+    off = make(replace(settings, disabled_guards=("focus_retry",)), "资料中没有相关信息。", COST_REPLY)
+    events, answer = run(off, "DeepSeek-V3 的训练成本是多少？")
+    assert answer.refused and len(off.generator.calls) == 1 and not any(isinstance(e, Restart) for e in events)  # type: ignore[union-attr]
+
+
+def test_the_english_prompt_rules_are_counted_and_can_be_turned_off(settings) -> None:  # type: ignore[no-untyped-def]
+    rules = ("english_reminder", "english_tokens", "english_figures")
+    question = "How many parameters does DeepSeek-V3 have?"
+    on = make(settings, "It has 671 billion [1].")
+    run(on, question)
+    call = on.generator.calls[0]  # type: ignore[union-attr]
+    assert call["english"] and call["messages"][1]["content"].endswith(ENGLISH_REMINDER)
+    assert "671 billion" in call["messages"][1]["content"]
+    assert all(on.guards.counts[r] == 1 for r in rules)
+    off = make(replace(settings, disabled_guards=rules), "It has 671 billion [1].")
+    run(off, question)
+    call = off.generator.calls[0]  # type: ignore[union-attr]
+    assert not call["english"] and not call["messages"][1]["content"].endswith(ENGLISH_REMINDER)
+    assert "671 billion" not in call["messages"][1]["content"] and "6710" in call["messages"][1]["content"]
+    assert not any(off.guards.counts[r] for r in rules)
+
+
+def test_a_two_part_question_gets_the_lean_prompt_when_several_things_is_off(settings) -> None:  # type: ignore[no-untyped-def]
+    two_parts = "DeepSeek-V3 的训练成本是多少？用了什么架构？"
+    on, off = make(settings, COST_REPLY), make(replace(settings, disabled_guards=("several_things",)), COST_REPLY)
+    run(on, two_parts)
+    run(off, two_parts)
+    whole, lean = (p.generator.calls[0]["messages"][1]["content"] for p in (on, off))  # type: ignore[union-attr]
+    assert "《" in whole and "《" not in lean
+    assert on.guards.counts["several_things"] == 1 and not off.guards.counts["several_things"]

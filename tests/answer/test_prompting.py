@@ -92,10 +92,10 @@ def test_passage_header() -> None:
 @pytest.mark.parametrize(
     ("question", "several"),
     [
-        ("K7 电水壶的容量有多大？当时普通人能直接买到它吗？", True),
+        ("K7 电水壶的容量有多大？现在还能买到吗？", True),
         ("Tern-2 和 Vega 3.1 的电池续航分别有多长？", True),
         ("k7-mini 跟完整版 k7 相比有什么优势？", True),
-        ("Orvell 和 Tern 的设计思路有什么根本不同？", True),
+        ("Orvell 和 Tern 的车架设计有什么不同？", True),
         ("How many modes does the Tern lamp have, and what does each do?", True),
         ("How does GPT-4 compare with Claude 3?", True),
         ("DeepSeek-V3 的训练成本是多少？", False),

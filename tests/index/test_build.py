@@ -336,7 +336,7 @@ OWN_QUESTIONS = [
     "什么是混合专家（MoE）架构？",
     "Transformer 架构是哪一年提出的？",
     "GPQA Diamond 是什么样的评测基准？",
-    "What Elo rating did OpenAI's o3 reach on Codeforces?",
+    "Which company proposed the Transformer architecture?",
     "ChatGPT 是什么时候发布的？",
     "RLHF 是什么？",
     "量子计算机的冷却系统",
