@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rag.answer import citations
+from rag.answer import citations, hygiene
 from rag.index import lexical
 from rag.answer import prompting
 from rag.errors import QuestionError
@@ -296,7 +296,8 @@ class Pipeline:
             tries.append(attempt.path)
             raw = yield from self._stream(attempt, timings, t0)
             further = ranked[len(attempt.prompt.hits) : self.settings.conflict_depth]
-            checked = citations.check(raw, attempt.prompt.hits, lang, question, further) if raw else None
+            # Each sentence said once before it is checked (hygiene.drop_repeats); loops are judged on `raw`.
+            checked = citations.check(hygiene.drop_repeats(raw), attempt.prompt.hits, lang, question, further) if raw else None
             good = checked is not None and not not_an_answer(question, raw, checked, attempt.prompt.hits)
             return attempt, raw, checked if good else None
 
@@ -325,6 +326,7 @@ class Pipeline:
             text = prompting.REFUSAL[lang]
             answer = Answer(question, query, text, [], prompt.hits, refused=True, related=prompt.hits)
         else:
+            checked = hygiene.set_aside_unsupported(checked, lang)  # not presented as the answer
             answer = Answer(
                 question,
                 query,
