@@ -587,3 +587,10 @@ def test_a_loop_on_one_token_or_one_item_is_degenerate(answer: str, degenerate: 
     from rag.answer.citations import is_degenerate
 
     assert is_degenerate(answer) is degenerate
+
+
+def test_a_sentence_opening_before_a_figure_is_no_versioned_name() -> None:
+    from rag.answer.citations import versioned_names
+
+    assert versioned_names("At 250 °C for 20 minutes, then In 2023 and About 40 more.") == set()
+    assert versioned_names("Llama 3 and GPT-4 differ.") == {"llama 3", "gpt-4"}
