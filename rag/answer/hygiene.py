@@ -90,7 +90,7 @@ def _renumber(lines: list[str]) -> list[str]:
     for line in lines:
         m = _NUMBERED.match(line)
         if m:
-            line = f"{m.group(1)}{expected}{m.group(3)}{line[m.end():]}"
+            line = f"{m.group(1)}{expected}{m.group(3)}{line[m.end() :]}"
             expected += 1
         elif line.strip():
             expected = 1

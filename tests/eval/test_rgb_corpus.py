@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rag_eval import rgb, rgb_corpus
-from rag_eval.metrics import EvalQuestion, evaluate_answers, load_questions
 from rag.errors import RagError
 from rag.schema import Answer, Chunk, Citation, Hit
+from rag_eval import rgb, rgb_corpus
+from rag_eval.metrics import EvalQuestion, evaluate_answers, load_questions
 from tests.fakes import FakeEmbedder, isolate
 
 ROWS = [
