@@ -105,6 +105,40 @@ def _settings(ctx: typer.Context):  # type: ignore[no-untyped-def]
     return load_settings()
 
 
+CorpusOpt = Annotated[
+    Path | None,
+    typer.Option("--corpus", help="Evaluate on this document folder instead (indexed first, into --index-dir).", metavar="DIR"),
+]
+IndexDirOpt = Annotated[
+    Path | None, typer.Option("--index-dir", help="--corpus: its index (default: <cache>/eval-index/<folder hash>).")
+]
+
+
+def on_corpus(settings, corpus: Path | None, index_dir: Path | None, quiet: bool):  # type: ignore[no-untyped-def]
+    """The settings pointed at `corpus` and an index of its own, built or updated first (None: unchanged).
+
+    The index lives outside the product's index folder, keyed by the corpus folder's path, so
+    evaluating a foreign corpus never touches the index the page answers from.
+    """
+    import hashlib
+    from dataclasses import replace
+
+    from rag.cli import run_index
+
+    if corpus is None:
+        return settings
+    if not corpus.is_dir():
+        raise ConfigError(f"{corpus} is not a folder.", "Give the folder of documents, e.g. /tmp/rgb-zh/corpus.")
+    digest = hashlib.sha256(str(corpus.resolve()).encode()).hexdigest()[:12]
+    index = index_dir or settings.cache_dir / "eval-index" / digest
+    # The passage KV store belongs to the product's own corpus.
+    settings = replace(settings, corpus_dir=corpus, index_dir=index, kv_cache=False)
+    if not quiet:
+        typer.echo(f"Indexing {corpus} into {index}…", err=True)
+    run_index(settings, quiet=quiet)
+    return settings
+
+
 @eval_app.command("retrieval")
 def retrieval_cmd(
     ctx: typer.Context,
@@ -115,6 +149,8 @@ def retrieval_cmd(
     ] = None,
     miss_k: Annotated[int, typer.Option("--miss-k", help="List the questions missed at hit@this k.")] = 5,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    corpus: CorpusOpt = None,
+    index_dir: IndexDirOpt = None,
 ) -> None:
     """Rank every question with the product's retriever; print hit@k, recall@k, MRR@10 and the misses."""
     from rag_eval.metrics import evaluate_retrieval, format_misses, format_table, load_questions, parse_ks
@@ -123,7 +159,7 @@ def retrieval_cmd(
     try:
         ks = parse_ks(k)
         questions = _questions(eval_file, load_questions)
-        settings = _settings(ctx)
+        settings = on_corpus(_settings(ctx), corpus, index_dir, quiet)
         if not quiet:
             typer.echo(f"Loading the index and {settings.embed_model}…", err=True)
         retriever = Pipeline(settings).retriever()
@@ -172,6 +208,8 @@ def answers_cmd(
         typer.Option("--path", help="auto, cached (passage KV store), ordinary, or both (each question on both paths)."),
     ] = "auto",
     without: Annotated[str, typer.Option("--without", help=WITHOUT_HELP, metavar="NAME[,NAME]")] = "",
+    corpus: CorpusOpt = None,
+    index_dir: IndexDirOpt = None,
 ) -> None:
     """Answer every question with the full pipeline; print key-term, refusal and citation metrics and timings."""
     from dataclasses import replace
@@ -183,7 +221,7 @@ def answers_cmd(
         if path not in ("auto", "cached", "ordinary", "both"):
             raise ConfigError(f"Unknown --path '{path}'.", "Use auto, cached, ordinary or both.")
         questions = _questions(eval_file, load_questions)[:limit]
-        settings = _with_guards_off(_settings(ctx), without)
+        settings = on_corpus(_with_guards_off(_settings(ctx), without), corpus, index_dir, quiet)
         if model:
             settings = replace(settings, chat_model=model)
         pipeline = Pipeline(settings)
@@ -224,8 +262,8 @@ def answers_cmd(
     except RagError as exc:
         _fail(exc)
         return
-    typer.echo(f"Answers on {eval_file} ({len(questions)} questions; chat model {settings.chat_model}, "
-               f"embedder {settings.embed_model}, top_k {settings.top_k}; path {path})")  # fmt: skip
+    typer.echo(f"Answers on {eval_file} ({len(questions)} questions; corpus {settings.corpus_dir}; chat model "
+               f"{settings.chat_model}, embedder {settings.embed_model}, top_k {settings.top_k}; path {path})")  # fmt: skip
     typer.echo(_guard_lines(pipeline.guards) + "\n")
     for which, paths in served.items():
         counts = ", ".join(f"{p} {paths.count(p)}" for p in sorted(set(paths)))
@@ -241,7 +279,7 @@ def answers_cmd(
     if missed:
         typer.echo(f"\nAnswerable questions missing a key term ({len(missed)}):")
         for r in missed:
-            typer.echo(f"  {r.id} [{r.type}] needs {r.must_include}: {' '.join(r.answer.split())[:100]}")
+            typer.echo(f"  {r.id} [{r.type}] needs {r.groups}: {' '.join(r.answer.split())[:100]}")
     if json_out is not None:
         data = report.to_dict()
         data.update(eval_file=str(eval_file), chat_model=settings.chat_model, embed_model=settings.embed_model,
@@ -452,6 +490,41 @@ def rgb_cmd(
         data.update(rgb_file=str(rgb_file), embed_model=settings.embed_model, chat_model=settings.chat_model,
                     peak_rss_mb=rgb.peak_rss_mb())  # fmt: skip
         save_report(json_out, data)
+
+
+@eval_app.command("corpus-from-rgb")
+def corpus_from_rgb_cmd(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write (outside the repository), e.g. /tmp/rgb-zh.", metavar="OUT_DIR")],
+    lang: Annotated[str, typer.Option("--lang", help="zh or en: reads ../shared/bench/rgb/<lang>_refine.json.")] = "zh",
+    rgb_file: Annotated[Path | None, typer.Option("--rgb-file", help="RGB rows to read instead.")] = None,
+    rows: Annotated[int, typer.Option("--rows", help="Answerable questions (rows whose positives are in the corpus).")] = 60,
+    unanswerable: Annotated[int, typer.Option("--unanswerable", help="Rows whose positives are left out.")] = 20,
+    noise: Annotated[int, typer.Option("--noise", help="Negative passages of each row put in the corpus.")] = 5,
+    max_positive: Annotated[int, typer.Option("--max-positive", help="Positive passages of each row put in.")] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Which rows: the file shuffled with this seed.")] = 0,
+) -> None:
+    """Write an RGB corpus folder (one .txt per passage) and its question file with answer groups.
+
+    Then: rag eval answers OUT_DIR/questions.jsonl --corpus OUT_DIR/corpus (and eval retrieval the same way).
+    """
+    from rag_eval import rgb, rgb_corpus
+
+    try:
+        if lang not in ("zh", "en"):
+            raise ConfigError(f"Unknown --lang '{lang}'.", "Use zh or en.")
+        source = rgb_file or Path("../shared/bench/rgb") / f"{lang}_refine.json"
+        data = rgb.load_rows(source)
+        corpus = rgb_corpus.build_corpus(data, rows, unanswerable, noise, max_positive, seed, lang)
+        provenance = {"source": str(source.resolve()), "lang": lang, "rows": rows, "unanswerable_rows": unanswerable,
+                      "noise": noise, "max_positive": max_positive, "seed": seed}  # fmt: skip
+        questions = rgb_corpus.write_corpus(corpus, out_dir, lang, provenance)
+    except RagError as exc:
+        _fail(exc)
+        return
+    typer.echo(rgb_corpus.summary(corpus))
+    folder = questions.parent / "corpus"
+    typer.echo(f"\nCorpus: {folder}\nQuestions: {questions}\n\n"
+               f"  rag eval answers {questions} --corpus {folder}\n  rag eval retrieval {questions} --corpus {folder}")  # fmt: skip
 
 
 @eval_app.command("scale")

@@ -75,10 +75,17 @@ class EvalQuestion:
     must_include: tuple[str, ...]
     evidence: tuple[Evidence, ...]
     type: str
+    # Answer groups: every group must occur in the answer, any one alternative of a group
+    # ([["12 people", "twelve people"], ["Tuesday"]]). Empty: each must_include term is a group.
+    groups: tuple[tuple[str, ...], ...] = ()
 
     @property
     def answerable(self) -> bool:
-        return bool(self.evidence)
+        return bool(self.evidence or self.groups)
+
+    @property
+    def answer_groups(self) -> tuple[tuple[str, ...], ...]:
+        return self.groups or tuple((t,) for t in self.must_include)
 
 
 def _require(obj: dict[str, Any], key: str, typ: type, where: str) -> Any:
@@ -120,7 +127,21 @@ def parse_question(obj: object, where: str = "question") -> EvalQuestion:
             raise EvalFileError(f"{where}: evidence[{i}] has an empty quote.", "Fix that line of the question file.")
         evidence.append(Evidence(doc=ev.get("doc", ""), quote=ev["quote"]))
     qtype = _require(obj, "type", str, where)
-    return EvalQuestion(qid, question, answer, tuple(must), tuple(evidence), qtype)
+    return EvalQuestion(qid, question, answer, tuple(must), tuple(evidence), qtype, _groups(obj.get("groups", []), where))
+
+
+def _groups(raw: object, where: str) -> tuple[tuple[str, ...], ...]:
+    """'groups': [["a", "b"], "c"] -> (("a", "b"), ("c",)): a bare string is a group of one alternative."""
+    bad = EvalFileError(f"{where}: 'groups' must be a list of lists of strings.", "Fix that line of the question file.")
+    if not isinstance(raw, list):
+        raise bad
+    groups = []
+    for group in raw:
+        alternatives = [group] if isinstance(group, str) else group
+        if not isinstance(alternatives, list) or not alternatives or not all(isinstance(a, str) and a.strip() for a in alternatives):
+            raise bad
+        groups.append(tuple(alternatives))
+    return tuple(groups)
 
 
 def load_questions(path: str | Path) -> list[EvalQuestion]:
@@ -362,7 +383,8 @@ def evaluate_question(
             qr.found_in = sorted({path for path, text in corpus if squashed_quotes[i] in text})
             qr.in_index = bool(qr.found_in)
         quotes.append(qr)
-    return QuestionResult(q.id, q.type, q.question, q.answerable, quotes, passages, must_include=q.must_include)
+    # Retrieval counts a question with evidence quotes: groups alone say nothing about where the answer is.
+    return QuestionResult(q.id, q.type, q.question, bool(q.evidence), quotes, passages, must_include=q.must_include)
 
 
 def evaluate_retrieval(
@@ -555,6 +577,27 @@ def contains_terms(answer: str, terms: Sequence[str]) -> bool:
     return all(squash(_nfkc(t)) in text for t in terms)
 
 
+def groups_found(answer: str, groups: Sequence[Sequence[str]]) -> list[bool]:
+    """Per group: does one of its alternatives occur in the answer (NFKC, case and spaces ignored)?"""
+    text = squash(_nfkc(answer))
+    return [any(squash(_nfkc(a)) in text for a in group) for group in groups]
+
+
+def shown_as_answer(text: str) -> str:
+    """What the product presents as the answer: the text before its notes (sentences no passage
+    supports, set aside by rag/answer/hygiene.py; "the sources differ", which quotes passages).
+    Accuracy is judged on this, so a figure the answer only quotes in a note does not count."""
+    from rag.answer.citations import CONFLICT_NOTE
+    from rag.answer.hygiene import answer_body
+
+    text = answer_body(text)
+    for note in CONFLICT_NOTE.values():
+        at = text.find(note.split("{refs}")[0])
+        if at >= 0:
+            text = text[:at]
+    return text.strip()
+
+
 def citation_is_precise(answer_text: str, number: int, passage: str, quotes: Sequence[str]) -> bool:
     """The cited passage covers an evidence quote, or holds the key terms of a sentence citing it."""
     from rag.answer.citations import SUPPORTS, key_terms, sentences_citing, support
@@ -583,7 +626,7 @@ class AnswerResult:
     answer: str
     refused: bool
     must_include: list[str]
-    has_terms: bool
+    has_terms: bool  # every group (key term) in the text shown as the answer, notes left out
     citations: list[dict[str, Any]]  # number, file, start, end, text, precise
     passages: list[dict[str, Any]]  # what the model was given
     query: str
@@ -594,6 +637,9 @@ class AnswerResult:
     completion_tokens: int = 0
     raw_answer: str = ""
     tries: list[str] = field(default_factory=list)  # path of each generation (rag.schema.Answer.tries)
+    groups: list[list[str]] = field(default_factory=list)
+    part_credit: float = 0.0  # share of the groups in the text shown as the answer
+    terms_anywhere: bool = False  # every group somewhere in what is shown, notes included
 
 
 def _median_p90(values: list[float]) -> tuple[float | None, float | None]:
@@ -620,6 +666,8 @@ class AnswerMetrics:
     answer_ttft_median: float | None = None
     # Independent of the product: cited passage holds an evidence quote or a reference term.
     citation_precision_independent: float | None = None
+    part_credit: float | None = None  # mean share of groups found, over answerable questions
+    accuracy_anywhere: float | None = None  # all groups somewhere in the shown text, notes included
 
     @classmethod
     def of(cls, results: Sequence[AnswerResult]) -> AnswerMetrics:
@@ -638,6 +686,8 @@ class AnswerMetrics:
             questions=len(results),
             answerable=len(answerable),
             key_term_accuracy=share([r.has_terms for r in answerable]),
+            part_credit=(sum(r.part_credit for r in answerable) / len(answerable)) if answerable else None,
+            accuracy_anywhere=share([r.terms_anywhere for r in answerable]),
             refusal_accuracy=share([r.refused for r in unanswerable]),
             false_refusal_rate=share([r.refused for r in answerable]),
             citation_precision=share(shown),
@@ -684,11 +734,14 @@ def evaluate_answers(
     for i, q in enumerate(questions, start=1):
         answer = ask_fn(q.question)
         quotes = [e.quote for e in q.evidence]
+        groups = q.answer_groups
+        found = groups_found(shown_as_answer(answer.text), groups)
+        alternatives = [a for g in groups for a in g]
         citations = [
             {
                 "number": c.number, "file": c.chunk.path, "start": c.chunk.start, "end": c.chunk.end,
                 "text": c.chunk.text, "precise": citation_is_precise(answer.text, c.number, c.chunk.text, quotes),
-                "grounded": citation_is_grounded(c.chunk.text, quotes, q.must_include),
+                "grounded": citation_is_grounded(c.chunk.text, quotes, alternatives),
             }
             for c in answer.citations
         ]
@@ -697,13 +750,15 @@ def evaluate_answers(
             for n, h in enumerate(answer.hits, start=1)
         ]
         result = AnswerResult(
-            id=q.id, type=q.type, question=q.question, answerable=bool(q.evidence), answer=answer.text,
+            id=q.id, type=q.type, question=q.question, answerable=q.answerable, answer=answer.text,
             refused=answer.refused, must_include=list(q.must_include),
-            has_terms=contains_terms(answer.text, q.must_include), citations=citations, passages=passages,
+            has_terms=all(found), citations=citations, passages=passages,
             query=answer.query, unsupported=list(answer.unsupported), factual_sentences=answer.factual_sentences,
             timings=dict(answer.timings), prompt_tokens=answer.prompt_tokens,
             completion_tokens=answer.completion_tokens, raw_answer=answer.raw_text,
-            tries=list(answer.tries),
+            tries=list(answer.tries), groups=[list(g) for g in groups],
+            part_credit=(sum(found) / len(found)) if found else 1.0,
+            terms_anywhere=all(groups_found(answer.text, groups)),
         )  # fmt: skip
         results.append(result)
         if on_progress:
@@ -722,7 +777,9 @@ def evaluate_answers(
 def format_answer_table(report: AnswerReport) -> str:
     cols = [
         ("n", lambda m: str(m.questions)),
-        ("key-terms", lambda m: _fmt(m.key_term_accuracy)),
+        ("accuracy", lambda m: _fmt(m.key_term_accuracy)),
+        ("part", lambda m: _fmt(m.part_credit)),
+        ("acc-shown", lambda m: _fmt(m.accuracy_anywhere)),
         ("refusal", lambda m: _fmt(m.refusal_accuracy)),
         ("false-ref", lambda m: _fmt(m.false_refusal_rate)),
         ("cite-indep", lambda m: _fmt(m.citation_precision_independent)),
@@ -739,6 +796,8 @@ def format_answer_table(report: AnswerReport) -> str:
     rows += [[t] + [f(m) for _, f in cols] for t, m in report.by_type.items()]
     return (
         text_table([""] + [c[0] for c in cols], rows)
+        + "\naccuracy: every key term (answer group, any alternative) in the text shown as the answer, its notes"
+        + " left out; part: share of the groups found; acc-shown: every group anywhere in what is shown"
         + "\ncite-indep: cited passages holding an evidence quote or a reference term (independent); "
         + "cite-own: the product's own support test (the one that kept the citation)"
     )

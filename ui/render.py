@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from rag.answer.citations import key_terms, sentences_citing, support
 from rag.ingest.loaders import location_unit
+from rag.answer.hygiene import UNSUPPORTED_NOTE
 from rag.schema import Answer, Chunk, Hit
 from ui.text import TEXT, lang_or_default, say
 
@@ -66,6 +67,8 @@ def answer_html(answer: Answer, turn: int, lang: str, stopped: bool = False) -> 
         if escaped and escaped in text:
             tip = html.escape(say(lang, "unsupported_tip"))
             text = text.replace(escaped, f'<span class="unsupported" title="{tip}">{escaped}</span>', 1)
+    for note in UNSUPPORTED_NOTE.values():  # the sentences set aside under it are underlined above
+        text = text.replace(html.escape(note, quote=False), f'<b class="unsupported-note">⚠ {html.escape(note, quote=False)}</b>', 1)
     cited = {c.number: c.chunk for c in answer.citations}
 
     def link(m: re.Match[str]) -> str:

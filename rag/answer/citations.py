@@ -110,11 +110,21 @@ _VERSIONED = re.compile(
 _MONTHS = frozenset(["january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december"])
 
 
+# English words that open a sentence before a figure: "At 250 °C", "In 2023", "About 40" are no names.
+_FUNCTION_WORDS = frozenset(
+    ["a", "an", "the", "at", "in", "on", "for", "by", "of", "to", "from", "with", "about", "after", "before",
+     "since", "around", "until", "over", "under", "up", "within", "than", "only", "all", "every", "each", "some",
+     "most", "nearly", "almost", "approximately", "roughly", "just", "below", "above", "between", "into", "per",
+     "then", "and", "but", "or", "so", "if", "during", "is", "are", "was", "were", "it", "its", "there", "they"]
+)  # fmt: skip
+
+
 def versioned_names(text: str) -> set[str]:
-    """'GPT-4 比 Llama 3 贵' -> {'gpt-4', 'llama 3'}; a date is no name ('In April 2024' -> set())."""
+    """'GPT-4 比 Llama 3 贵' -> {'gpt-4', 'llama 3'}; a date is no name ('In April 2024' -> set()),
+    nor a sentence's first word before a figure ('At 250 °C' -> set())."""
     text = unicodedata.normalize("NFKC", _MARKER.sub("", text))
     found = {m.group(0).rstrip(".-").lower() for m in _VERSIONED.finditer(text)}
-    return {name for name in found if name.split()[0] not in _MONTHS}
+    return {name for name in found if name.split()[0] not in _MONTHS and name.split()[0] not in _FUNCTION_WORDS}
 
 
 _CLAUSE_END = re.compile(r"[。！？；!?;\n]")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rag.answer import citations
+from rag.answer import citations, hygiene
 from rag.index import lexical
 from rag.answer import prompting
 from rag.errors import QuestionError
@@ -417,7 +417,8 @@ class Pipeline:
         if not raw:
             return None
         further = ranked[len(shown) : self.settings.conflict_depth]
-        checked = citations.check(raw, shown, q.lang, q.text, further, guards=self.guards)
+        # Each sentence said once before it is checked (hygiene.drop_repeats); loops are judged on `raw`.
+        checked = citations.check(hygiene.drop_repeats(raw), shown, q.lang, q.text, further, guards=self.guards)
         return None if rejection(q.text, raw, checked, shown, self.guards) else checked
 
     def _finish(self, q: _Question, attempt: _Attempt, raw: str, checked: citations.CheckedAnswer | None) -> Answer:
@@ -428,6 +429,7 @@ class Pipeline:
             text = prompting.REFUSAL[q.lang]
             answer = Answer(q.text, q.query, text, [], prompt.hits, refused=True, related=prompt.hits)
         else:
+            checked = hygiene.set_aside_unsupported(checked, q.lang)  # not presented as the answer
             answer = Answer(q.text, q.query, checked.text, checked.citations, prompt.hits,
                             unsupported=checked.unsupported, factual_sentences=checked.factual_sentences)  # fmt: skip
         answer.raw_text = raw

@@ -20,6 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rag.ingest.clean import strip_markers
 from rag.schema import Chunk, Document
 
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
@@ -50,7 +51,7 @@ class ChunkerSettings:
 
     def as_dict(self) -> dict[str, int | str]:
         # Bump the strategy name when the algorithm changes, so old indexes are rebuilt.
-        return {"strategy": "headings+paragraphs+sentences/3", "size": self.size, "overlap": self.overlap}
+        return {"strategy": "headings+paragraphs+sentences/4", "size": self.size, "overlap": self.overlap}
 
 
 def clean_heading(raw: str) -> str:
@@ -58,7 +59,8 @@ def clean_heading(raw: str) -> str:
 
 
 def clean_text(text: str) -> str:
-    """What the embedder, BM25 and the model read: markup and PDF footnote digits removed."""
+    """What the embedder, BM25 and the model read: markup, source tags, footnotes and page numbers removed."""
+    text = strip_markers(text)  # rag/ingest/clean.py
     text = _SUPERSCRIPTS.sub("", text)
     text = _MD_IMAGE.sub("", text)  # image names are noise to every reader
     text = _MD_LINK.sub(r"\1", text)

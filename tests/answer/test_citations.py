@@ -634,3 +634,10 @@ def test_refusal_guards_of_the_check_say_which_rule_rejected() -> None:
     assert invented_reason(checked, made_up, TWO) == "uncited_zh"
     assert invented_reason(checked, made_up, TWO, guards=Guards.without(["uncited_zh"])) == "invented"
     assert invented_reason(checked, made_up, TWO, guards=Guards.without(["uncited_zh", "invented"])) is None
+
+
+def test_a_sentence_opening_before_a_figure_is_no_versioned_name() -> None:
+    from rag.answer.citations import versioned_names
+
+    assert versioned_names("At 250 °C for 20 minutes, then In 2023 and About 40 more.") == set()
+    assert versioned_names("Llama 3 and GPT-4 differ.") == {"llama 3", "gpt-4"}

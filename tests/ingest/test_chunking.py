@@ -414,7 +414,12 @@ def test_clean_text(raw: str, clean: str) -> None:
 
 
 def test_clean_text_keeps_plain_brackets_and_numbers() -> None:
-    assert clean_text("训练成本为557.6万美元[1]，见（附录）。") == "训练成本为557.6万美元[1]，见（附录）。"
+    assert clean_text("成本为557.6万元[注]，见（附录）[A]。") == "成本为557.6万元[注]，见（附录）[A]。"
+
+
+def test_clean_text_drops_footnote_references_which_look_like_citation_markers() -> None:
+    # A passage's own "[1]" would read to the model as passage 1 (rag/ingest/clean.py).
+    assert clean_text("成本为557.6万元[1]，见附录[2, 3]。") == "成本为557.6万元，见附录。"
 
 
 @pytest.mark.parametrize(

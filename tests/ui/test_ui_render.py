@@ -53,6 +53,15 @@ def test_unsupported_sentences_are_marked_in_the_answer() -> None:
     assert '<span class="unsupported" title="No passage supports this">火星上有三个月亮</span>。' in out
 
 
+def test_sentences_set_aside_show_under_a_marked_note() -> None:
+    from rag.answer.hygiene import UNSUPPORTED_NOTE
+
+    text = f"训练仅花费 557.6万美元[1]。\n\n{UNSUPPORTED_NOTE['zh']}\n火星上有三个月亮。"
+    out = render.answer_html(cited_answer(text, unsupported=["火星上有三个月亮"]), 1, "zh")
+    assert f'<b class="unsupported-note">⚠ {UNSUPPORTED_NOTE["zh"]}</b>' in out
+    assert out.index("unsupported-note") < out.index('<span class="unsupported"')
+
+
 def test_model_output_cannot_inject_html() -> None:
     out = render.answer_html(cited_answer("<script>alert(1)</script> 成本[1]。"), 1, "zh")
     assert "<script>" not in out and "&lt;script&gt;" in out
