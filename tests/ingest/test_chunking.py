@@ -25,7 +25,7 @@ from rag.ingest.loaders import load_file, parse_text
 from rag.schema import Chunk, Document
 
 ROOT = Path(__file__).resolve().parents[2]
-CORPUS_FILES = sorted(p.name for p in (ROOT / "corpus").iterdir() if p.is_file())
+CORPUS_FILES = sorted(p.name for p in (ROOT / "corpus").iterdir() if p.is_file() and not p.name.startswith("."))  # .examples.txt is not a document
 SETTINGS = [(360, 80), (120, 30), (60, 0), (500, 200), (40, 39)]
 
 _HEADING_LINE = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
