@@ -550,11 +550,6 @@ class BackgroundBuild:
         self.shared_engine = True
         return shared
 
-
-def separate_engine(settings: Settings) -> Callable[[], BlockComputer]:
-    """For BackgroundBuild: a second llama.cpp context on the chat model file, loaded in the build's thread."""
-    return lambda: open_engine(settings)  # type: ignore[no-any-return]
-
     def status(self) -> StoreStatus:
         settings = self.pipeline.settings
         try:
@@ -573,3 +568,8 @@ def separate_engine(settings: Settings) -> Callable[[], BlockComputer]:
         if self.error:
             text += f" · error: {self.error}"
         return text
+
+
+def separate_engine(settings: Settings) -> Callable[[], BlockComputer]:
+    """For BackgroundBuild: a second llama.cpp context on the chat model file, loaded in the build's thread."""
+    return lambda: open_engine(settings)  # type: ignore[no-any-return]
