@@ -157,7 +157,8 @@ def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet:
         bar.refresh()
 
     spec = get_spec(settings.embed_model)
-    load = partial(load_document_embedder, settings.embed_model, settings.models_dir, threads=settings.n_threads)
+    load = partial(load_document_embedder, settings.embed_model, settings.models_dir, threads=settings.n_threads,
+                   onnx=settings.onnx_passages)  # fmt: skip
     started: list = []  # type: ignore[type-arg]
 
     def on_ray():  # type: ignore[no-untyped-def]

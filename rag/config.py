@@ -59,6 +59,10 @@ class Settings:
     # which loads without torch: model load to ready 6.5 s -> ~2 s, the same vectors. Passages are
     # always embedded by sentence-transformers. Off: questions go through sentence-transformers too.
     onnx_queries: bool = True
+    # Passages go through the same ONNX export (with the document prompt) when it is there, in
+    # length-sorted batches: the same vectors as sentence-transformers (docs/measurements.md, "Fast
+    # by default"), faster, and no torch import. Off: passages through sentence-transformers.
+    onnx_passages: bool = True
     chat_model: str = "qwen2.5-1.5b"
 
     # --- loading documents ---

@@ -590,6 +590,15 @@ def bench_index(settings: Settings, embedder: Embedder, details: dict[str, Any],
         texts += [t for c in chunks for t in piece_texts(c, settings.piece_chars)]
         raw_rate = None
         model = getattr(embedder, "_model", None)  # the SentenceTransformer inside SentenceTransformerEmbedder
+        if model is None and texts:  # the product embeds through ONNX: raw is sentence-transformers itself
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            from rag.models import locate
+
+            torch.set_num_threads(settings.n_threads)
+            model = SentenceTransformer(str(locate(settings.embed_model, settings.models_dir)), device="cpu",
+                                        local_files_only=True)  # fmt: skip
         if model is not None and texts:
             t = time.perf_counter()
             model.encode_document(texts, batch_size=getattr(embedder, "batch_size", 16), normalize_embeddings=True,

@@ -403,8 +403,11 @@ class BlockLookup:
         return out
 
 
-def open_engine(settings: Settings, generator: object | None = None):  # type: ignore[no-untyped-def]
-    """A KVEngine on `generator`'s model (a LlamaGenerator), loading the chat model when none is given."""
+def open_engine(settings: Settings, generator: object | None = None, own_lock: bool = False):  # type: ignore[no-untyped-def]
+    """A KVEngine on `generator`'s model (a LlamaGenerator), loading the chat model when none is given.
+
+    The engine is a llama.cpp context of its own on the model's weights; it shares the generator's
+    lock (one of them computes at a time) unless `own_lock`."""
     from rag.llm.kvengine import KVEngine, context_size
 
     if settings.llm_url:
@@ -429,7 +432,8 @@ def open_engine(settings: Settings, generator: object | None = None):  # type: i
             "The chat model is not a llama.cpp model, so it has no KV cache to store.", "Set kv_cache = 0."
         )
     return KVEngine(llm, context_size(settings), settings.n_threads, settings.n_batch, settings.kv_cache_type,
-                    prompting.PASSAGES_HEADER, prompting.SYSTEM_PROMPT, lock=getattr(generator, "_lock", None))  # fmt: skip
+                    prompting.PASSAGES_HEADER, prompting.SYSTEM_PROMPT,
+                    lock=None if own_lock else getattr(generator, "_lock", None))  # fmt: skip
 
 
 def update(
@@ -463,8 +467,8 @@ class BackgroundBuild:
     """Builds a pipeline's store in a daemon thread after the index is ready; the chat answers meanwhile.
 
     Questions never wait behind it: the thread lowers its priority (background_nice), computes
-    on a model context of its own when given `own_engine` (`separate_engine`: the weights are the
-    same memory-mapped file; without it, the answering model's, one block at a time under its
+    on a model context of its own when given `own_engine` (`separate_engine`: the same weights,
+    another context; without it, the answering model's context, one block at a time under its
     lock), and between blocks it pauses while `busy()` says a question is being answered. Questions use the
     ordinary path until every retrieved passage is stored. Blocks are saved one by one, so a
     restart goes on from where the last run stopped.
@@ -570,6 +574,7 @@ class BackgroundBuild:
         return text
 
 
-def separate_engine(settings: Settings) -> Callable[[], BlockComputer]:
-    """For BackgroundBuild: a second llama.cpp context on the chat model file, loaded in the build's thread."""
-    return lambda: open_engine(settings)  # type: ignore[no-any-return]
+def separate_engine(pipeline) -> Callable[[], BlockComputer]:  # type: ignore[no-untyped-def]
+    """For BackgroundBuild: a llama.cpp context of its own on the answering model's weights (no second
+    copy in memory) with its own lock, so computing a block never holds up an answer."""
+    return lambda: open_engine(pipeline.settings, pipeline.get_generator(), own_lock=True)  # type: ignore[no-any-return]

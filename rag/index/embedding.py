@@ -167,7 +167,8 @@ class OnnxQueryEmbedder:
     """Questions through onnxruntime; passages through sentence-transformers, loaded when first needed
     (an index update from the chat page), so answering never imports torch."""
 
-    def __init__(self, name: str, models_dir: Path, info: dict[str, object], threads: int | None = None) -> None:
+    def __init__(self, name: str, models_dir: Path, info: dict[str, object], threads: int | None = None,
+                 onnx_passages: bool = True) -> None:  # fmt: skip
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -176,7 +177,7 @@ class OnnxQueryEmbedder:
         self.name = name
         self.dim = int(info["dim"])  # type: ignore[call-overload]
         self._prompt = str(info["prompt"])
-        self._models_dir, self._threads = models_dir, threads
+        self._models_dir, self._threads, self._onnx_passages = models_dir, threads, onnx_passages
         self._tokenizer = Tokenizer.from_file(str(locate(name, models_dir) / "tokenizer.json"))
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(int(info["max_length"]))  # type: ignore[call-overload]
@@ -189,7 +190,9 @@ class OnnxQueryEmbedder:
             str(query_encoder_dir(name, models_dir) / _ONNX), options, providers=["CPUExecutionProvider"]
         )
         self._query = lru_cache(maxsize=512)(self._encode_query_uncached)
-        self._documents: SentenceTransformerEmbedder | None = None
+        # Its own session, made by the thread that first embeds passages (a low-priority build's
+        # threads are its own, rag/priority.py), never this one, whose threads answer questions.
+        self._documents: SentenceTransformerEmbedder | OnnxDocumentEmbedder | None = None
         self._lock = threading.Lock()
 
     def _encode_query_uncached(self, text: str) -> np.ndarray:
@@ -204,11 +207,11 @@ class OnnxQueryEmbedder:
     def encode_query(self, text: str) -> np.ndarray:
         return self._query(text)
 
-    def documents(self) -> SentenceTransformerEmbedder:
-        """The passage embedder (sentence-transformers), loaded on first use."""
+    def documents(self) -> SentenceTransformerEmbedder | OnnxDocumentEmbedder:
+        """The passage embedder, loaded on first use."""
         with self._lock:
             if self._documents is None:
-                self._documents = load_document_embedder(self.name, self._models_dir, self._threads)
+                self._documents = load_document_embedder(self.name, self._models_dir, self._threads, self._onnx_passages)
             return self._documents
 
     def encode_documents(
@@ -217,18 +220,89 @@ class OnnxQueryEmbedder:
         return self.documents().encode_documents(texts, progress)
 
 
-def load_document_embedder(name: str, models_dir: Path, threads: int | None = None) -> SentenceTransformerEmbedder:
-    """sentence-transformers itself: for building the index."""
+class OnnxDocumentEmbedder:
+    """Passages through the same ONNX export as questions, with the model's document prompt.
+
+    The export is the whole sentence-transformers model, so with the document prompt in front
+    it gives encode_document's vectors; texts are batched by length (right padding, which the
+    attention mask hides, so a text's vector does not depend on its batch). No torch import.
+    """
+
+    batch_size = 16
+
+    def __init__(self, name: str, models_dir: Path, info: dict[str, object], threads: int | None = None) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        from rag.models import locate
+
+        path = locate(name, models_dir)
+        self.name = name
+        self.dim = int(info["dim"])  # type: ignore[call-overload]
+        self._prompt = document_prompt(path)
+        self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(int(info["max_length"]))  # type: ignore[call-overload]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or 0
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(
+            str(query_encoder_dir(name, models_dir) / _ONNX), options, providers=["CPUExecutionProvider"]
+        )
+
+    def encode_documents(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        encoded = self._tokenizer.encode_batch([self._prompt + t for t in texts])
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i].ids))  # a batch pads to its longest
+        for i in range(0, len(order), self.batch_size):
+            rows = order[i : i + self.batch_size]
+            width = max(len(encoded[r].ids) for r in rows)
+            ids = np.zeros((len(rows), width), dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for j, r in enumerate(rows):
+                n = len(encoded[r].ids)
+                ids[j, :n], mask[j, :n] = encoded[r].ids, 1
+            (vectors,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
+            vectors = np.asarray(vectors, dtype=np.float32)
+            out[rows] = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            if progress:
+                progress(len(rows))
+        return out
+
+    def encode_query(self, text: str) -> np.ndarray:
+        raise NotImplementedError("OnnxDocumentEmbedder embeds passages; questions go through OnnxQueryEmbedder")
+
+
+def document_prompt(model_path: Path) -> str:
+    """The prompt sentence-transformers' encode_document puts before a passage ('' when the model has none)."""
+    try:
+        config = json.loads((model_path / "config_sentence_transformers.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    prompts = config.get("prompts") or {}
+    return next((str(prompts[k]) for k in ("document", "passage", "corpus") if k in prompts), "")
+
+
+def load_document_embedder(
+    name: str, models_dir: Path, threads: int | None = None, onnx: bool = False
+) -> SentenceTransformerEmbedder | OnnxDocumentEmbedder:
+    """For building the index: the ONNX export when `onnx` (onnx_passages) and setup made a current one,
+    else sentence-transformers itself."""
     from rag.models import locate
 
+    info = _export_info(name, models_dir) if onnx else None
+    if info is not None:
+        return OnnxDocumentEmbedder(name, models_dir, info, threads)
     return SentenceTransformerEmbedder(name, locate(name, models_dir), threads=threads)
 
 
 def load_embedder(
-    name: str, models_dir: Path, threads: int | None = None, onnx_queries: bool = True
+    name: str, models_dir: Path, threads: int | None = None, onnx_queries: bool = True, onnx_passages: bool = True
 ) -> SentenceTransformerEmbedder | OnnxQueryEmbedder:
     """For answering: the ONNX question encoder when setup exported a current one, else sentence-transformers."""
+    from rag.models import locate
+
     info = _export_info(name, models_dir) if onnx_queries else None
     if info is None:
-        return load_document_embedder(name, models_dir, threads)
-    return OnnxQueryEmbedder(name, models_dir, info, threads)
+        return SentenceTransformerEmbedder(name, locate(name, models_dir), threads=threads)
+    return OnnxQueryEmbedder(name, models_dir, info, threads, onnx_passages)

@@ -115,7 +115,7 @@ def start_up(settings: Settings) -> Started:
 
     pipeline = Pipeline(for_collection(settings))
     s = pipeline.settings
-    kv_build = BackgroundBuild(pipeline, own_engine=separate_engine(s))
+    kv_build = BackgroundBuild(pipeline, own_engine=separate_engine(pipeline))
 
     def ready() -> None:
         pipeline.load()  # before the first question, so the first answer is not slowed
