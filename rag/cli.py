@@ -158,7 +158,7 @@ def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet:
 
     spec = get_spec(settings.embed_model)
     load = partial(load_document_embedder, settings.embed_model, settings.models_dir, threads=settings.n_threads,
-                   onnx=settings.onnx_passages)  # fmt: skip
+                   onnx=settings.onnx_passages, dtype=settings.embed_dtype)  # fmt: skip
     started: list = []  # type: ignore[type-arg]
 
     def on_ray():  # type: ignore[no-untyped-def]

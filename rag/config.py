@@ -59,10 +59,13 @@ class Settings:
     # which loads without torch: model load to ready 6.5 s -> ~2 s, the same vectors. Passages are
     # always embedded by sentence-transformers. Off: questions go through sentence-transformers too.
     onnx_queries: bool = True
-    # Passages go through the same ONNX export (with the document prompt) when it is there, in
-    # length-sorted batches: the same vectors as sentence-transformers (docs/measurements.md, "Fast
-    # by default"), faster, and no torch import. Off: passages through sentence-transformers.
-    onnx_passages: bool = True
+    # Passages through that ONNX export too (with the document prompt): the same vectors as
+    # sentence-transformers float32 and a 4x faster load, but no more passages per CPU-second, and
+    # bfloat16 below is ~3x faster where the CPU has it (docs/measurements.md, "Fast by default").
+    onnx_passages: bool = False
+    # Passages through sentence-transformers in this type: "auto" = bfloat16 where the CPU computes
+    # it in hardware (AMX or AVX-512 BF16), else float32. Questions stay float32 (ONNX).
+    embed_dtype: str = "auto"
     chat_model: str = "qwen2.5-1.5b"
 
     # --- loading documents ---
@@ -321,6 +324,8 @@ def _validate(s: Settings) -> None:
             f"llm_connect_timeout_s ({s.llm_connect_timeout_s}) and llm_timeout_s ({s.llm_timeout_s}) must be > 0.",
             "Use seconds, e.g. 5 and 60.",
         )
+    if s.embed_dtype not in ("auto", "float32", "bfloat16"):
+        raise ConfigError(f"embed_dtype '{s.embed_dtype}' is not known.", "Use auto (the default), float32 or bfloat16.")
     if s.fusion not in ("zscore", "rrf"):
         raise ConfigError(f"fusion '{s.fusion}' is not known.", "Use zscore (the default) or rrf.")
     if s.per_doc_cap < 0:
