@@ -33,7 +33,7 @@ from rag.errors import RagError
 from rag.index.background import BackgroundIndex, BuildProgress, format_eta
 from rag.index.reader import index_exists
 from rag.index.report import BuildReport
-from rag.answer.kvstore import BackgroundBuild
+from rag.answer.kvstore import BackgroundBuild, separate_engine
 from rag.answer.pipeline import MAX_QUESTION_CHARS, Done, Pipeline, Restart, Retrieved, Token, Turn
 from rag.answer.turns import GenerationQueue
 from rag.collections import for_collection
@@ -743,7 +743,7 @@ def launch(
         # Load the index and the configured models before the first visitor, so the first answer is not slowed.
         pipeline.load()
         # The passage KV store: computed in the background; answers switch to it once it is complete.
-        kv_build = BackgroundBuild(pipeline)
+        kv_build = BackgroundBuild(pipeline, own_engine=separate_engine(pipeline))
         kv_build.start()
     demo = build_app(pipeline, kv_build, base=settings)
     print(f"Chat page: http://{host}:{port}", flush=True)

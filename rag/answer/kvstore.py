@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import struct
 import threading
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from rag.config import Settings
     from rag.llm.kvengine import Block
 
+log = logging.getLogger(__name__)
 STORE_FORMAT = 1
 _MAGIC = b"RAGKV1\n"
 
@@ -549,8 +551,8 @@ class BackgroundBuild:
         if self.own_engine is not None:
             try:
                 return self.own_engine()
-            except Exception:  # noqa: BLE001 - memory, most likely: share the answering model instead
-                pass
+            except Exception as exc:  # noqa: BLE001 - memory, most likely: share the answering model instead
+                log.warning("KV store build: no context of its own (%s); sharing the answering model's", exc)
         self.shared_engine = True
         return shared
 

@@ -72,7 +72,9 @@ class BuildProgress:
             return f"The index build failed: {self.error}"
         if self.stage in ("loading", "done"):
             return f"The index is built ({self.documents} documents, {self.chunks} chunks); loading the models."
-        parts = [f"{self.files_done}/{self.files_total} documents read" if self.files_total else "listing the documents"]
+        parts = [
+            f"{self.files_done}/{self.files_total} documents read" if self.files_total else "listing the documents"
+        ]
         if self.units_total:
             parts.append(f"{self.units_done}/{self.units_total} texts embedded (chunks and their sentence pieces)")
         eta = self.eta_s(now)

@@ -370,7 +370,7 @@ def test_wait_for_page_polls_until_the_page_answers() -> None:
     class Page(http.server.BaseHTTPRequestHandler):
         calls = 0
 
-        def do_GET(self) -> None:  # noqa: N802 - the http.server name
+        def do_GET(self) -> None:  # the http.server name
             Page.calls += 1
             ready = Page.calls >= 3  # the first two polls find the page still starting
             self.send_response(200 if ready else 503)

@@ -56,7 +56,9 @@ def building(tmp_path, monkeypatch) -> Iterator[tuple[str, HeldEmbedder, Backgro
                        index_dir=tmp_path / "index", top_k=3, candidates=10, kv_cache=False, chat_model=CHAT)  # fmt: skip
     embedder = HeldEmbedder()
     pipeline = Pipeline(settings, embedder=embedder, generator=FakeGenerator([REPLY]))
-    indexing = BackgroundIndex(settings, lambda: embedder, get_spec(settings.embed_model).sha256, after=pipeline.get_index)
+    indexing = BackgroundIndex(
+        settings, lambda: embedder, get_spec(settings.embed_model).sha256, after=pipeline.get_index
+    )
     indexing.start()
     from tests.serve.test_api import free_port
 
