@@ -439,7 +439,12 @@ def raw_generate(llm: Any, prompt: Sequence[int], n_tokens: int) -> RawRun:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a `rag` subprocess use exactly these settings."""
+    import rag
+
     env = dict(os.environ)
+    # The subprocess runs this code, not whatever checkout the `rag` script was installed from.
+    root = str(Path(rag.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     for f in fields(settings):
         value = getattr(settings, f.name)
         env[f"RAG_{f.name.upper()}"] = "" if value is None else str(value)  # "" reads back as None

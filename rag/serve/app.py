@@ -98,6 +98,15 @@ class Server:
             self.thread.join(timeout=30)
 
 
+def _start_when_up(server: uvicorn.Server, indexing: BackgroundIndex) -> None:
+    """Start the first index build once the page answers (after a minute at most: it is needed either way)."""
+    deadline = time.monotonic() + 60
+    while not server.started and not server.should_exit and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not server.should_exit:
+        indexing.start()
+
+
 @dataclass
 class Started:
     """What `start_up` set going: the pipeline, the KV store's build, and the first index build (None: there was an index)."""
@@ -124,9 +133,9 @@ def start_up(settings: Settings) -> Started:
     if index_exists(Path(s.index_dir)):
         ready()
         return Started(pipeline, kv_build, None)
+    # Started by `serve` once the page is up: its imports (torch) would hold Python's lock meanwhile.
     indexing = BackgroundIndex(s, pipeline.get_embedder, get_spec(s.embed_model).sha256, before=pipeline.get_embedder,
                                after=ready)  # fmt: skip
-    indexing.start()
     return Started(pipeline, kv_build, indexing)
 
 
@@ -147,6 +156,8 @@ def serve(
     print(f"Chat page: {url}/   API: {url}/v1 (docs/api.md)", flush=True)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
+    if indexing is not None and not indexing.started:
+        threading.Thread(target=_start_when_up, args=(server, indexing), name="start-index-build", daemon=True).start()
     if block:
         server.run()
         return Server(url, server, None)

@@ -59,8 +59,9 @@ def building(tmp_path, monkeypatch) -> Iterator[tuple[str, HeldEmbedder, Backgro
     indexing = BackgroundIndex(
         settings, lambda: embedder, get_spec(settings.embed_model).sha256, after=pipeline.get_index
     )
-    indexing.start()
     from tests.serve.test_api import free_port
+
+    assert not indexing.started  # `serve` starts the build once the page is up
 
     server = serve(settings, "127.0.0.1", free_port(), block=False, pipeline=pipeline, indexing=indexing)
     try:
