@@ -595,7 +595,9 @@ def bench_index(settings: Settings, embedder: Embedder, details: dict[str, Any],
         texts += [t for c in chunks for t in piece_texts(c, settings.piece_chars)]
         raw_rate = None
         model = getattr(embedder, "_model", None)  # the SentenceTransformer inside SentenceTransformerEmbedder
-        if model is None and texts:  # the product embeds through ONNX: raw is sentence-transformers itself
+        if getattr(embedder, "dtype", "float32") != "float32":
+            model = None  # the product's model runs in bfloat16; raw is the library as it comes: float32
+        if model is None and texts:  # raw is sentence-transformers itself, float32, as loaded by default
             import torch
             from sentence_transformers import SentenceTransformer
 
