@@ -8,6 +8,7 @@ the test controls, not a race. No assertion is about time.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 
@@ -126,3 +127,17 @@ def test_a_failed_first_build_says_why_and_stops_blocking_questions(tmp_path) ->
     p = indexing.wait(30)
     assert p.stage == "failed" and "Corpus folder x does not exist. Create it." in p.line()
     assert not indexing.blocks_questions()
+
+
+@pytest.mark.parametrize(("lang", "words"), [("en", ["2/5 documents read", "40/400 texts embedded", "left"]),
+                                             ("zh", ["2/5 个文档", "40/400 个向量", "约剩"])])  # fmt: skip
+def test_the_page_shows_documents_texts_and_the_time_left(lang: str, words: list[str]) -> None:
+    from ui.app import _first_build_text
+
+    now = time.monotonic()
+    p = BuildProgress(stage="embed", files_done=2, files_total=5, units_done=40, units_total=400,
+                      started=now - 20, embed_started=now - 10, embed_at=now)  # fmt: skip
+    text = _first_build_text(p, lang)
+    assert all(w in text for w in words), text
+    failed = _first_build_text(BuildProgress(stage="failed", error="Corpus folder x does not exist."), lang)
+    assert "Corpus folder x does not exist." in failed
