@@ -75,6 +75,8 @@ class BuildProgress:
         parts = [
             f"{self.files_done}/{self.files_total} documents read" if self.files_total else "listing the documents"
         ]
+        if self.stage == "read" and self.files_total and self.files_done == self.files_total:
+            parts.append("loading the embedding model")
         if self.units_total:
             parts.append(f"{self.units_done}/{self.units_total} texts embedded (chunks and their sentence pieces)")
         eta = self.eta_s(now)

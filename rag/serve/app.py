@@ -49,7 +49,7 @@ def create_app(
     pipeline = pipeline or Pipeline(for_collection(settings))
     service = Service(pipeline, ChatModels(pipeline), GenerationQueue(settings.api_queue_limit), kv_build, indexing)
     if kv_build is not None:  # the store's build pauses between blocks while a question is answered
-        kv_build.busy = lambda: service.turns.waiting() > 0
+        kv_build.busy = lambda: service.turns.waiting > 0
     # No /docs page: FastAPI's loads Swagger from a CDN, and the product is offline. The schema is
     # served by the router (/v1/openapi.json), behind the key like every /v1 call.
     app = FastAPI(title="rag-chat API", docs_url=None, redoc_url=None, openapi_url=None)

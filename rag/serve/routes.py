@@ -334,8 +334,8 @@ def _index_state(service: Service) -> dict[str, Any]:
     try:
         index = service.pipeline.get_index()
     except RagError as exc:
-        return {**state, "state": "building" if building else "missing", "documents": [], "chunks": 0,
-                "error": f"{exc.message} {exc.hint}".strip()}  # fmt: skip
+        error = None if service.still_building() else f"{exc.message} {exc.hint}".strip()  # not yet, rather than missing
+        return {**state, "state": "building" if building else "missing", "documents": [], "chunks": 0, "error": error}
     m = index.manifest
     docs = [{"document": path, "title": e.title, "chunks": len(e.chunk_ids), "indexed_at": e.indexed_at}
             for path, e in sorted(m.files.items())]  # fmt: skip
@@ -344,5 +344,6 @@ def _index_state(service: Service) -> dict[str, Any]:
     if service.kv_build is not None and s.kv_cache:
         st = service.kv_build.status()
         state["kv_store"] = {"blocks": st.blocks, "total": st.total, "complete": st.complete, "building": st.building,
-                             "bytes": st.bytes, "max_bytes": st.limit_bytes}  # fmt: skip
+                             "bytes": st.bytes, "max_bytes": st.limit_bytes,
+                             "error": service.kv_build.error or None}  # fmt: skip
     return state

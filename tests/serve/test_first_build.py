@@ -141,3 +141,18 @@ def test_the_page_shows_documents_texts_and_the_time_left(lang: str, words: list
     assert all(w in text for w in words), text
     failed = _first_build_text(BuildProgress(stage="failed", error="Corpus folder x does not exist."), lang)
     assert "Corpus folder x does not exist." in failed
+
+
+def test_the_kv_store_build_pauses_while_the_shared_line_holds_a_question(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from rag.answer.kvstore import BackgroundBuild
+    from rag.serve.app import create_app
+
+    settings = replace(Settings(), index_dir=tmp_path / "index", corpus_dir=tmp_path)
+    pipeline = Pipeline(settings, embedder=FakeEmbedder(), generator=FakeGenerator([]))
+    kv_build = BackgroundBuild(pipeline)
+    app = create_app(settings, pipeline, kv_build)
+    assert kv_build.busy() is False
+    ticket = app.state.service.turns.join()
+    assert kv_build.busy() is True
+    ticket.release()
+    assert kv_build.busy() is False
