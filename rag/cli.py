@@ -195,7 +195,8 @@ def run_index(settings: Settings, full: bool = False, wait: bool = False, quiet:
 
     bars = _StageBars(quiet)
     spec = get_spec(settings.embed_model)
-    load = partial(load_document_embedder, settings.embed_model, settings.models_dir, threads=settings.n_threads)
+    load = partial(load_document_embedder, settings.embed_model, settings.models_dir, threads=settings.n_threads,
+                   onnx=settings.onnx_passages, dtype=settings.embed_dtype)  # fmt: skip
     ray = _RayFactory(load, settings) if use_ray else None
     try:
         factory = ray if ray is not None else load
@@ -526,15 +527,13 @@ def serve_cmd(
     host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 7860).")] = None,
 ) -> None:
-    """Start the chat page (/) and the OpenAI-compatible API (/v1) on one port, building the index first if there is none."""
+    """Start the chat page (/) and the OpenAI-compatible API (/v1) on one port; with no index yet, it is built in the background."""
     from rag.index.reader import index_exists
 
     s = _settings(ctx)
     try:
         if not index_exists(Path(s.index_dir)):
-            typer.echo("No index yet: building it from the corpus (once)…")
-            report = run_index(s)
-            typer.echo(f"Indexed {report.documents} documents, {report.chunks} chunks in {report.seconds:.1f} s.")
+            typer.echo("No index yet: building it in the background (once); the page shows its progress.")
         from rag.serve.app import serve
 
         serve(_base_settings(ctx), host=host or s.host, port=port or s.port)

@@ -60,6 +60,13 @@ class Settings:
     # which loads without torch: model load to ready 6.5 s -> ~2 s, the same vectors. Passages are
     # always embedded by sentence-transformers. Off: questions go through sentence-transformers too.
     onnx_queries: bool = True
+    # Passages through that ONNX export too (with the document prompt): the same vectors as
+    # sentence-transformers float32 and a 4x faster load, but no more passages per CPU-second, and
+    # bfloat16 below is ~3x faster where the CPU has it (docs/measurements.md, "Fast by default").
+    onnx_passages: bool = False
+    # Passages through sentence-transformers in this type: "auto" = bfloat16 where the CPU computes
+    # it in hardware (AMX or AVX-512 BF16), else float32. Questions stay float32 (ONNX).
+    embed_dtype: str = "auto"
     chat_model: str = "qwen2.5-1.5b"
 
     # --- loading documents ---
@@ -158,18 +165,27 @@ class Settings:
     llm_timeout_s: float = 60.0
 
     # --- passage KV store (rag/answer/kvstore.py; issue #8) ---
-    # Each passage's KV cache is computed once, at index time, so a question only makes the model
-    # read the labels and the question (~40 tokens instead of ~650): first token ~1 s instead of ~7 s.
-    # Costs disk (~15 KB per corpus token with q8_0) and one forward pass over the corpus to build.
-    # Off by default: its answers now match the ordinary path's within the margins (key terms 0.839
-    # against 0.855, citations and refusals equal; README), but building it takes ~7 minutes of both
-    # cores, which on first start would slow every answer meanwhile. One switch away.
-    kv_cache: bool = False
+    # Each passage's KV cache is computed once, so a question only makes the model read the labels
+    # and the question (~40 tokens instead of ~650): first token ~1 s instead of ~7 s. Costs disk
+    # (~15 KB per corpus token with q8_0, bounded by kv_store_max_mb) and one forward pass over the
+    # corpus. On by default since `rag serve` computes it in the background after the index, at low
+    # priority (background_nice) on its own copy of the model context, pausing while a question is
+    # answered, so answers never wait behind it; the ordinary path answers until it is complete.
+    kv_cache: bool = True
+    # The store's disk use at most (MB); the build stops there and questions whose passages are not
+    # stored take the ordinary path. ~4 MB per passage of ~250 tokens: the 203-chunk corpus is ~0.8 GB.
+    kv_store_max_mb: int = 2048
     kv_cache_type: str = "q8_0"  # half of f16's size; q4_0 broke the RoPE shift that places the blocks
     kv_block_tokens: int = 320  # a block is the whole cleaned chunk (~250 tokens) and its header, cut here
     # The best passage goes last, nearest the question, numbered by place ([5] of 5): key terms 0.80 on 20 dev
     # questions, as the ordinary path; best first 0.60, best last but numbered by rank 0.75 (README).
     kv_order: str = "best_last"  # or best_first
+
+    # --- background work (rag/priority.py) ---
+    # How much lower than answering the background builds run (the first index build of
+    # `rag serve`, the passage KV store): Linux nice steps; 15 leaves a question ~97% of both
+    # cores while a build wants them too. 0 = same priority.
+    background_nice: int = 15
 
     # --- UI and HTTP API (one server: the page at /, the OpenAI-compatible API at /v1; docs/api.md) ---
     host: str = "127.0.0.1"  # never listen beyond this machine unless asked
@@ -308,6 +324,11 @@ def _check_kv_store(s: Settings) -> None:
             f"kv_cache_type '{s.kv_cache_type}' is not supported.",
             "Use q8_0 (smaller) or f16; q4_0 breaks the position shift that places cached passages.",
         )
+    if s.kv_store_max_mb < 0 or not 0 <= s.background_nice <= 19:
+        raise ConfigError(
+            f"kv_store_max_mb ({s.kv_store_max_mb}) must be >= 0 and background_nice ({s.background_nice}) 0-19.",
+            "Use e.g. kv_store_max_mb = 2048 (0 = store nothing) and background_nice = 15.",
+        )
 
 
 def _check_index_backends(s: Settings) -> None:
@@ -335,6 +356,8 @@ def _check_llm_server(s: Settings) -> None:
             f"llm_connect_timeout_s ({s.llm_connect_timeout_s}) and llm_timeout_s ({s.llm_timeout_s}) must be > 0.",
             "Use seconds, e.g. 5 and 60.",
         )
+    if s.embed_dtype not in ("auto", "float32", "bfloat16"):
+        raise ConfigError(f"embed_dtype '{s.embed_dtype}' is not known.", "Use auto (the default), float32 or bfloat16.")
 
 
 def _check_ranking(s: Settings) -> None:

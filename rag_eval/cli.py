@@ -686,7 +686,7 @@ def bench_cmd(
         Path | None, typer.Option("--json", help="Write the full record (every sample) to this file.")
     ] = None,
     skip: Annotated[
-        str, typer.Option("--skip", help="Sections to leave out, comma-separated: cold,index,retrieval,answers,conversation,cached.")
+        str, typer.Option("--skip", help="Sections to leave out, comma-separated: page,cold,index,retrieval,answers,conversation,cached.")
     ] = "",
 ) -> None:
     """Measure start-up, indexing, retrieval and answering, next to raw llama-cpp-python and sentence-transformers."""
@@ -704,6 +704,7 @@ def bench_cmd(
         return
     typer.echo(report.header() + "\n")
     typer.echo(format_table(report.stats))
+    typer.echo("\nratios: " + ", ".join(f"{k} {'-' if v is None else f'{v:.3g}'}" for k, v in report.ratios.items()))
     typer.echo(f"\nload average at the end {report.machine['load_after']}; {report.seconds:.0f} s in all")
     if json_out is not None:
         save_report(json_out, report.to_dict(), "Full record")

@@ -173,7 +173,7 @@ def test_every_field_can_be_set_from_the_environment(cwd: Path, monkeypatch: pyt
     for f in fields(Settings):
         if f.name in TABLE_SETTINGS:  # tables (e.g. [collections.NAME]) come from rag.toml only
             continue
-        validated = ("chunk_size", "chunk_overlap", "top_k", "candidates", "kv_cache_type", "kv_order", "fusion",
+        validated = ("chunk_size", "chunk_overlap", "top_k", "candidates", "kv_cache_type", "kv_order", "fusion", "embed_dtype",
                      "vector_store", "milvus_uri", "llm_url")  # fmt: skip
         if f.name in validated:
             continue

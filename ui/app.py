@@ -30,8 +30,10 @@ import gradio as gr
 
 from rag.config import Settings
 from rag.errors import RagError
+from rag.index.background import BackgroundIndex, BuildProgress, format_eta
+from rag.index.reader import index_exists
 from rag.index.report import BuildReport
-from rag.answer.kvstore import BackgroundBuild
+from rag.answer.kvstore import BackgroundBuild, separate_engine
 from rag.answer.pipeline import MAX_QUESTION_CHARS, Done, Pipeline, Restart, Retrieved, Token, Turn
 from rag.answer.turns import GenerationQueue
 from rag.collections import for_collection
@@ -144,8 +146,11 @@ def _bot(content: str) -> dict[str, str]:
 def build_app(
     pipeline: Pipeline, kv_build: BackgroundBuild | None = None, base: Settings | None = None,
     store: ConversationStore | None = None, models: ChatModels | None = None, turns: GenerationQueue | None = None,
+    indexing: BackgroundIndex | None = None,
 ) -> gr.Blocks:  # fmt: skip
-    """The page. `kv_build` (from `launch`) computes the passage KV store in the background.
+    """The page. `kv_build` (from `launch`) computes the passage KV store in the background;
+    `indexing` (from `rag serve` with no index yet) builds the index: the page shows its
+    progress, and questions are told the index is still being built until it is done.
 
     `pipeline` serves the collection `base.collection`; `base` are the settings as loaded
     (rag/collections.py), from which the other collections are found (default: pipeline.settings).
@@ -184,6 +189,11 @@ def build_app(
         def still_ours() -> bool:  # "clear chat" gives the tab's turn away
             return tab.current == question.id
 
+        building = first_build(collection)
+        if building is not None and building.stage != "failed":  # nothing indexed yet: say so at once, with the progress, rather than wait
+            history[-1] = _bot(render.streaming_text(say(lang, "ask_while_building", progress=_first_build_text(building, lang))))
+            yield history, panel(), conv
+            return
         ticket = line.join(refusable=False)  # the page never refuses: Gradio's queue already holds the rest
         try:
             while not ticket.wait(0.5):  # API clients (rag/serve) that asked first answer first
@@ -394,7 +404,20 @@ def build_app(
 
     # ------------------------------------------------------------ index and uploads
 
+    def first_build(collection: str | None) -> BuildProgress | None:
+        """The first index build's progress until it is done (or failed) for the home collection; None otherwise."""
+        if indexing is None or (collection or collections.home) != collections.home:
+            return None
+        progress = indexing.progress()
+        if not indexing.started or progress.stage == "done":
+            return None
+        failed_later = progress.stage == "failed" and index_exists(Path(collections.settings(collection).index_dir))
+        return None if failed_later else progress  # a failure after the index was written: show the index
+
     def index_view(lang: str, collection: str | None = None) -> tuple[str, list[list[Any]]]:
+        building = first_build(collection)
+        if building is not None:
+            return _first_build_text(building, lang), []
         try:
             index = collections.for_index(collection).get_index()
         except RagError as exc:
@@ -416,7 +439,10 @@ def build_app(
             state = say(lang, "kv_building", done=kv_build.done, todo=kv_build.total or "…")
         else:
             state = say(lang, "kv_incomplete")
-        return "  \n" + say(lang, "kv_status", blocks=st.blocks, total=st.total, mb=f"{st.bytes / 1e6:.0f}", state=state)
+        if st.at_limit and not st.building:
+            state = say(lang, "kv_limit")
+        return "  \n" + say(lang, "kv_status", blocks=st.blocks, total=st.total, mb=f"{st.bytes / 1e6:.0f}",
+                             limit=f"{st.limit_bytes / 1e6:.0f}", state=state)  # fmt: skip
 
     def build_messages(report: BuildReport, lang: str) -> list[str]:
         if report.wrote:
@@ -604,8 +630,17 @@ def build_app(
         details.change(rerender_sources, [conv, lang, details], sources, queue=False, api_visibility="private")
 
         index_outputs = [index_status, index_info, docs]
-        if kv_build is not None and settings.kv_cache:  # the store's progress, while the page is open
-            gr.Timer(10).tick(lambda lg: index_view(lg)[0], [lang], index_info, queue=False, api_visibility="private")
+        if indexing is not None or (kv_build is not None and settings.kv_cache):  # builds' progress, while the page is open
+            phase = gr.State("")  # the documents table is sent again only when the first build's phase changes
+
+            def refresh(lg: str, chosen: str | None, last: str):  # type: ignore[no-untyped-def]
+                now = "building" if first_build(chosen) is not None else "ready"
+                summary, rows = index_view(lg, chosen)
+                return summary, (rows if now != last else gr.skip()), now
+
+            gr.Timer(2 if indexing is not None else 10).tick(
+                refresh, [lang, collection, phase], [index_info, docs, phase], queue=False, api_visibility="private"
+            )
         rebuild_btn.click(
             rebuild, [lang, collection], index_outputs, api_name="rebuild", concurrency_id="index", concurrency_limit=1
         )
@@ -667,6 +702,21 @@ def _progress_text(p: Progress, lang: str) -> str:
     return say(lang, "build_start")
 
 
+def _first_build_text(p: BuildProgress, lang: str) -> str:
+    """The first index build's progress for the page: documents read, texts embedded, time left."""
+    if p.stage == "failed":
+        return say(lang, "first_build_failed", error=p.error)
+    if p.stage in ("loading", "done"):
+        return say(lang, "first_build_loading", documents=p.documents, chunks=p.chunks)
+    eta = p.eta_s()
+    shown = ""
+    if eta is not None:
+        left = (f"{eta:.0f} 秒" if eta < 90 else f"{eta / 60:.0f} 分钟") if lang == "zh" else format_eta(eta)
+        shown = say(lang, "first_build_eta", eta=left)
+    return say(lang, "first_build", files_done=p.files_done, files_total=p.files_total or "…", done=p.units_done,
+               total=p.units_total or "…", eta=shown)  # fmt: skip
+
+
 def _upload_text(r: UploadResult, lang: str, max_bytes: int) -> str:
     key = {
         UploadStatus.ADDED: "up_renamed" if r.name != r.original else "up_added",
@@ -696,7 +746,7 @@ def launch(
         # Load the index and the configured models before the first visitor, so the first answer is not slowed.
         pipeline.load()
         # The passage KV store: computed in the background; answers switch to it once it is complete.
-        kv_build = BackgroundBuild(pipeline)
+        kv_build = BackgroundBuild(pipeline, own_engine=separate_engine(pipeline))
         kv_build.start()
     demo = build_app(pipeline, kv_build, base=settings)
     print(f"Chat page: http://{host}:{port}", flush=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import struct
 import threading
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from rag.config import Settings
     from rag.llm.kvengine import Block
 
+log = logging.getLogger(__name__)
 STORE_FORMAT = 1
 _MAGIC = b"RAGKV1\n"
 
@@ -220,16 +222,24 @@ class StoreStatus:
     bytes: int
     valid: bool  # the store was made for this model, cache type and prompt
     building: bool = False  # a background build is running (set by the UI)
+    limit_bytes: int = 0  # kv_store_max_mb in bytes: the build stops there
 
     @property
     def complete(self) -> bool:
         return self.enabled and self.valid and self.total > 0 and self.blocks == self.total
+
+    @property
+    def at_limit(self) -> bool:
+        """Incomplete because the store reached its disk limit (the rest is answered the ordinary way)."""
+        return self.enabled and not self.complete and self.bytes >= self.limit_bytes
 
     def line(self) -> str:
         """One line for people. Example: 'KV store: 206/206 passages, 812 MB (ready)'"""
         if not self.enabled:
             return "KV store: off (kv_cache = 0)"
         state = "ready" if self.complete else ("building" if self.building else "incomplete: run rag index --kv")
+        if self.at_limit and not self.building:
+            state = f"stopped at the disk limit, kv_store_max_mb = {self.limit_bytes // 1_000_000}"
         if not self.valid:
             state = "made with other settings (model, cache type, block size or prompt): run rag index --kv"
         return f"KV store: {self.blocks}/{self.total} passages, {self.bytes / 1e6:.0f} MB ({state})"
@@ -238,15 +248,16 @@ class StoreStatus:
 def status(settings: Settings, chunks: Sequence[Chunk]) -> StoreStatus:
     """How much of the index has its block stored; needs no model."""
     store = KVStore(store_dir(settings))
+    limit = settings.kv_store_max_mb * 1_000_000
     if not settings.kv_cache:
-        return StoreStatus(False, 0, len(chunks), 0, True)
+        return StoreStatus(False, 0, len(chunks), 0, True, limit_bytes=limit)
     meta = store.meta()
     valid = meta is not None and meta.same_recipe(expected_meta(settings))
     if not valid:
-        return StoreStatus(True, 0, len(chunks), store.size_bytes(), meta is None)
+        return StoreStatus(True, 0, len(chunks), store.size_bytes(), meta is None, limit_bytes=limit)
     have = store.keys()
     n = sum(1 for c in chunks if block_key(c, settings.kv_block_tokens) in have)
-    return StoreStatus(True, n, len(chunks), store.size_bytes(), True)
+    return StoreStatus(True, n, len(chunks), store.size_bytes(), True, limit_bytes=limit)
 
 
 # ---------------------------------------------------------------- building
@@ -275,15 +286,15 @@ class StoreReport:
     bytes: int = 0  # store size after the run
     seconds: float = 0.0
     stopped: bool = False
+    limited: bool = False  # stopped at kv_store_max_mb
     notes: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         what = f"computed {self.computed}, kept {self.kept}, removed {self.removed}"
         if self.rebuilt:
             what += f" (rebuilt: {self.rebuilt})"
-        return f"KV store: {what}; {self.bytes / 1e6:.0f} MB in {self.seconds:.1f} s" + (
-            " (stopped)" if self.stopped else ""
-        )
+        end = " (stopped)" if self.stopped else (" (stopped at the disk limit, kv_store_max_mb)" if self.limited else "")
+        return f"KV store: {what}; {self.bytes / 1e6:.0f} MB in {self.seconds:.1f} s{end}"
 
 
 def build_store(
@@ -295,8 +306,10 @@ def build_store(
 ) -> StoreReport:
     """Compute the blocks missing from the store, drop those of removed chunks.
 
-    Each block is computed under `engine.lock`, so questions asked meanwhile
-    wait at most one block (~3 s on the default model) instead of the whole build.
+    Each block is computed under `engine.lock`, so questions asked meanwhile on the same
+    model wait at most one block (~3 s on the default model) instead of the whole build
+    (BackgroundBuild gives the build a model context of its own, so they wait for none).
+    The store grows to `kv_store_max_mb` at most: past it, the rest is left to the ordinary path.
     """
     t0 = time.perf_counter()
     report = StoreReport()
@@ -314,15 +327,19 @@ def build_store(
     report.kept = len(keys) - len(todo)
     if on_progress:
         on_progress(0, len(todo))
+    size, limit = store.size_bytes(), settings.kv_store_max_mb * 1_000_000
     for i, (key, chunk) in enumerate(todo):
         if should_stop is not None and should_stop():
             report.stopped = True
+            break
+        if size >= limit:
+            report.limited = True
             break
         text = prompting.block_text(chunk.title, chunk.headings, chunk.text)
         with engine.lock:
             text = prompting.trim_block(text, settings.kv_block_tokens, engine.count_tokens)
             block = engine.compute_block(text, prompting.block_label(1))
-        store.save(key, block)
+        size += store.save(key, block)
         report.computed += 1
         report.tokens += len(block.tokens)
         if on_progress:
@@ -388,8 +405,11 @@ class BlockLookup:
         return out
 
 
-def open_engine(settings: Settings, generator: object | None = None):  # type: ignore[no-untyped-def]
-    """A KVEngine on `generator`'s model (a LlamaGenerator), loading the chat model when none is given."""
+def open_engine(settings: Settings, generator: object | None = None, own_lock: bool = False):  # type: ignore[no-untyped-def]
+    """A KVEngine on `generator`'s model (a LlamaGenerator), loading the chat model when none is given.
+
+    The engine is a llama.cpp context of its own on the model's weights; it shares the generator's
+    lock (one of them computes at a time) unless `own_lock`."""
     from rag.llm.kvengine import KVEngine, context_size
 
     if settings.llm_url:
@@ -414,7 +434,8 @@ def open_engine(settings: Settings, generator: object | None = None):  # type: i
             "The chat model is not a llama.cpp model, so it has no KV cache to store.", "Set kv_cache = 0."
         )
     return KVEngine(llm, context_size(settings), settings.n_threads, settings.n_batch, settings.kv_cache_type,
-                    prompting.PASSAGES_HEADER, prompting.SYSTEM_PROMPT, lock=getattr(generator, "_lock", None))  # fmt: skip
+                    prompting.PASSAGES_HEADER, prompting.SYSTEM_PROMPT,
+                    lock=None if own_lock else getattr(generator, "_lock", None))  # fmt: skip
 
 
 def update(
@@ -434,28 +455,37 @@ def update(
     current = status(settings, chunks)
     store = KVStore(store_dir(settings))
     meta = store.meta()
-    if current.complete and not (prefix_sha256 and meta is not None and meta.prefix_sha256 != prefix_sha256):
+    same_prefix = not (prefix_sha256 and meta is not None and meta.prefix_sha256 != prefix_sha256)
+    full = current.valid and same_prefix and current.bytes >= current.limit_bytes  # nothing to add: no model
+    if (current.complete or full) and same_prefix:
         removed = store.prune({block_key(c, settings.kv_block_tokens) for c in chunks})
-        return StoreReport(
-            kept=current.blocks, removed=removed, bytes=store.size_bytes(), seconds=time.perf_counter() - t0
-        )
+        if current.complete or store.size_bytes() >= current.limit_bytes:
+            return StoreReport(kept=current.blocks, removed=removed, bytes=store.size_bytes(),
+                               seconds=time.perf_counter() - t0, limited=not current.complete)  # fmt: skip
     return build_store(settings, chunks, engine_factory(), on_progress, should_stop)
 
 
 class BackgroundBuild:
     """Builds a pipeline's store in a daemon thread after the index is ready; the chat answers meanwhile.
 
-    The engine is the pipeline's own (same model, same lock), so each block waits
-    for a running answer and an answer waits at most one block. Questions use the
-    ordinary path until every retrieved passage is stored.
+    Questions never wait behind it: the thread lowers its priority (background_nice), computes
+    on a model context of its own when given `own_engine` (`separate_engine`: the same weights,
+    another context; without it, the answering model's context, one block at a time under its
+    lock), and between blocks it pauses while `busy()` says a question is being answered. Questions use the
+    ordinary path until every retrieved passage is stored. Blocks are saved one by one, so a
+    restart goes on from where the last run stopped.
     """
 
-    def __init__(self, pipeline) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, pipeline, busy: Callable[[], bool] | None = None,  # type: ignore[no-untyped-def]
+                 own_engine: Callable[[], BlockComputer] | None = None) -> None:  # fmt: skip
         self.pipeline = pipeline
+        self.busy = busy or (lambda: False)  # rag serve: a question holds the generation line
+        self.own_engine = own_engine
         self.done = 0
         self.total = 0
         self.error = ""
         self.report: StoreReport | None = None
+        self.shared_engine = False  # True when the build computes on the answering model (no own engine, or it failed)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -484,27 +514,47 @@ class BackgroundBuild:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def should_stop(self) -> bool:
+        """Between blocks: wait while a question is answered; True once asked to stop."""
+        while self.busy() and not self._stop.is_set():
+            self._stop.wait(0.2)
+        return self._stop.is_set()
+
     def _run(self) -> None:
         from rag.errors import RagError
+        from rag.priority import lower_this_thread
 
         settings = self.pipeline.settings
         try:
             chunks = self.pipeline.get_index().readable(settings.join_max_chars)
-            # Created even when nothing is left to compute, so the first question does not pay for it.
+            # Created at normal priority (answers use it), even when nothing is left to compute,
+            # so the first question does not pay for it.
             cached = self.pipeline.get_cached()
             if cached is None:
                 self.error = self.pipeline.kv_unavailable or "the cached path is unavailable"
                 return
-            engine = cached[0].engine
+            shared = cached[0].engine
+            lower_this_thread(settings.background_nice)  # from here on, only this build's own work
 
             def progress(done: int, total: int) -> None:
                 self.done, self.total = done, total
 
-            self.report = update(settings, chunks, lambda: engine, progress, self._stop.is_set, engine.prefix_sha256)
+            self.report = update(settings, chunks, lambda: self._engine(shared), progress, self.should_stop,
+                                 shared.prefix_sha256)  # fmt: skip
         except RagError as exc:
             self.error = exc.message
         except Exception as exc:  # noqa: BLE001 - a background thread reports, never crashes the page
             self.error = f"{exc.__class__.__name__}: {exc}"
+
+    def _engine(self, shared: BlockComputer) -> BlockComputer:
+        """A model context for this build alone; the answering one (and its lock) when that cannot be had."""
+        if self.own_engine is not None:
+            try:
+                return self.own_engine()
+            except Exception as exc:  # noqa: BLE001 - memory, most likely: share the answering model instead
+                log.warning("KV store build: no context of its own (%s); sharing the answering model's", exc)
+        self.shared_engine = True
+        return shared
 
     def status(self) -> StoreStatus:
         settings = self.pipeline.settings
@@ -524,3 +574,9 @@ class BackgroundBuild:
         if self.error:
             text += f" · error: {self.error}"
         return text
+
+
+def separate_engine(pipeline) -> Callable[[], BlockComputer]:  # type: ignore[no-untyped-def]
+    """For BackgroundBuild: a llama.cpp context of its own on the answering model's weights (no second
+    copy in memory) with its own lock, so computing a block never holds up an answer."""
+    return lambda: open_engine(pipeline.settings, pipeline.get_generator(), own_lock=True)  # type: ignore[no-any-return]

@@ -192,7 +192,7 @@ class Pipeline:
                 from rag.index.embedding import load_embedder
 
                 s = self.settings
-                self.embedder = load_embedder(s.embed_model, s.models_dir, s.n_threads, s.onnx_queries)
+                self.embedder = load_embedder(s.embed_model, s.models_dir, s.n_threads, s.onnx_queries, s.onnx_passages, s.embed_dtype)
             return self.embedder
 
     def get_generator(self) -> Generator:

@@ -31,19 +31,44 @@ class Embedder(Protocol):
     def encode_query(self, text: str) -> np.ndarray: ...
 
 
+def embed_distinct(
+    texts: Sequence[str], encode: Callable[[Sequence[str], Callable[[int], None] | None], np.ndarray],
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Embed each distinct text once and copy its vector to the repeats.
+
+    Overlapping chunks share sentence pieces (4% of the seed corpus's texts). Progress counts
+    every text: the repeats are reported when the distinct ones are done.
+    Example: ["a", "b", "a"] embeds ["a", "b"] and returns rows [v_a, v_b, v_a].
+    """
+    first: dict[str, int] = {}
+    rows = [first.setdefault(t, len(first)) for t in texts]
+    distinct = list(first)
+    vectors = encode(distinct, progress)
+    if progress and len(distinct) < len(texts):
+        progress(len(texts) - len(distinct))
+    return vectors[rows] if len(distinct) < len(texts) else vectors
+
+
 class SentenceTransformerEmbedder:
     """Loads a sentence-transformers model from a local folder, never from a hub."""
 
-    batch_size = 16  # small batches keep peak memory low on a laptop
+    # Texts are sorted by length first, so a batch pads little; 8 pads less than 16 and was
+    # ~10% faster per text on the seed corpus (docs/measurements.md, "Fast by default").
+    batch_size = 8
 
-    def __init__(self, name: str, path: Path, threads: int | None = None) -> None:
+    def __init__(self, name: str, path: Path, threads: int | None = None, dtype: str = "float32") -> None:
+        """`dtype` "bfloat16" runs the model in bfloat16 (see `resolve_dtype`); vectors come back float32."""
         import torch
         from sentence_transformers import SentenceTransformer
 
         if threads:
             torch.set_num_threads(threads)
         self.name = name
+        self.dtype = dtype
         self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        if dtype == "bfloat16":
+            self._model.to(torch.bfloat16)
         dim = self._model.get_embedding_dimension()
         if dim is None:
             raise ValueError(f"cannot tell the embedding size of {path}")
@@ -53,6 +78,9 @@ class SentenceTransformerEmbedder:
     def encode_documents(
         self, texts: Sequence[str], progress: Callable[[int], None] | None = None
     ) -> np.ndarray:
+        return embed_distinct(texts, self._encode_all, progress)
+
+    def _encode_all(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         # Texts of similar length share a batch: a batch is padded to its longest text, and
         # sentence pieces (~40 characters) batched with whole chunks (~300) would cost as much as chunks.
@@ -64,11 +92,14 @@ class SentenceTransformerEmbedder:
             )
             if progress:
                 progress(len(rows))
+        if self.dtype != "float32":  # normalized in bfloat16: unit length again, in float32
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
 
     def _encode_query_uncached(self, text: str) -> np.ndarray:
         vec = self._model.encode_query([text], normalize_embeddings=True, convert_to_numpy=True)[0]
         vec = np.asarray(vec, dtype=np.float32)
+        vec /= max(float(np.linalg.norm(vec)), 1e-12)
         vec.setflags(write=False)  # cached: callers must not change it
         return vec
 
@@ -167,7 +198,8 @@ class OnnxQueryEmbedder:
     """Questions through onnxruntime; passages through sentence-transformers, loaded when first needed
     (an index update from the chat page), so answering never imports torch."""
 
-    def __init__(self, name: str, models_dir: Path, info: dict[str, object], threads: int | None = None) -> None:
+    def __init__(self, name: str, models_dir: Path, info: dict[str, object], threads: int | None = None,
+                 onnx_passages: bool = False, passage_dtype: str = "float32") -> None:  # fmt: skip
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -177,6 +209,7 @@ class OnnxQueryEmbedder:
         self.dim = int(info["dim"])  # type: ignore[call-overload]
         self._prompt = str(info["prompt"])
         self._models_dir, self._threads = models_dir, threads
+        self._onnx_passages, self._passage_dtype = onnx_passages, passage_dtype
         self._tokenizer = Tokenizer.from_file(str(locate(name, models_dir) / "tokenizer.json"))
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(int(info["max_length"]))  # type: ignore[call-overload]
@@ -189,7 +222,9 @@ class OnnxQueryEmbedder:
             str(query_encoder_dir(name, models_dir) / _ONNX), options, providers=["CPUExecutionProvider"]
         )
         self._query = lru_cache(maxsize=512)(self._encode_query_uncached)
-        self._documents: SentenceTransformerEmbedder | None = None
+        # Its own session, made by the thread that first embeds passages (a low-priority build's
+        # threads are its own, rag/priority.py), never this one, whose threads answer questions.
+        self._documents: SentenceTransformerEmbedder | OnnxDocumentEmbedder | None = None
         self._lock = threading.Lock()
 
     def _encode_query_uncached(self, text: str) -> np.ndarray:
@@ -204,11 +239,13 @@ class OnnxQueryEmbedder:
     def encode_query(self, text: str) -> np.ndarray:
         return self._query(text)
 
-    def documents(self) -> SentenceTransformerEmbedder:
-        """The passage embedder (sentence-transformers), loaded on first use."""
+    def documents(self) -> SentenceTransformerEmbedder | OnnxDocumentEmbedder:
+        """The passage embedder, loaded on first use."""
         with self._lock:
             if self._documents is None:
-                self._documents = load_document_embedder(self.name, self._models_dir, self._threads)
+                self._documents = load_document_embedder(
+                    self.name, self._models_dir, self._threads, self._onnx_passages, self._passage_dtype
+                )
             return self._documents
 
     def encode_documents(
@@ -217,18 +254,109 @@ class OnnxQueryEmbedder:
         return self.documents().encode_documents(texts, progress)
 
 
-def load_document_embedder(name: str, models_dir: Path, threads: int | None = None) -> SentenceTransformerEmbedder:
-    """sentence-transformers itself: for building the index."""
+class OnnxDocumentEmbedder:
+    """Passages through the same ONNX export as questions, with the model's document prompt.
+
+    The export is the whole sentence-transformers model, so with the document prompt in front
+    it gives encode_document's vectors; texts are batched by length (right padding, which the
+    attention mask hides, so a text's vector does not depend on its batch). No torch import.
+    """
+
+    batch_size = 16
+
+    def __init__(self, name: str, models_dir: Path, info: dict[str, object], threads: int | None = None) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        from rag.models import locate
+
+        path = locate(name, models_dir)
+        self.name = name
+        self.dim = int(info["dim"])  # type: ignore[call-overload]
+        self._prompt = document_prompt(path)
+        self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(int(info["max_length"]))  # type: ignore[call-overload]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or 0
+        options.inter_op_num_threads = 1
+        # Waiting threads must not spin: a build in the background leaves the cores to answers.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = ort.InferenceSession(
+            str(query_encoder_dir(name, models_dir) / _ONNX), options, providers=["CPUExecutionProvider"]
+        )
+
+    def encode_documents(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        return embed_distinct(texts, self._encode_all, progress)
+
+    def _encode_all(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        encoded = self._tokenizer.encode_batch([self._prompt + t for t in texts])
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i].ids))  # a batch pads to its longest
+        for i in range(0, len(order), self.batch_size):
+            rows = order[i : i + self.batch_size]
+            width = max(len(encoded[r].ids) for r in rows)
+            ids = np.zeros((len(rows), width), dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for j, r in enumerate(rows):
+                n = len(encoded[r].ids)
+                ids[j, :n], mask[j, :n] = encoded[r].ids, 1
+            (vectors,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
+            vectors = np.asarray(vectors, dtype=np.float32)
+            out[rows] = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            if progress:
+                progress(len(rows))
+        return out
+
+    def encode_query(self, text: str) -> np.ndarray:
+        raise NotImplementedError("OnnxDocumentEmbedder embeds passages; questions go through OnnxQueryEmbedder")
+
+
+def document_prompt(model_path: Path) -> str:
+    """The prompt sentence-transformers' encode_document puts before a passage ('' when the model has none)."""
+    try:
+        config = json.loads((model_path / "config_sentence_transformers.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    prompts = config.get("prompts") or {}
+    return next((str(prompts[k]) for k in ("document", "passage", "corpus") if k in prompts), "")
+
+
+def resolve_dtype(setting: str) -> str:
+    """embed_dtype -> "float32" or "bfloat16". "auto" is bfloat16 where the CPU multiplies it in
+    hardware (AMX or AVX-512 BF16: ~3x the passages per CPU-second on the seed corpus, vectors within
+    cosine 0.998 of float32), else float32, since emulated bfloat16 is slower than float32."""
+    if setting != "auto":
+        return setting
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split())
+    except OSError:
+        return "float32"
+    return "bfloat16" if {"amx_bf16", "avx512_bf16"} & flags else "float32"
+
+
+def load_document_embedder(
+    name: str, models_dir: Path, threads: int | None = None, onnx: bool = False, dtype: str = "float32"
+) -> SentenceTransformerEmbedder | OnnxDocumentEmbedder:
+    """For building the index: the ONNX export when `onnx` (onnx_passages) and setup made a current one,
+    else sentence-transformers itself, in `dtype` (embed_dtype: auto, float32 or bfloat16)."""
     from rag.models import locate
 
-    return SentenceTransformerEmbedder(name, locate(name, models_dir), threads=threads)
+    info = _export_info(name, models_dir) if onnx else None
+    if info is not None:
+        return OnnxDocumentEmbedder(name, models_dir, info, threads)
+    return SentenceTransformerEmbedder(name, locate(name, models_dir), threads=threads, dtype=resolve_dtype(dtype))
 
 
 def load_embedder(
-    name: str, models_dir: Path, threads: int | None = None, onnx_queries: bool = True
+    name: str, models_dir: Path, threads: int | None = None, onnx_queries: bool = True, onnx_passages: bool = False,
+    passage_dtype: str = "float32",
 ) -> SentenceTransformerEmbedder | OnnxQueryEmbedder:
-    """For answering: the ONNX question encoder when setup exported a current one, else sentence-transformers."""
+    """For answering: the ONNX question encoder when setup exported a current one, else sentence-transformers
+    (float32: questions keep the vectors measured). Passages, embedded on an index update, as load_document_embedder."""
+    from rag.models import locate
+
     info = _export_info(name, models_dir) if onnx_queries else None
     if info is None:
-        return load_document_embedder(name, models_dir, threads)
-    return OnnxQueryEmbedder(name, models_dir, info, threads)
+        return SentenceTransformerEmbedder(name, locate(name, models_dir), threads=threads)
+    return OnnxQueryEmbedder(name, models_dir, info, threads, onnx_passages, passage_dtype)

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from rag import offline  # noqa: F401  (before gradio: analytics off)
 
@@ -21,12 +22,13 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
-from rag.answer.kvstore import BackgroundBuild
+from rag.answer.kvstore import BackgroundBuild, separate_engine
 from rag.answer.pipeline import Pipeline
 from rag.answer.turns import GenerationQueue
 from rag.collections import for_collection
 from rag.config import Settings
 from rag.errors import RagError
+from rag.index.background import BackgroundIndex
 from rag.serve import errors
 from rag.serve.routes import Service, router
 from ui.app import build_app
@@ -34,21 +36,27 @@ from ui.assets import CSS, FONTS, JS, MONO_FONTS
 from ui.chat_models import ChatModels
 
 
-def create_app(settings: Settings, pipeline: Pipeline | None = None, kv_build: BackgroundBuild | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, pipeline: Pipeline | None = None, kv_build: BackgroundBuild | None = None,
+    indexing: BackgroundIndex | None = None,
+) -> FastAPI:  # fmt: skip
     """The FastAPI app: /v1 first (so the page's catch-all mount at / does not shadow it), then the page.
 
     `settings` as loaded: the page offers every collection they name; /v1 answers from the
-    pipeline's collection (`settings.collection`, the default one).
+    pipeline's collection (`settings.collection`, the default one). `indexing`: the first index
+    build, running in the background (questions are told so until it is done).
     """
     pipeline = pipeline or Pipeline(for_collection(settings))
-    service = Service(pipeline, ChatModels(pipeline), GenerationQueue(settings.api_queue_limit), kv_build)
+    service = Service(pipeline, ChatModels(pipeline), GenerationQueue(settings.api_queue_limit), kv_build, indexing)
+    if kv_build is not None:  # the store's build pauses between blocks while a question is answered
+        kv_build.busy = lambda: service.turns.waiting > 0
     # No /docs page: FastAPI's loads Swagger from a CDN, and the product is offline. The schema is
     # served by the router (/v1/openapi.json), behind the key like every /v1 call.
     app = FastAPI(title="rag-chat API", docs_url=None, redoc_url=None, openapi_url=None)
     errors.install(app)
     app.include_router(router(service))
     app.state.service = service
-    page = build_app(pipeline, kv_build, base=settings, models=service.models, turns=service.turns)
+    page = build_app(pipeline, kv_build, base=settings, models=service.models, turns=service.turns, indexing=indexing)
     return gr.mount_gradio_app(
         app, page, path="/", server_name=settings.host, server_port=settings.port, footer_links=[],
         theme=gr.themes.Default(font=FONTS, font_mono=MONO_FONTS), css=CSS, js=JS, ssr_mode=False,
@@ -90,15 +98,57 @@ class Server:
             self.thread.join(timeout=30)
 
 
-def serve(settings: Settings, host: str, port: int, block: bool = True, pipeline: Pipeline | None = None) -> Server:
-    """Load the index and models, then serve the page and the API; tests pass their own `pipeline`."""
+def _start_when_up(server: uvicorn.Server, indexing: BackgroundIndex) -> None:
+    """Start the first index build once the page answers (after a minute at most: it is needed either way)."""
+    deadline = time.monotonic() + 60
+    while not server.started and not server.should_exit and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not server.should_exit:
+        indexing.start()
+
+
+@dataclass
+class Started:
+    """What `start_up` set going: the pipeline, the KV store's build, and the first index build (None: there was an index)."""
+
+    pipeline: Pipeline
+    kv_build: BackgroundBuild | None
+    indexing: BackgroundIndex | None
+
+
+def start_up(settings: Settings) -> Started:
+    """With an index: load it and the models now (seconds), then compute the KV store in the background.
+    Without one: build it in the background (the page shows its progress), then load and start the store."""
+    from rag.index.reader import index_exists
+    from rag.models import get_spec
+
+    pipeline = Pipeline(for_collection(settings))
+    s = pipeline.settings
+    kv_build = BackgroundBuild(pipeline, own_engine=separate_engine(pipeline))
+
+    def ready() -> None:
+        pipeline.load()  # before the first question, so the first answer is not slowed
+        kv_build.start()
+
+    if index_exists(Path(s.index_dir)):
+        ready()
+        return Started(pipeline, kv_build, None)
+    # Started by `serve` once the page is up: its imports (torch) would hold Python's lock meanwhile.
+    indexing = BackgroundIndex(s, pipeline.get_embedder, get_spec(s.embed_model).sha256, before=pipeline.get_embedder,
+                               after=ready)  # fmt: skip
+    return Started(pipeline, kv_build, indexing)
+
+
+def serve(
+    settings: Settings, host: str, port: int, block: bool = True, pipeline: Pipeline | None = None,
+    indexing: BackgroundIndex | None = None,
+) -> Server:  # fmt: skip
+    """Serve the page and the API at once (see `start_up`); tests pass their own `pipeline` (and `indexing`)."""
     kv_build = None
     if pipeline is None:
-        pipeline = Pipeline(for_collection(settings))
-        pipeline.load()  # before the first visitor, so the first answer is not slowed
-        kv_build = BackgroundBuild(pipeline)
-        kv_build.start()
-    app = create_app(settings, pipeline, kv_build)
+        started = start_up(settings)
+        pipeline, kv_build, indexing = started.pipeline, started.kv_build, started.indexing
+    app = create_app(settings, pipeline, kv_build, indexing)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     warning = exposure_warning(settings, host)
     if warning:
@@ -106,6 +156,8 @@ def serve(settings: Settings, host: str, port: int, block: bool = True, pipeline
     print(f"Chat page: {url}/   API: {url}/v1 (docs/api.md)", flush=True)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
+    if indexing is not None and not indexing.started:
+        threading.Thread(target=_start_when_up, args=(server, indexing), name="start-index-build", daemon=True).start()
     if block:
         server.run()
         return Server(url, server, None)

@@ -25,6 +25,7 @@ from rag.answer.kvstore import BackgroundBuild
 from rag.answer.pipeline import Done, Pipeline, Restart, Token, Turn, clean_question
 from rag.answer.turns import GenerationQueue, Ticket
 from rag.errors import RagError
+from rag.index.background import BackgroundIndex
 from rag.models import REGISTRY, is_installed
 from rag.schema import Answer
 from rag.serve import openai_schema as wire
@@ -47,6 +48,13 @@ class Service:
     models: ChatModels
     turns: GenerationQueue
     kv_build: BackgroundBuild | None = None
+    indexing: BackgroundIndex | None = None  # the first index build, while `rag serve` runs it
+
+    def still_building(self) -> str:
+        """What to tell a question while the first index is built ('' once it can be answered)."""
+        if self.indexing is None or not self.indexing.blocks_questions():
+            return ""
+        return self.indexing.progress().line()
 
     @property
     def settings(self) -> Settings:
@@ -133,6 +141,10 @@ def new_job(service: Service, req: wire.ChatRequest) -> Job:
     except RagError as exc:
         raise from_rag_error(exc) from None
     model = chat_model(service, req.model)
+    building = service.still_building()
+    if building:  # nothing is indexed yet: say so at once, with the build's progress
+        raise ApiError(503, f"{building} Ask again when it is done (GET /v1/index shows the progress).",
+                       "index_building", headers={"Retry-After": "30"})  # fmt: skip
     ticket = service.turns.join()
     if ticket is None:
         raise ApiError(429, f"{service.turns.limit} questions are already waiting for the model. Retry in a minute.",
@@ -339,14 +351,19 @@ def _index_state(service: Service) -> dict[str, Any]:
     from rag.index.lock import lock_holder
 
     s = service.settings
-    building = lock_holder(Path(s.index_dir)) is not None
+    building = lock_holder(Path(s.index_dir)) is not None or bool(service.still_building())
     state: dict[str, Any] = {"object": "index", "state": "building" if building else "ready", "building": building,
                              "corpus_dir": str(s.corpus_dir), "embed_model": s.embed_model}  # fmt: skip
+    if service.indexing is not None:
+        p = service.indexing.progress()
+        state["first_build"] = {"stage": p.stage, "documents_read": p.files_done, "documents": p.files_total,
+                                "texts_embedded": p.units_done, "texts": p.units_total, "eta_s": p.eta_s(),
+                                "message": p.line(), "error": p.error or None}  # fmt: skip
     try:
         index = service.pipeline.get_index()
     except RagError as exc:
-        return {**state, "state": "building" if building else "missing", "documents": [], "chunks": 0,
-                "error": f"{exc.message} {exc.hint}".strip()}  # fmt: skip
+        error = None if service.still_building() else f"{exc.message} {exc.hint}".strip()  # not yet, rather than missing
+        return {**state, "state": "building" if building else "missing", "documents": [], "chunks": 0, "error": error}
     m = index.manifest
     docs = [{"document": path, "title": e.title, "chunks": len(e.chunk_ids), "indexed_at": e.indexed_at}
             for path, e in sorted(m.files.items())]  # fmt: skip
@@ -354,5 +371,7 @@ def _index_state(service: Service) -> dict[str, Any]:
                  skipped={p: v.get("reason", "") for p, v in m.skipped.items()})  # fmt: skip
     if service.kv_build is not None and s.kv_cache:
         st = service.kv_build.status()
-        state["kv_store"] = {"blocks": st.blocks, "total": st.total, "complete": st.complete, "building": st.building}
+        state["kv_store"] = {"blocks": st.blocks, "total": st.total, "complete": st.complete, "building": st.building,
+                             "bytes": st.bytes, "max_bytes": st.limit_bytes,
+                             "error": service.kv_build.error or None}  # fmt: skip
     return state

@@ -393,3 +393,41 @@ def test_index_kv_with_the_store_off_says_how_to_turn_it_on(settings, monkeypatc
     base = ["--corpus", str(settings.corpus_dir), "--index", str(settings.index_dir)]
     result = CliRunner().invoke(app, [*base, "index", "--kv"])
     assert result.exit_code == 1 and "kv_cache = true" in result.output
+
+
+def test_the_store_stops_at_its_disk_limit_and_says_so(settings) -> None:  # type: ignore[no-untyped-def]
+    chunks = chunks_of(settings)
+    small = replace(settings, kv_store_max_mb=0)
+    report = kvstore.build_store(small, chunks, FakeEngine())
+    assert report.limited and report.computed == 0
+    st = kvstore.status(small, chunks)
+    assert st.at_limit and not st.complete and "disk limit" in st.line()
+    engine = FakeEngine()
+    assert kvstore.update(small, chunks, lambda: engine).limited and engine.computed == []  # no model loaded
+
+
+def test_background_build_computes_on_its_own_engine_and_waits_while_a_question_is_answered(settings) -> None:  # type: ignore[no-untyped-def]
+    pipeline, _, cached = cached_pipeline(settings)
+    own = FakeEngine()
+    busy = threading.Event()
+    busy.set()  # a question holds the line
+    job = kvstore.BackgroundBuild(pipeline, busy=busy.is_set, own_engine=lambda: own)
+    assert job.start()
+    job.wait(timeout=0.5)
+    assert job.running and own.computed == []  # waiting for the question, not computing
+    busy.clear()
+    job.wait(timeout=30)
+    assert not job.running and job.error == "" and not job.shared_engine
+    assert len(own.computed) == len(chunks_of(settings)) and cached.engine.computed == []  # the answering engine was left alone
+
+
+def test_background_build_falls_back_to_the_answering_engine_when_its_own_cannot_load(settings) -> None:  # type: ignore[no-untyped-def]
+    pipeline, _, cached = cached_pipeline(settings)
+
+    def no_memory() -> FakeEngine:
+        raise MemoryError("no room for a second context")
+
+    job = kvstore.BackgroundBuild(pipeline, own_engine=no_memory)
+    job.start()
+    job.wait(timeout=30)
+    assert job.error == "" and job.shared_engine and len(cached.engine.computed) == len(chunks_of(settings))

@@ -340,6 +340,68 @@ def test_bench_answers_compares_the_identical_tokens(fake_world) -> None:  # typ
     probe.close()
 
 
+def test_headline_ratios_from_the_sections_details() -> None:
+    details = {
+        "cached": {"records": [
+            {"ordinary_ttft": 6.0, "cached_ttft": 0.5}, {"ordinary_ttft": 7.0, "cached_ttft": 1.0},
+            {"ordinary_ttft": 9.0, "cached_ttft": 2.0}, {"id": "q4", "skipped": "refused before generation"},
+        ]},
+        "index": {"product_passages_per_s": 14.0, "raw_passages_per_s": 7.0},
+        "page": {"ready_s": 3.5},
+    }  # fmt: skip
+    got = bench.headline_ratios(details)
+    assert got["kv_ttft_ratio"] == pytest.approx(1.0 / 7.0)  # median over median, the refused question left out
+    assert got["embed_rate_ratio"] == 2.0 and got["page_ready_s"] == 3.5
+    assert bench.headline_ratios({}) == {"kv_ttft_ratio": None, "embed_rate_ratio": None, "page_ready_s": None}
+
+
+def test_the_report_json_carries_the_ratios() -> None:
+    report = bench.BenchReport(machine={}, models={}, questions_file="q.jsonl", n_questions=0,
+                               details={"page": {"ready_s": 2.0}, "index": {"product_passages_per_s": 3.0}})  # fmt: skip
+    ratios = json.loads(json.dumps(report.to_dict()))["ratios"]
+    assert ratios == {"kv_ttft_ratio": None, "embed_rate_ratio": None, "page_ready_s": 2.0}  # no raw rate: no ratio
+
+
+def test_wait_for_page_polls_until_the_page_answers() -> None:
+    import http.server
+
+    answered = threading.Event()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        calls = 0
+
+        def do_GET(self) -> None:  # the http.server name
+            Page.calls += 1
+            ready = Page.calls >= 3  # the first two polls find the page still starting
+            self.send_response(200 if ready else 503)
+            self.end_headers()
+            if ready:
+                answered.set()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        assert bench.wait_for_page(url, lambda: True, timeout=60, poll=0.01) is not None and answered.is_set()
+        assert Page.calls == 3
+        assert bench.wait_for_page(url, lambda: False, timeout=60) is None  # the server process died: give up
+    finally:
+        server.shutdown()
+
+
+def test_settings_env_leaves_unset_paths_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rag.config import load_settings
+
+    isolate(monkeypatch, tmp_path)
+    env = bench.settings_env(tiny_settings(tmp_path))
+    assert env["RAG_CONVERSATIONS_DB"] == ""
+    monkeypatch.setenv("RAG_CONVERSATIONS_DB", env["RAG_CONVERSATIONS_DB"])
+    assert load_settings().conversations_db is None  # not a file called "None"
+
+
 def test_cli_rejects_an_unknown_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from rag.cli import app
 
@@ -360,7 +422,7 @@ def test_bench_small_models_end_to_end(small_world, tmp_path: Path) -> None:  # 
                     "type": "factoid"}) + "\n",
         encoding="utf-8",
     )  # fmt: skip
-    report = bench.run_bench(small_world, questions, limit=1, skip=("cold", "index", "conversation"))
+    report = bench.run_bench(small_world, questions, limit=1, skip=("page", "cold", "index", "conversation"))
     record = report.details["answers"][0]
     assert record["same_tokens"] is True  # raw greedy decoding of the captured tokens reproduces the answer
     assert record["prompt_evaluated"] == record["prompt_tokens"] > 0

@@ -1,7 +1,7 @@
 """The question encoder: an ONNX export of the real test embedder (MiniLM), run by onnxruntime.
 
 It must give the vectors sentence-transformers gives, be used only when it was
-exported from the very model configured, and leave passages to sentence-transformers.
+exported from the very model configured; passages go through it too (with the document prompt).
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 
 from rag.index.embedding import (
+    OnnxDocumentEmbedder,
     OnnxQueryEmbedder,
     SentenceTransformerEmbedder,
+    document_prompt,
+    embed_distinct,
     ensure_query_encoder,
     load_document_embedder,
     load_embedder,
@@ -61,14 +64,65 @@ def test_questions_get_the_vectors_sentence_transformers_gives(models_dir: Path,
         assert abs(float(np.linalg.norm(got)) - 1.0) < 1e-5
 
 
-def test_passages_are_embedded_by_sentence_transformers(models_dir: Path, reference) -> None:  # type: ignore[no-untyped-def]
-    fast = load_embedder(MODEL, models_dir)
-    texts = ["混合专家模型只激活部分参数。", "The Transformer relies on self-attention."]
+def test_passages_get_the_vectors_sentence_transformers_gives_through_the_same_export(models_dir: Path, reference) -> None:  # type: ignore[no-untyped-def]
+    fast = load_embedder(MODEL, models_dir, onnx_passages=True)
+    # Lengths that differ within a batch (padding), a repeat, and one past the model's length limit.
+    texts = ["混合专家模型只激活部分参数。", "The Transformer relies on self-attention.", "短。", "word " * 400,
+             "The Transformer relies on self-attention."] * 5  # fmt: skip
     done: list[int] = []
     vectors = fast.encode_documents(texts, progress=done.append)
-    assert isinstance(fast, OnnxQueryEmbedder) and isinstance(fast.documents(), SentenceTransformerEmbedder)
-    np.testing.assert_allclose(vectors, reference.encode_documents(texts), atol=1e-6)
-    assert sum(done) == len(texts)
+    assert isinstance(fast, OnnxQueryEmbedder) and isinstance(fast.documents(), OnnxDocumentEmbedder)
+    np.testing.assert_allclose(vectors, reference.encode_documents(texts), atol=1e-5)
+    assert sum(done) == len(texts) and vectors.dtype == np.float32
+    off = load_embedder(MODEL, models_dir, onnx_passages=False)
+    assert isinstance(off, OnnxQueryEmbedder) and isinstance(off.documents(), SentenceTransformerEmbedder)
+
+
+def test_passages_in_bfloat16_stay_close_to_float32_and_unit_length(models_dir: Path, reference) -> None:  # type: ignore[no-untyped-def]
+    texts = ["混合专家模型只激活部分参数。", "The Transformer relies on self-attention.", "短。"]
+    half = load_document_embedder(MODEL, models_dir, dtype="bfloat16")
+    assert isinstance(half, SentenceTransformerEmbedder) and half.dtype == "bfloat16"
+    got, want = half.encode_documents(texts), reference.encode_documents(texts)
+    assert got.dtype == np.float32 and np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert float((got * want).sum(axis=1).min()) > 0.99
+
+
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from rag.index import embedding
+
+    real_read = Path.read_text
+
+    def cpuinfo(flags: str):  # type: ignore[no-untyped-def]
+        return lambda self, *a, **k: f"flags\t: fpu {flags} sse2\n" if str(self) == "/proc/cpuinfo" else real_read(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", cpuinfo("avx512f amx_bf16 amx_tile"))
+    assert embedding.resolve_dtype("auto") == "bfloat16"
+    monkeypatch.setattr(Path, "read_text", cpuinfo("avx2 avx512f"))
+    assert embedding.resolve_dtype("auto") == "float32"
+    assert embedding.resolve_dtype("bfloat16") == "bfloat16" and embedding.resolve_dtype("float32") == "float32"
+
+
+def test_each_distinct_text_is_embedded_once() -> None:
+    calls: list[list[str]] = []
+
+    def encode(texts, progress):  # type: ignore[no-untyped-def]
+        calls.append(list(texts))
+        if progress:
+            progress(len(texts))
+        return np.array([[float(len(t))] for t in texts], dtype=np.float32)
+
+    done: list[int] = []
+    got = embed_distinct(["aa", "b", "aa", "ccc", "b"], encode, done.append)
+    assert calls == [["aa", "b", "ccc"]] and sum(done) == 5
+    assert got[:, 0].tolist() == [2.0, 1.0, 2.0, 3.0, 1.0]
+
+
+def test_the_document_prompt_is_the_one_sentence_transformers_uses(tmp_path: Path) -> None:
+    assert document_prompt(tmp_path) == ""  # no config: no prompt
+    (tmp_path / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"query": "q: ", "document": "title: none | text: "}}), encoding="utf-8"
+    )
+    assert document_prompt(tmp_path) == "title: none | text: "
 
 
 def test_an_export_of_another_model_or_format_is_not_used(models_dir: Path) -> None:
