@@ -12,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_DOCS = {
+    ".examples.txt": "DeepSeek-V3 的训练成本是多少？\nTransformer 架构是哪一年提出的？\n",  # the page's examples
     "deepseek.md": (
         "# DeepSeek-V3 技术报告摘要\n\n"
         "## 训练成本\n\n"

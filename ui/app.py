@@ -42,6 +42,7 @@ from rag.ingest.loaders import SUPPORTED_SUFFIXES
 from ui import render, saved_chats
 from ui.assets import CSS, FONTS, JS, MONO_FONTS, STORE_LANGUAGE_JS
 from ui.chat_models import ChatModels, offered_models
+from ui.examples import example_questions
 from ui.collection_pipelines import CollectionPipelines
 from ui.indexing import Progress, run_build
 from ui.render import Exchange
@@ -51,14 +52,6 @@ from ui.uploads import UPLOAD_TYPES, UploadResult, UploadStatus, save_upload
 
 log = logging.getLogger(__name__)
 
-# Shown first; each is answered by the shipped corpus (corpus/), whatever the settings.
-EXAMPLES = [
-    "DeepSeek-V3 的训练成本是多少？",
-    "什么是混合专家（MoE）架构？",
-    "GPQA Diamond 是什么样的评测基准？",
-    "Transformer 架构是哪一年提出的？",
-    "Which company proposed the Transformer architecture?",
-]
 HISTORY_TURNS = 3  # earlier turns given to the pipeline for follow-up questions
 PENDING = "…"  # the answer's place in the chat until its first words arrive
 
@@ -141,6 +134,17 @@ def _bot(content: str) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- the page
+
+
+def _examples(settings: Settings, lang: str) -> list[str]:
+    """The collection's own example questions (ui/examples.py): its .examples.txt, else its file names."""
+    from rag.ingest.loaders import iter_corpus
+
+    try:
+        names = [Path(rel).stem.replace("_", " ").replace("-", " ") for _, rel in iter_corpus(Path(settings.corpus_dir))]
+    except OSError:
+        names = []
+    return example_questions(Path(settings.corpus_dir), names, lang)
 
 
 def build_app(
@@ -564,9 +568,10 @@ def build_app(
                     send = gr.Button(say(zh, "send"), variant="primary", elem_id="send", scale=2)
                     stop = gr.Button(say(zh, "stop"), elem_id="stop", scale=1)
                     clear = gr.Button(say(zh, "clear"), elem_id="clear", scale=1)
+                shown = _examples(settings, zh)
                 examples = gr.Dataset(
-                    components=["textbox"], samples=[[q] for q in EXAMPLES], label=say(zh, "examples"),
-                    elem_id="examples", type="values", samples_per_page=len(EXAMPLES),
+                    components=["textbox"], samples=[[q] for q in shown], label=say(zh, "examples"),
+                    elem_id="examples", type="values", samples_per_page=len(shown),
                 )  # fmt: skip
             with gr.Column(scale=2):
                 with gr.Accordion(say(zh, "sources"), open=True, elem_id="sources-panel") as sources_acc:
