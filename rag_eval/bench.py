@@ -51,9 +51,9 @@ from rag.errors import RagError
 from rag_eval import stats
 
 if TYPE_CHECKING:
+    from rag.answer.pipeline import Pipeline
     from rag.config import Settings
     from rag.index.embedding import Embedder
-    from rag.answer.pipeline import Pipeline
 
 DEFAULT_QUESTIONS = Path(__file__).resolve().parents[2] / "shared" / "eval" / "dev.jsonl"
 SECTIONS = ("page", "cold", "index", "retrieval", "answers", "conversation", "cached")
@@ -575,9 +575,9 @@ def _one_file(corpus: Path) -> Path:
 
 def bench_index(settings: Settings, embedder: Embedder, details: dict[str, Any], no_change_runs: int = 3) -> list[Stat]:
     """Full build, raw encode_document, one-file update and no-change runs on a temporary copy of the corpus."""
-    from rag.ingest.chunking import piece_texts, search_text
     from rag.index.build import build
     from rag.index.reader import Index
+    from rag.ingest.chunking import piece_texts, search_text
     from rag.models import get_spec
 
     sha = get_spec(settings.embed_model).sha256
@@ -895,8 +895,8 @@ def run_bench(
     skip: Sequence[str] = (),
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> BenchReport:
-    from rag_eval.metrics import load_questions
     from rag.models import locate
+    from rag_eval.metrics import load_questions
 
     t_start = time.perf_counter()
     questions = load_questions(questions_file)[: limit or None]

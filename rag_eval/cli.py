@@ -153,8 +153,8 @@ def retrieval_cmd(
     index_dir: IndexDirOpt = None,
 ) -> None:
     """Rank every question with the product's retriever; print hit@k, recall@k, MRR@10 and the misses."""
-    from rag_eval.metrics import evaluate_retrieval, format_misses, format_table, load_questions, parse_ks
     from rag.answer.pipeline import Pipeline, clean_question
+    from rag_eval.metrics import evaluate_retrieval, format_misses, format_table, load_questions, parse_ks
 
     try:
         ks = parse_ks(k)
@@ -214,8 +214,8 @@ def answers_cmd(
     """Answer every question with the full pipeline; print key-term, refusal and citation metrics and timings."""
     from dataclasses import replace
 
-    from rag_eval.metrics import evaluate_answers, format_answer_table, load_questions
     from rag.answer.pipeline import Done, Pipeline
+    from rag_eval.metrics import evaluate_answers, format_answer_table, load_questions
 
     try:
         if path not in ("auto", "cached", "ordinary", "both"):
@@ -451,10 +451,10 @@ def rgb_cmd(
             typer.echo(rgb.format_noise_report(report))
             data = report.to_dict()
         else:
-            from rag_eval.metrics import parse_ks
-            from rag.models import get_spec
             from rag.answer.pipeline import Pipeline
             from rag.answer.retrieval import RetrievalParams
+            from rag.models import get_spec
+            from rag_eval.metrics import parse_ks
 
             ks = parse_ks(k)
             data_rows = rgb.load_rows(rgb_file, limit=limit_rows)

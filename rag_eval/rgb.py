@@ -43,20 +43,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rag.ingest.chunking import ChunkerSettings, chunk_document, piece_texts, search_text
 from rag.errors import RagError
+from rag.ingest.chunking import ChunkerSettings, chunk_document, piece_texts, search_text
+from rag.schema import Chunk, Document, Hit
 from rag_eval.metrics import text_table
 from rag_eval.stats import percentile
-from rag.schema import Chunk, Document, Hit
 
 if TYPE_CHECKING:
-    from rag.config import Settings
-    from rag.index.embedding import Embedder
-    from rag.llm.generation import Generator
-    from rag.index.reader import Index
     from rag.answer.pipeline import Pipeline
-    from rag.guards import Guards
     from rag.answer.retrieval import RetrievalParams
+    from rag.config import Settings
+    from rag.guards import Guards
+    from rag.index.embedding import Embedder
+    from rag.index.reader import Index
+    from rag.llm.generation import Generator
 
 MRR_CUTOFF = 10
 PASSAGES = 5  # the paper's passage_num
@@ -320,9 +320,9 @@ def _build_pool_index(
     """Write one build in the product's layout; vectors go into FAISS one batch at a time."""
     import faiss
 
-    from rag.index.manifest import DENSE_FILE, FORMAT_VERSION, PIECES_FILE, PIECE_OWNERS_FILE, FileEntry, Manifest
-    from rag.index.publish import new_staging, publish
     from rag.index.lexical import LexicalIndex, tokenize
+    from rag.index.manifest import DENSE_FILE, FORMAT_VERSION, PIECE_OWNERS_FILE, PIECES_FILE, FileEntry, Manifest
+    from rag.index.publish import new_staging, publish
 
     t0 = time.perf_counter()
     per_passage = passage_chunks(pool, chunker)

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from rag.schema import Chunk
 from rag_eval.metrics import text_table
 from rag_eval.rgb import Latency, peak_rss_mb, progress_bar
-from rag.schema import Chunk
 
 WORDS_PER_CHUNK = 90  # ~190 characters, the size of an RGB passage
 QUERY_WORDS = 6
@@ -155,12 +155,12 @@ def run_scale(
     """Build the synthetic index in memory, time `queries` searches; ann: any of 'hnsw', 'ivf'."""
     import faiss
 
+    from rag.answer.retrieval import RetrievalParams, Retriever
     from rag.config import Settings
+    from rag.index.lexical import LexicalIndex, tokenize
     from rag.index.manifest import FORMAT_VERSION, Manifest
     from rag.index.reader import Index, Pieces
     from rag.index.store import FaissStore
-    from rag.index.lexical import LexicalIndex, tokenize
-    from rag.answer.retrieval import RetrievalParams, Retriever
 
     unknown = set(ann) - {"hnsw", "ivf"}
     if unknown:

@@ -53,8 +53,8 @@ def test_search_cli_json(small_env: dict[str, str]) -> None:
 def test_index_and_answer_open_no_network_connection(small_world, no_network, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
-    from rag.cli import run_index
     from rag.answer.pipeline import Done, Pipeline
+    from rag.cli import run_index
 
     settings = replace(small_world, index_dir=tmp_path / "index")
     run_index(settings, full=True, quiet=True)

@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from rag.answer.pipeline import Done, Pipeline
+from rag.answer.prompting import SYSTEM_PROMPT
 from rag.errors import IndexStateError, QuestionError
 from rag.index.build import build
 from rag.index.lock import BuildLock
 from rag.index.reader import Index
 from rag.models import get_spec
-from rag.answer.pipeline import Done, Pipeline
-from rag.answer.prompting import SYSTEM_PROMPT
 from rag.schema import Answer
 from tests.documents import docx_bytes, encrypted, xlsx_bytes
 from tests.fakes import TINY_CORPUS, CountingFactory, FakeEmbedder, FakeGenerator, isolate, tiny_settings
@@ -57,7 +57,7 @@ class Cli:
 
         self.loads: list[str] = []
 
-        def fake_load(name: str, models_dir: Path, threads: int | None = None, onnx_queries: bool = True) -> FakeEmbedder:
+        def fake_load(name: str, models_dir: Path, *_: object, **__: object) -> FakeEmbedder:
             self.loads.append(name)
             return FakeEmbedder()
 

@@ -28,22 +28,22 @@ from rag import offline  # noqa: F401  (before gradio: analytics off)
 # isort: split
 import gradio as gr
 
-from rag.config import Settings
-from rag.errors import RagError
-from rag.index.background import BackgroundIndex, BuildProgress, format_eta
-from rag.index.reader import index_exists
-from rag.index.report import BuildReport
 from rag.answer.kvstore import BackgroundBuild, separate_engine
 from rag.answer.pipeline import MAX_QUESTION_CHARS, Done, Pipeline, Restart, Retrieved, Token, Turn
 from rag.answer.turns import GenerationQueue
 from rag.collections import for_collection
+from rag.config import Settings
 from rag.conversations import ConversationStore
+from rag.errors import RagError
+from rag.index.background import BackgroundIndex, BuildProgress, format_eta
+from rag.index.reader import index_exists
+from rag.index.report import BuildReport
 from rag.ingest.loaders import SUPPORTED_SUFFIXES
 from ui import render, saved_chats
 from ui.assets import CSS, FONTS, JS, MONO_FONTS, STORE_LANGUAGE_JS
 from ui.chat_models import ChatModels, offered_models
-from ui.examples import example_questions
 from ui.collection_pipelines import CollectionPipelines
+from ui.examples import example_questions
 from ui.indexing import Progress, run_build
 from ui.render import Exchange
 from ui.saved_chats import MessageIds

@@ -12,8 +12,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import replace
 
-from rag.models import REGISTRY
 from rag.answer.pipeline import Pipeline
+from rag.models import REGISTRY
 
 # Roles shown in the model menu, in this order (see rag/models.py).
 OFFERED_ROLES = ("default", "fast")

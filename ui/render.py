@@ -18,8 +18,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from rag.answer.citations import key_terms, sentences_citing, support
-from rag.ingest.loaders import location_unit
 from rag.answer.hygiene import UNSUPPORTED_NOTE
+from rag.ingest.loaders import location_unit
 from rag.schema import Answer, Chunk, Hit
 from ui.text import TEXT, lang_or_default, say
 

@@ -17,10 +17,10 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rag.guards import ALL, Guards
-from rag.ingest.chunking import clean_text
-from rag.index.lexical import STOPWORDS, mentions, words
 from rag.answer.prompting import ENGLISH_FULL_STOP, english_figures, language_of
+from rag.guards import ALL, Guards
+from rag.index.lexical import STOPWORDS, mentions, words
+from rag.ingest.chunking import clean_text
 from rag.schema import Citation, Hit
 
 _MARKER = re.compile(r"\s?[\[【]\s*(\d{1,2}(?:\s*[,，、]\s*\d{1,2})*)\s*[\]】]")

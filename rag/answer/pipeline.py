@@ -11,23 +11,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rag.answer import citations, hygiene
-from rag.index import lexical
-from rag.answer import prompting
+from rag.answer import citations, hygiene, prompting
+from rag.answer.retrieval import uncovered_names
 from rag.errors import QuestionError
 from rag.guards import ALL, Guards
-from rag.answer.retrieval import uncovered_names
+from rag.index import lexical
 from rag.index.entities import unknown_entities
 from rag.schema import Answer, Hit
 
 if TYPE_CHECKING:
-    from rag.config import Settings
-    from rag.index.embedding import Embedder
-    from rag.llm.generation import Generator, Usage
-    from rag.index.reader import Index
-    from rag.llm.kvengine import CachedBlockGenerator
     from rag.answer.kvstore import BlockLookup
     from rag.answer.retrieval import Retriever
+    from rag.config import Settings
+    from rag.index.embedding import Embedder
+    from rag.index.reader import Index
+    from rag.llm.generation import Generator, Usage
+    from rag.llm.kvengine import CachedBlockGenerator
 
 MAX_QUESTION_CHARS = 2000
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -251,9 +250,9 @@ class Pipeline:
         generator = self.get_generator()
         with self._lock:
             if self.cached_generator is None:
+                from rag.answer.kvstore import open_engine
                 from rag.errors import RagError
                 from rag.llm.kvengine import CachedBlockGenerator
-                from rag.answer.kvstore import open_engine
 
                 s = self.settings
                 try:

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rag.ingest.chunking import clean_text
 from rag.index.lexical import mentions, names
+from rag.ingest.chunking import clean_text
 from rag.schema import Chunk, Hit
 
 if TYPE_CHECKING:

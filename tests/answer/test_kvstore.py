@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from rag.answer import kvstore
-from rag.answer import prompting
-from rag.llm.generation import Usage
+from rag.answer import kvstore, prompting
+from rag.answer.pipeline import Done, Pipeline, Restart, Token
 from rag.index.build import build
 from rag.index.reader import Index
+from rag.llm.generation import Usage
 from rag.llm.kvengine import Block
 from rag.models import get_spec
-from rag.answer.pipeline import Done, Pipeline, Restart, Token
 from tests.fakes import TINY_CORPUS, CountingFactory, FakeEmbedder, FakeGenerator, isolate, tiny_settings
 
 

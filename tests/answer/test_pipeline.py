@@ -8,9 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from rag.errors import IndexStateError, QuestionError
-from rag.index.build import build
-from rag.models import get_spec
 from rag.answer.pipeline import (
     MAX_QUESTION_CHARS,
     Done,
@@ -23,6 +20,9 @@ from rag.answer.pipeline import (
     standalone_query,
 )
 from rag.answer.prompting import ENGLISH_REMINDER, FOCUS_NOTE, REFUSAL, passage_header
+from rag.errors import IndexStateError, QuestionError
+from rag.index.build import build
+from rag.models import get_spec
 from rag.schema import Answer
 from tests.fakes import CountingFactory, FakeEmbedder, FakeGenerator, isolate, tiny_settings
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from rag.ingest.chunking import clean_text
+from rag.answer.retrieval import RetrievalParams, Retriever, given_once, rrf, spread, zscore_fusion
 from rag.index.build import build
 from rag.index.reader import Index
-from rag.answer.retrieval import RetrievalParams, Retriever, given_once, rrf, spread, zscore_fusion
+from rag.ingest.chunking import clean_text
 from rag.schema import Chunk, Hit
 from tests.fakes import CountingFactory, FakeEmbedder, isolate, tiny_settings
 

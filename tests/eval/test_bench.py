@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from rag.llm.generation import Usage
 from rag_eval import bench
 from rag_eval.bench import (
     LlamaProbe,
@@ -26,7 +27,6 @@ from rag_eval.bench import (
     ratio,
     raw_generate,
 )
-from rag.llm.generation import Usage
 from tests.fakes import FakeEmbedder, isolate, tiny_settings
 
 # ---------------------------------------------------------------- statistics

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from rag.schema import Chunk, Hit
 from rag_eval.metrics import (
     EvalFileError,
     EvalQuestion,
@@ -18,7 +19,6 @@ from rag_eval.metrics import (
     load_questions,
     parse_ks,
 )
-from rag.schema import Chunk, Hit
 
 
 def chunk(text: str, path: str = "corpus-a.md", start: int = 0) -> Chunk:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rag_eval import rgb
-from rag.ingest.chunking import ChunkerSettings
 from rag.answer.retrieval import RetrievalParams
+from rag.ingest.chunking import ChunkerSettings
+from rag_eval import rgb
 from tests.fakes import FakeEmbedder, FakeGenerator, isolate
 
 CHUNKER = ChunkerSettings(480, 100)
@@ -319,7 +319,7 @@ def test_rgb_command_builds_once_and_prints_the_table(rgb_file: Path, tmp_path: 
     isolate(monkeypatch, tmp_path)
     loads: list[str] = []
 
-    def fake_load(name: str, models_dir: Path, threads: int | None = None, onnx_queries: bool = True) -> FakeEmbedder:
+    def fake_load(name: str, models_dir: Path, threads: int | None = None, *_: object, **__: object) -> FakeEmbedder:
         loads.append(name)
         return FakeEmbedder()
 

@@ -112,8 +112,8 @@ def _run(world: World, *args: str) -> subprocess.CompletedProcess[str]:
 
 def _serves(world: World, files: set[str], query: str, expect: str) -> Index:
     """The live index loads for the configured model, holds exactly `files`, and answers `query` from `expect`."""
-    from rag.models import get_spec
     from rag.answer.pipeline import Pipeline
+    from rag.models import get_spec
 
     index = Index.load(world.index, EMBED_MODEL, get_spec(EMBED_MODEL).sha256)
     assert set(index.manifest.files) == files

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rag.ingest.chunking import ChunkerSettings, chunk_document
 from rag.errors import DocumentError
+from rag.ingest.chunking import ChunkerSettings, chunk_document
 from rag.ingest.loaders import decode_text, file_sha256, iter_corpus, load_file, parse_text
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ def test_tokens_that_write_chinese_are_found_whole_or_in_parts() -> None:
         "，".encode(),  # full-width comma
         "。".encode(),
         b" 557.6",
-        "$".encode(),
+        b"$",
         "—".encode(),  # an em dash is three bytes too, but not Chinese
         b"",
     ]

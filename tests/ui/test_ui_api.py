@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from rag.config import Settings
-from rag.llm.generation import Usage
-from rag.index.build import build
-from rag.models import get_spec
 from rag.answer.pipeline import Pipeline
+from rag.config import Settings
+from rag.index.build import build
+from rag.llm.generation import Usage
+from rag.models import get_spec
 from tests.fakes import TINY_CORPUS, FakeEmbedder, write_corpus
 
 pytestmark = pytest.mark.e2e

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from rag.answer.pipeline import Done, Pipeline
 from rag.errors import ModelError
 from rag.index.build import build
 from rag.index.reader import Index
 from rag.index.report import BuildReport
 from rag.models import get_spec
-from rag.answer.pipeline import Done, Pipeline
 from tests.fakes import CountingFactory, FakeEmbedder, FakeGenerator, isolate, tiny_settings
 from ui.chat_models import ChatModels, offered_models
 from ui.indexing import Progress, run_build
