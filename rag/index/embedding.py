@@ -200,8 +200,6 @@ class OnnxQueryEmbedder:
 
     def __init__(self, name: str, models_dir: Path, info: dict[str, object], threads: int | None = None,
                  onnx_passages: bool = False, passage_dtype: str = "float32") -> None:  # fmt: skip
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         from rag.models import locate
 
@@ -210,17 +208,9 @@ class OnnxQueryEmbedder:
         self._prompt = str(info["prompt"])
         self._models_dir, self._threads = models_dir, threads
         self._onnx_passages, self._passage_dtype = onnx_passages, passage_dtype
-        self._tokenizer = Tokenizer.from_file(str(locate(name, models_dir) / "tokenizer.json"))
-        self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(int(info["max_length"]))  # type: ignore[call-overload]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or 0
-        options.inter_op_num_threads = 1
+        self._tokenizer = _onnx_tokenizer(locate(name, models_dir), info)
         # Idle threads must not spin: llama.cpp needs both cores right after the question is embedded.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(
-            str(query_encoder_dir(name, models_dir) / _ONNX), options, providers=["CPUExecutionProvider"]
-        )
+        self._session = _onnx_session(name, models_dir, threads)
         self._query = lru_cache(maxsize=512)(self._encode_query_uncached)
         # Its own session, made by the thread that first embeds passages (a low-priority build's
         # threads are its own, rag/priority.py), never this one, whose threads answer questions.
@@ -265,8 +255,6 @@ class OnnxDocumentEmbedder:
     batch_size = 16
 
     def __init__(self, name: str, models_dir: Path, info: dict[str, object], threads: int | None = None) -> None:
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         from rag.models import locate
 
@@ -274,17 +262,9 @@ class OnnxDocumentEmbedder:
         self.name = name
         self.dim = int(info["dim"])  # type: ignore[call-overload]
         self._prompt = document_prompt(path)
-        self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(int(info["max_length"]))  # type: ignore[call-overload]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or 0
-        options.inter_op_num_threads = 1
+        self._tokenizer = _onnx_tokenizer(path, info)
         # Waiting threads must not spin: a build in the background leaves the cores to answers.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(
-            str(query_encoder_dir(name, models_dir) / _ONNX), options, providers=["CPUExecutionProvider"]
-        )
+        self._session = _onnx_session(name, models_dir, threads)
 
     def encode_documents(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         return embed_distinct(texts, self._encode_all, progress)
@@ -360,3 +340,26 @@ def load_embedder(
     if info is None:
         return SentenceTransformerEmbedder(name, locate(name, models_dir), threads=threads)
     return OnnxQueryEmbedder(name, models_dir, info, threads, onnx_passages, passage_dtype)
+
+
+def _onnx_tokenizer(path: Path, info: dict[str, object]):  # type: ignore[no-untyped-def]
+    """The export's tokenizer, unpadded (one text at a time) and cut at the model's length."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(int(info["max_length"]))  # type: ignore[call-overload]
+    return tokenizer
+
+
+def _onnx_session(name: str, models_dir: Path, threads: int | None):  # type: ignore[no-untyped-def]
+    """An onnxruntime session on the export whose idle threads sleep instead of spinning, so the
+    cores go to whatever runs next (the answer's llama.cpp, or questions beside a build)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(query_encoder_dir(name, models_dir) / _ONNX), options,
+                                providers=["CPUExecutionProvider"])  # fmt: skip
