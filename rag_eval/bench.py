@@ -447,6 +447,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([root, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     for f in fields(settings):
         value = getattr(settings, f.name)
+        if isinstance(value, tuple) and all(isinstance(v, str) for v in value):
+            value = ",".join(value)  # a list setting (disabled_guards) reads back from a comma list
         env[f"RAG_{f.name.upper()}"] = "" if value is None else str(value)  # "" reads back as None
     return env
 
