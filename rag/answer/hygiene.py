@@ -22,7 +22,7 @@ import re
 import unicodedata
 from dataclasses import replace
 
-from rag.answer.citations import CheckedAnswer
+from rag.answer.citations import _MARKER, CheckedAnswer
 from rag.answer.prompting import ENGLISH_FULL_STOP
 
 UNSUPPORTED_NOTE = {
@@ -31,8 +31,8 @@ UNSUPPORTED_NOTE = {
 }
 
 _SENTENCE = re.compile(rf"[^。！？!?\n]*?(?:[。！？!?]+|{ENGLISH_FULL_STOP}|\n|$)")
-_MARKER = re.compile(r"\s?[\[【]\s*\d{1,2}(?:\s*[,，、]\s*\d{1,2})*\s*[\]】]")
-_TRAILING_MARKERS = re.compile(r"(?:\s?[\[【]\s*\d{1,2}(?:\s*[,，、]\s*\d{1,2})*\s*[\]】])+$")
+# The citation marker as citations.py parses it ("[1]", "【2, 3】"), so both agree on what a marker is.
+_TRAILING_MARKERS = re.compile(rf"(?:{_MARKER.pattern})+$")
 _ITEM_SEP = re.compile(r"([、；;])")
 _LIST_HEAD = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)、])\s*")
 _NUMBERED = re.compile(r"^(\s*)(\d{1,2})([.)、]\s*)")
