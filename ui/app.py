@@ -746,14 +746,16 @@ def launch(
     """Start the page. `settings` as loaded (its `collection` is the one shown first); tests pass their own
     `pipeline` (e.g. with a scripted generator) for that collection."""
     kv_build = None
+    line = GenerationQueue(settings.api_queue_limit)
     if pipeline is None:
         pipeline = Pipeline(for_collection(settings))
         # Load the index and the configured models before the first visitor, so the first answer is not slowed.
         pipeline.load()
         # The passage KV store: computed in the background; answers switch to it once it is complete.
         kv_build = BackgroundBuild(pipeline, own_engine=separate_engine(pipeline))
+        kv_build.busy = lambda: line.waiting > 0  # the build pauses between blocks while a question waits
         kv_build.start()
-    demo = build_app(pipeline, kv_build, base=settings)
+    demo = build_app(pipeline, kv_build, base=settings, turns=line)
     print(f"Chat page: http://{host}:{port}", flush=True)
     demo.launch(
         server_name=host,
