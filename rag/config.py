@@ -128,6 +128,10 @@ class Settings:
     # Rules that repair or refuse an answer, turned off by name ("echo,focus_retry"; RAG_DISABLED_GUARDS).
     # All on by default; `rag eval ablation` measures what each adds (docs/measurements.md, "Guard ablation").
     disabled_guards: tuple[str, ...] = ()
+    # answerable_check: an answer is refused when no cited passage gets P(yes) >= this from the chat
+    # model asked "does the passage answer this exact question?" (rag/answer/answerable.py).
+    # 0 scores every answer (Answer.answerable_score) and refuses none: how thresholds are measured.
+    answerable_min: float = 0.5
 
     # --- generation ---
     n_ctx: int = 4096
