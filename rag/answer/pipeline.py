@@ -433,7 +433,7 @@ class Pipeline:
         """
         q.answerable_score = None
         judge = getattr(self.get_generator(), "yes_probability", None)
-        if judge is None or q.stopped() or not self.guards.on("answerable_check"):
+        if judge is None or q.stopped() or self.settings.answerable_min < 0 or not self.guards.on("answerable_check"):
             return False
         cited = [c.chunk.text for c in checked.citations] or [h.chunk.text for h in shown[:1]]
         t = time.perf_counter()

@@ -162,6 +162,7 @@ class LlamaGenerator:
             keep = min(llm.longest_token_prefix(llm._input_ids.tolist(), tokens), len(tokens) - 1)
             llm.n_tokens = keep
             llm.eval(tokens[keep:])
+            # one output row (logits_all is off): the last token's
             logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
         yes, no = self._yes_no_ids()
         top = logits.max()

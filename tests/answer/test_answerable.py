@@ -56,7 +56,7 @@ def test_score_is_the_best_passage_and_stops_once_one_is_enough() -> None:
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     isolate(monkeypatch, tmp_path)
-    s = tiny_settings(tmp_path, top_k=3, candidates=10)
+    s = tiny_settings(tmp_path, top_k=3, candidates=10, answerable_min=0.5)
     build(s, CountingFactory(), get_spec(s.embed_model).sha256)
     return s
 
