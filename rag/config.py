@@ -128,6 +128,12 @@ class Settings:
     # Rules that repair or refuse an answer, turned off by name ("echo,focus_retry"; RAG_DISABLED_GUARDS).
     # All on by default; `rag eval ablation` measures what each adds (docs/measurements.md, "Guard ablation").
     disabled_guards: tuple[str, ...] = ()
+    # answerable_check: an answer is refused when no cited passage gets P(yes) >= this from the chat
+    # model asked "does the passage answer this exact question?" (rag/answer/answerable.py).
+    # 0 scores every answer (Answer.answerable_score) and refuses none: how thresholds are measured.
+    # Negative: the check does not run. Off by default until dev and English are measured with it
+    # (RGB subset: refusal 0.35 -> 0.80 at 0.5, false refusal unchanged; +13 s an answer; docs/measurements.md).
+    answerable_min: float = -1.0
 
     # --- generation ---
     n_ctx: int = 4096

@@ -45,6 +45,7 @@ GUARDS: dict[str, str] = {
     "echo": "refuse an unsupported answer that only repeats the question's words",
     "invented": "refuse an unsupported answer giving figures, magnitudes or names no passage gives",
     "misses_the_count": "refuse an answer to 'how many X' that names no X",
+    "answerable_check": "refuse when the chat model, asked per cited passage, finds none answers this exact question",
     # retries (rag/answer/pipeline.py)
     "cached_retry": "an answer from cached blocks the check rejects is written again from the whole prompt",
     "focus_retry": "a refusal is asked again with the passage most plainly about the question alone",

@@ -108,3 +108,5 @@ class Answer:
     # Each generation's path in order: ["cached", "ordinary"] when the cached answer was written
     # again from the whole prompt; a self-refusal asked again adds one more.
     tries: list[str] = field(default_factory=list)
+    # P(yes) of the answerable_check on the last try (rag/answer/answerable.py); None: not asked.
+    answerable_score: float | None = None

@@ -640,6 +640,7 @@ class AnswerResult:
     groups: list[list[str]] = field(default_factory=list)
     part_credit: float = 0.0  # share of the groups in the text shown as the answer
     terms_anywhere: bool = False  # every group somewhere in what is shown, notes included
+    answerable_score: float | None = None  # the answerable_check's P(yes) (rag/answer/answerable.py)
 
 
 def _median_p90(values: list[float]) -> tuple[float | None, float | None]:
@@ -759,6 +760,7 @@ def evaluate_answers(
             tries=list(answer.tries), groups=[list(g) for g in groups],
             part_credit=(sum(found) / len(found)) if found else 1.0,
             terms_anywhere=all(groups_found(answer.text, groups)),
+            answerable_score=getattr(answer, "answerable_score", None),
         )  # fmt: skip
         results.append(result)
         if on_progress:

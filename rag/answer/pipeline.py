@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rag.answer import citations, hygiene, prompting
+from rag.answer import answerable, citations, hygiene, prompting
 from rag.answer.retrieval import uncovered_names
 from rag.errors import QuestionError
 from rag.guards import ALL, Guards
@@ -145,6 +145,7 @@ class _Question:
     t0: float
     timings: dict[str, float] = field(default_factory=dict)
     tries: list[str] = field(default_factory=list)  # the path of each generation
+    answerable_score: float | None = None  # the answerable_check's score of the last checked try
 
     def stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
@@ -418,7 +419,29 @@ class Pipeline:
         further = ranked[len(shown) : self.settings.conflict_depth]
         # Each sentence said once before it is checked (hygiene.drop_repeats); loops are judged on `raw`.
         checked = citations.check(hygiene.drop_repeats(raw), shown, q.lang, q.text, further, guards=self.guards)
-        return None if rejection(q.text, raw, checked, shown, self.guards) else checked
+        if rejection(q.text, raw, checked, shown, self.guards):
+            return None
+        return None if self._unanswered(q, checked, shown) else checked
+
+    def _unanswered(self, q: _Question, checked: citations.CheckedAnswer, shown: list[Hit]) -> bool:
+        """The answerable_check: no cited passage (else the first passage shown) is judged by the chat
+        model to answer this exact question, P(yes) below `answerable_min`.
+
+        Catches the answer taken from a nearby fact (another year's figure, a neighbouring
+        event), which passes every lexical check because its words are the passage's. Skipped
+        when the generator cannot score (an OpenAI-compatible server) or the guard is off.
+        """
+        q.answerable_score = None
+        judge = getattr(self.get_generator(), "yes_probability", None)
+        if judge is None or q.stopped() or self.settings.answerable_min < 0 or not self.guards.on("answerable_check"):
+            return False
+        cited = [c.chunk.text for c in checked.citations] or [h.chunk.text for h in shown[:1]]
+        t = time.perf_counter()
+        threshold = self.settings.answerable_min
+        score = answerable.answerable_score(q.text, checked.text, cited, judge, enough=max(threshold, 0.5))
+        q.timings["answerable_check"] = q.timings.get("answerable_check", 0.0) + time.perf_counter() - t
+        q.answerable_score = score
+        return self.guards.when("answerable_check", score is not None and score < threshold)
 
     def _finish(self, q: _Question, attempt: _Attempt, raw: str, checked: citations.CheckedAnswer | None) -> Answer:
         """The Answer of the last try: its checked text and citations, or a refusal that shows
@@ -437,6 +460,7 @@ class Pipeline:
         answer.path = attempt.path
         answer.tries = q.tries
         answer.cached_tokens = attempt.cached_tokens
+        answer.answerable_score = q.answerable_score
         q.timings["total"] = time.perf_counter() - q.t0
         answer.timings = q.timings
         return answer

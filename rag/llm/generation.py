@@ -142,6 +142,43 @@ class LlamaGenerator:
                 self._usage = usage
 
 
+    def yes_probability(self, messages: list[dict[str, str]]) -> float:
+        """P(yes) / (P(yes) + P(no)) of the reply's first token, from one forward pass (no sampling).
+
+        Renders the messages with the model's chat template, reads them (reusing the cached
+        prefix the last call left, as create_chat_completion does) and compares the next-token
+        logits of the spellings of "yes" and "no" (rag/answer/answerable.py asks the question).
+        """
+        from rag.llm.kvcache import chat_frame
+
+        system = next((m["content"] for m in messages if m["role"] == "system"), "")
+        user = "\n\n".join(m["content"] for m in messages if m["role"] == "user")
+        before, after = chat_frame(self._llm, system)
+        llm = self._llm
+        with self._lock:
+            tokens = llm.tokenize((before + user + after).encode("utf-8"), add_bos=False, special=True)
+            if len(tokens) >= self.n_ctx:
+                return 1.0  # cannot be read whole: no judgement, the answer stands
+            keep = min(llm.longest_token_prefix(llm._input_ids.tolist(), tokens), len(tokens) - 1)
+            llm.n_tokens = keep
+            llm.eval(tokens[keep:])
+            # one output row (logits_all is off): the last token's
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
+        yes, no = self._yes_no_ids()
+        top = logits.max()
+        p_yes, p_no = np.exp(logits[yes] - top).sum(), np.exp(logits[no] - top).sum()
+        return float(p_yes / (p_yes + p_no)) if p_yes + p_no > 0 else 0.5
+
+    def _yes_no_ids(self) -> tuple[list[int], list[int]]:
+        """The first tokens of the spellings of yes and of no (English and Chinese)."""
+        if not hasattr(self, "_yes_no"):
+            def first(words: tuple[str, ...]) -> list[int]:
+                return sorted({self._llm.tokenize(w.encode("utf-8"), add_bos=False, special=False)[0] for w in words})
+
+            self._yes_no = (first(("yes", "Yes", " yes", " Yes", "YES", "是")), first(("no", "No", " no", " No", "NO", "否", "不")))
+        return self._yes_no
+
+
 def load_generator(name: str, models_dir: Path, n_ctx: int, n_threads: int, n_batch: int, temperature: float) -> LlamaGenerator:
     from rag.models import get_spec, locate
 
