@@ -325,8 +325,13 @@ def ablation_cmd(
     noise: Annotated[str, typer.Option("--noise", help="--rgb: noise rates; 1.0 rows are unanswerable.")] = "0.4,1.0",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every run's scores here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    corpus: CorpusOpt = None,
+    index_dir: IndexDirOpt = None,
 ) -> None:
-    """What each answer guard adds: the answers evaluation with every guard on, then with each one off."""
+    """What each answer guard adds: the answers evaluation with every guard on, then with each one off.
+
+    Only the questions a guard fired on are answered again without it (answers are greedy, so
+    the others cannot change); every other question keeps its all-guards-on result."""
     from dataclasses import replace
 
     from rag.guards import GUARDS, parse_names
@@ -334,19 +339,22 @@ def ablation_cmd(
 
     try:
         names = parse_names(guards) if guards else tuple(GUARDS)
+        if rgb_rows and corpus is not None:
+            raise ConfigError("--rgb rows bring their own passages.", "Leave out --corpus, or --rgb.")
         settings = replace(_settings(ctx), disabled_guards=())
         if model:
             settings = replace(settings, chat_model=model)
+        settings = on_corpus(settings, corpus, index_dir, quiet)
         if not quiet:
             typer.echo(f"Loading {settings.chat_model}…", err=True)
-        evaluate, size = (_rgb_scorer if rgb_rows else _answers_scorer)(eval_file, settings, limit, noise)
+        answer, score, n, size = (_rgb_scorer if rgb_rows else _answers_scorer)(eval_file, settings, limit, noise, quiet)
 
         def on_run(name: str, scores, g, seconds: float) -> None:  # type: ignore[no-untyped-def]
             if not quiet:
                 typer.echo(f"{'all guards on' if not name else 'without ' + name}: {format_scores(scores)} "
                            f"({seconds:.0f} s); {_guard_lines(g)}", err=True)  # fmt: skip
 
-        report = run_ablation(evaluate, names, on_run)
+        report = run_ablation(answer, score, n, names, on_run, same=_same_answer)
     except RagError as exc:
         _fail(exc)
         return
@@ -359,11 +367,16 @@ def ablation_cmd(
         save_report(json_out, data)
 
 
-def _answers_scorer(path: Path, settings, limit: int | None, noise: str):  # type: ignore[no-untyped-def]
-    """guards -> Scores of `rag eval answers` on the question file; and '<n> questions'."""
+def _same_answer(a, b) -> bool:  # type: ignore[no-untyped-def]
+    """Whether a question answered again gave the baseline's answer (timings aside)."""
+    return (a.answer, a.refused, a.raw_answer) == (b.answer, b.refused, b.raw_answer)
+
+
+def _answers_scorer(path: Path, settings, limit: int | None, noise: str, quiet: bool = True):  # type: ignore[no-untyped-def]
+    """(guards, i) -> the AnswerResult of question i; results -> Scores; the question count; '<n> questions'."""
     from rag.answer.pipeline import Done, Pipeline
     from rag_eval.ablation import Scores
-    from rag_eval.metrics import evaluate_answers, load_questions
+    from rag_eval.metrics import AnswerMetrics, evaluate_answers, load_questions
 
     questions = _questions(path, load_questions)[:limit]
     pipeline = Pipeline(settings)
@@ -375,15 +388,25 @@ def _answers_scorer(path: Path, settings, limit: int | None, noise: str):  # typ
                 return event.answer
         raise RuntimeError("the pipeline ended without an answer")
 
-    def evaluate(g):  # type: ignore[no-untyped-def]
+    def answer(g, i: int):  # type: ignore[no-untyped-def]
         pipeline.guards = g
-        return Scores.of_answers(evaluate_answers(questions, ask).overall)
+        r = evaluate_answers([questions[i]], ask).results[0]
+        if not quiet:
+            mark = ("REFUSED" if r.refused else "ok") if not r.answerable else ("ok" if r.has_terms else "MISS")
+            off = ",".join(sorted(g.disabled)) or "all on"
+            sys.stderr.write(f"[{i + 1}/{len(questions)}] ({off}) {r.id} {mark:<7} {r.timings.get('total', 0):5.1f}s "
+                             f"{' '.join(r.answer.split())[:60]!r}\n")  # fmt: skip
+            sys.stderr.flush()
+        return r
 
-    return evaluate, f"{len(questions)} questions"
+    def score(results):  # type: ignore[no-untyped-def]
+        return Scores.of_answers(AnswerMetrics.of(results))
+
+    return answer, score, len(questions), f"{len(questions)} questions"
 
 
-def _rgb_scorer(path: Path, settings, limit: int | None, noise: str):  # type: ignore[no-untyped-def]
-    """guards -> Scores of `rag eval rgb --answers` on the rows; and '<n> rows at noise ...'."""
+def _rgb_scorer(path: Path, settings, limit: int | None, noise: str, quiet: bool = True):  # type: ignore[no-untyped-def]
+    """(guards, i) -> the NoiseResult of (rate, row) pair i; results -> Scores; the pair count; a description."""
     from rag.answer.pipeline import Pipeline
     from rag_eval import rgb
     from rag_eval.ablation import Scores
@@ -391,11 +414,19 @@ def _rgb_scorer(path: Path, settings, limit: int | None, noise: str):  # type: i
     rates = rgb.parse_rates(noise)
     rows = rgb.load_rows(path, limit=limit or 20)
     generator = Pipeline(settings).get_generator()
+    pairs = [(rate, row) for rate in rates for row in rows]  # evaluate_noise's order
 
-    def evaluate(g):  # type: ignore[no-untyped-def]
-        return Scores.of_rgb(rgb.evaluate_noise(rows, rates, settings, generator, guards=g))
+    def answer(g, i: int):  # type: ignore[no-untyped-def]
+        rate, row = pairs[i]
+        r = rgb.evaluate_noise([row], [rate], settings, generator, guards=g).results[0]
+        if not quiet:
+            off = ",".join(sorted(g.disabled)) or "all on"
+            sys.stderr.write(f"[{i + 1}/{len(pairs)}] ({off}) {r.id}@{rate} {'ok' if r.correct else 'MISS'} "
+                             f"{'REFUSED' if r.refused else ''} {' '.join(r.answer.split())[:60]!r}\n")  # fmt: skip
+            sys.stderr.flush()
+        return r
 
-    return evaluate, f"{len(rows)} RGB rows at noise {noise}"
+    return answer, Scores.of_rgb, len(pairs), f"{len(rows)} RGB rows at noise {noise}"
 
 
 @eval_app.command("rgb")

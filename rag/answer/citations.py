@@ -532,7 +532,10 @@ def check(
     asked = {t for t in key_terms(question) if not _NUMBER.fullmatch(t)} if guards.on("question_words") else set()
     # Once per passage, not per sentence: the text _claimed and _support_in read, and which passages are Chinese.
     glossed = lang == "en" and guards.on("english_figures")
-    normed = [_norm(clean_text(_as_english_reader_sees(p) if glossed else p)) for p in passages]
+    seen = [_as_english_reader_sees(p) if glossed else p for p in passages]
+    if glossed and any(english_figures(p) != p for p in passages):
+        guards.fired("english_figures")  # counted wherever it changes what is checked (ablation asks again there)
+    normed = [_norm(clean_text(p)) for p in seen]
     solid = [re.sub(r"\s+", "", t) for t in normed]
     chinese = [language_of(p) == "zh" for p in passages]
     out_parts: list[str] = []
@@ -559,12 +562,13 @@ def check(
         claims = [_claimed(t, asked, text) for t, text in zip(own, normed)]
         if claims != own:
             guards.fired("question_words")
-        if any(not ok and _support_in(c, text, names) >= SUPPORTS for c, text, ok in zip(claims, normed, agree)):
-            guards.fired("figures_agree")
         scores = [_support_in(c, text, names) if ok else 0.0 for c, text, ok in zip(claims, normed, agree)]
         # The claim's own words may be in several passages (a bare year: "是2023年"); then the one
         # that also names what the sentence is about (the question's words too) is its source.
         whole = [_support_in(terms, text, names) if ok else 0.0 for text, ok in zip(normed, agree)]
+        if any(not ok and (_support_in(c, text, names) or _support_in(terms, text, names))
+               for c, text, ok in zip(claims, normed, agree)):  # fmt: skip
+            guards.fired("figures_agree")  # it zeroed a passage's support: the markers may differ without it
         best = max(range(len(scores)), key=lambda i: (scores[i], whole[i])) if scores else -1
         written = list(dict.fromkeys(numbers))
         repair = guards.on("repair_markers")

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from rag.guards import GUARDS, Guards
 from rag.schema import Answer
 from rag_eval.ablation import Scores, format_ablation, run_ablation
-from rag_eval.metrics import EvalQuestion, Evidence, evaluate_answers
+from rag_eval.metrics import AnswerMetrics, EvalQuestion, Evidence, evaluate_answers
 
 ANSWERABLE = EvalQuestion("a1", "Tern 3 多重？", "", ("12 公斤",), (Evidence("t.md", "Tern 3 重 12 公斤"),), "factoid")
 ALSO = EvalQuestion("a2", "Tern 3 多长？", "", ("150 厘米",), (Evidence("t.md", "Tern 3 长 150 厘米"),), "factoid")
@@ -19,15 +19,14 @@ UNANSWERABLE = EvalQuestion("u1", "Tern 3 的设计师是谁？", "", (), (), "u
 QUESTIONS = [ANSWERABLE, ALSO, UNANSWERABLE]
 
 
-def scripted(calls: list[frozenset[str]]):  # type: ignore[no-untyped-def]
-    """Scores of a stand-in pipeline whose answers depend on the guards, the way the real rules do:
+def scripted(calls: list[tuple[frozenset[str], str]]):  # type: ignore[no-untyped-def]
+    """A stand-in pipeline whose answers depend on the guards, the way the real rules do:
     "echo" turns the unanswerable question's made-up answer into a refusal; "focus_retry" turns a
-    refusal of a2 into its answer; "invented" never fires."""
+    refusal of a2 into its answer; "invented" never fires. Returns (answer, score) for run_ablation."""
 
-    def evaluate(g: Guards) -> Scores:
-        calls.append(g.disabled)
-
+    def ask_with(g: Guards):  # type: ignore[no-untyped-def]
         def ask(question: str) -> Answer:
+            calls.append((g.disabled, question))
             if question == UNANSWERABLE.question:
                 if g.when("echo", True):
                     return Answer(question, question, "资料中没有相关信息。", [], [], refused=True)
@@ -38,19 +37,38 @@ def scripted(calls: list[frozenset[str]]):  # type: ignore[no-untyped-def]
             terms = ANSWERABLE.must_include if question == ANSWERABLE.question else ALSO.must_include
             return Answer(question, question, f"答案是 {terms[0]}。", [], [])
 
-        return Scores.of_answers(evaluate_answers(QUESTIONS, ask).overall)
+        return ask
 
-    return evaluate
+    def answer(g: Guards, i: int):  # type: ignore[no-untyped-def]
+        return evaluate_answers([QUESTIONS[i]], ask_with(g)).results[0]
+
+    def score(results):  # type: ignore[no-untyped-def]
+        return Scores.of_answers(AnswerMetrics.of(results))
+
+    return answer, score
 
 
-def test_each_guard_that_fired_is_run_once_without_it() -> None:
-    calls: list[frozenset[str]] = []
+def whole_runs(calls: list[tuple[frozenset[str], str]]):  # type: ignore[no-untyped-def]
+    """Scores of answering every question with guards `disabled`: what the ablation must agree with."""
+    answer, score = scripted(calls)
+    return lambda disabled: score([answer(Guards.without(disabled), i) for i in range(len(QUESTIONS))])
+
+
+def test_each_guard_that_fired_is_run_again_only_where_it_fired() -> None:
+    calls: list[tuple[frozenset[str], str]] = []
     seen: list[str] = []
-    report = run_ablation(scripted(calls), ["echo", "focus_retry", "invented"], lambda name, *_: seen.append(name))
+    answer, score = scripted(calls)
+    report = run_ablation(answer, score, len(QUESTIONS), ["echo", "focus_retry", "invented"],
+                          lambda name, *_: seen.append(name))  # fmt: skip
     assert seen == ["", "echo", "focus_retry"]
-    assert calls == [frozenset(), {"echo"}, {"focus_retry"}]  # "invented" never fired: not run
+    everything = [(frozenset(), q.question) for q in QUESTIONS]
+    # Without echo only u1 is asked again, without focus_retry only a2; "invented" never fired: not run.
+    assert calls == [*everything, ({"echo"}, UNANSWERABLE.question), ({"focus_retry"}, ALSO.question)]
+    assert report.fired_on == [{}, {"focus_retry": 1}, {"echo": 1}]
+    assert report.changed == {"echo": [2], "focus_retry": [1]}
     assert report.fired["echo"] == 1 and report.fired["focus_retry"] == 1 and report.fired["invented"] == 0
     rows = {r.guard: r for r in report.rows(["echo", "focus_retry", "invented"])}
+    assert rows["echo"].asked == 1 and rows["invented"].asked == 0
     assert rows["echo"].deltas["refusal"] == pytest.approx(1.0)  # it refuses the unanswerable question
     assert rows["echo"].deltas["key terms"] == 0.0
     assert rows["focus_retry"].deltas["key terms"] == pytest.approx(0.5)  # it answers a2
@@ -58,10 +76,33 @@ def test_each_guard_that_fired_is_run_once_without_it() -> None:
     assert not rows["invented"].ran and set(rows["invented"].deltas.values()) <= {0.0, None}  # None: no citations
 
 
+def test_merged_scores_are_those_of_answering_every_question_again() -> None:
+    answer, score = scripted([])
+    report = run_ablation(answer, score, len(QUESTIONS))
+    whole = whole_runs([])
+    assert report.baseline == whole([])
+    for name, scores in report.without.items():
+        assert scores == whole([name]), name
+
+
+def test_a_guard_that_fires_on_every_question_asks_every_question_again() -> None:
+    calls: list[tuple[frozenset[str], str]] = []
+
+    def answer(g: Guards, i: int) -> str:
+        calls.append((g.disabled, QUESTIONS[i].id))
+        return "fixed" if g.when("english_reminder", True) else "loose"
+
+    report = run_ablation(answer, lambda rs: Scores(rs.count("fixed") / len(rs), None, None, None), 3, ["english_reminder"])
+    assert len(calls) == 6 and report.touched("english_reminder") == [0, 1, 2]
+    assert report.without["english_reminder"].key_terms == 0.0 and report.baseline.key_terms == 1.0
+    assert report.changed == {"english_reminder": [0, 1, 2]}
+
+
 def test_the_table_names_every_guard_asked_for() -> None:
-    report = run_ablation(scripted([]), ["echo", "invented"])
+    answer, score = scripted([])
+    report = run_ablation(answer, score, len(QUESTIONS), ["echo", "invented"])
     table = format_ablation(report, ["echo", "invented"])
-    assert "guard" in table and "key terms Δ" in table and "citation precision Δ" in table
+    assert "guard" in table and "key terms Δ" in table and "citation precision Δ" in table and "asked again" in table
     echo = next(line for line in table.splitlines() if line.startswith("echo"))
     assert "+1.000" in echo
     assert "0 (not run)" in next(line for line in table.splitlines() if line.startswith("invented"))
@@ -71,13 +112,13 @@ def test_the_table_names_every_guard_asked_for() -> None:
 
 
 def test_rgb_rows_with_a_positive_passage_are_answerable_and_noise_1_rows_are_not() -> None:
-    from rag_eval.rgb import NoiseReport, NoiseResult
+    from rag_eval.rgb import NoiseResult
 
     def row(noise: float, correct: bool, refused: bool) -> NoiseResult:
         return NoiseResult("1", noise, "q", [["x"]], [], "a", "a", correct, correct, refused, {})
 
-    report = NoiseReport([], [row(0.4, True, False), row(0.4, False, True), row(1.0, False, True), row(1.0, False, False)], 0.0)
-    assert Scores.of_rgb(report) == Scores(key_terms=0.5, refusal=0.5, false_refusal=0.5, citation_precision=None)
+    results = [row(0.4, True, False), row(0.4, False, True), row(1.0, False, True), row(1.0, False, False)]
+    assert Scores.of_rgb(results) == Scores(key_terms=0.5, refusal=0.5, false_refusal=0.5, citation_precision=None)
 
 
 @pytest.fixture
