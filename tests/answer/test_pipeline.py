@@ -488,7 +488,7 @@ def test_the_english_prompt_rules_are_counted_and_can_be_turned_off(settings) ->
     call = on.generator.calls[0]  # type: ignore[union-attr]
     assert call["english"] and call["messages"][1]["content"].endswith(ENGLISH_REMINDER)
     assert "671 billion" in call["messages"][1]["content"]
-    assert all(on.guards.counts[r] == 1 for r in rules)
+    assert all(on.guards.counts[r] >= 1 for r in rules)  # english_figures counts in the prompt and in the check
     off = make(replace(settings, disabled_guards=rules), "It has 671 billion [1].")
     run(off, question)
     call = off.generator.calls[0]  # type: ignore[union-attr]
