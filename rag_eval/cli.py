@@ -609,6 +609,14 @@ def _compare_stores(chunks: int, dim: int, queries: int, stores: list[str], seed
         save_report(json_out, report.to_dict())
 
 
+def _worker_counts(text: str) -> list[int]:
+    """'1,2' -> [1, 2]; anything but positive whole numbers is a ConfigError that says what to write."""
+    parts = [w for w in text.replace(" ", "").split(",") if w]
+    if not parts or not all(w.isdigit() and int(w) > 0 for w in parts):
+        raise ConfigError(f"--workers {text!r} is not a list of worker counts.", "Write positive numbers, e.g. --workers 1,2")
+    return [int(w) for w in parts]
+
+
 @eval_app.command("ray")
 def ray_cmd(
     ctx: typer.Context,
@@ -620,8 +628,8 @@ def ray_cmd(
     from rag_eval.raybench import corpus_passages, format_ray_report, run_ray_bench
 
     settings = _settings(ctx)
-    counts = [int(w) for w in workers.replace(" ", "").split(",") if w]
     try:
+        counts = _worker_counts(workers)
         report = run_ray_bench(settings, corpus_passages(settings, passages), counts)
     except RagError as exc:
         _fail(exc)
