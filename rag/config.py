@@ -186,6 +186,10 @@ class Settings:
     # The best passage goes last, nearest the question, numbered by place ([5] of 5): key terms 0.80 on 20 dev
     # questions, as the ordinary path; best first 0.60, best last but numbered by rank 0.75 (README).
     kv_order: str = "best_last"  # or best_first
+    # A question that asks two things or compares (prompting.asks_several_things) on the cached path
+    # too (true) or on the ordinary path, whose whole prompt lets the model read the passages
+    # together (false): see docs/kv-store.md for the measurement that set it.
+    kv_several_cached: bool = False
 
     # --- background work (rag/priority.py) ---
     # How much lower than answering the background builds run (the first index build of

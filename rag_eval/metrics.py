@@ -725,6 +725,38 @@ class AnswerReport:
 AskFn = Callable[[str], Any]  # question -> rag.schema.Answer
 
 
+def score_answer(q: EvalQuestion, answer: Any) -> AnswerResult:
+    """One answer (rag.schema.Answer) judged against its question: key terms, citations, refusal."""
+    quotes = [e.quote for e in q.evidence]
+    groups = q.answer_groups
+    found = groups_found(shown_as_answer(answer.text), groups)
+    alternatives = [a for g in groups for a in g]
+    citations = [
+        {
+            "number": c.number, "file": c.chunk.path, "start": c.chunk.start, "end": c.chunk.end,
+            "text": c.chunk.text, "precise": citation_is_precise(answer.text, c.number, c.chunk.text, quotes),
+            "grounded": citation_is_grounded(c.chunk.text, quotes, alternatives),
+        }
+        for c in answer.citations
+    ]
+    passages = [
+        {"number": n, "file": h.chunk.path, "start": h.chunk.start, "end": h.chunk.end, "text": h.chunk.text}
+        for n, h in enumerate(answer.hits, start=1)
+    ]
+    return AnswerResult(
+        id=q.id, type=q.type, question=q.question, answerable=q.answerable, answer=answer.text,
+        refused=answer.refused, must_include=list(q.must_include),
+        has_terms=all(found), citations=citations, passages=passages,
+        query=answer.query, unsupported=list(answer.unsupported), factual_sentences=answer.factual_sentences,
+        timings=dict(answer.timings), prompt_tokens=answer.prompt_tokens,
+        completion_tokens=answer.completion_tokens, raw_answer=answer.raw_text,
+        tries=list(answer.tries), groups=[list(g) for g in groups],
+        part_credit=(sum(found) / len(found)) if found else 1.0,
+        terms_anywhere=all(groups_found(answer.text, groups)),
+        answerable_score=getattr(answer, "answerable_score", None),
+    )  # fmt: skip
+
+
 def evaluate_answers(
     questions: Sequence[EvalQuestion],
     ask_fn: AskFn,
@@ -733,35 +765,7 @@ def evaluate_answers(
     t0 = time.perf_counter()
     results: list[AnswerResult] = []
     for i, q in enumerate(questions, start=1):
-        answer = ask_fn(q.question)
-        quotes = [e.quote for e in q.evidence]
-        groups = q.answer_groups
-        found = groups_found(shown_as_answer(answer.text), groups)
-        alternatives = [a for g in groups for a in g]
-        citations = [
-            {
-                "number": c.number, "file": c.chunk.path, "start": c.chunk.start, "end": c.chunk.end,
-                "text": c.chunk.text, "precise": citation_is_precise(answer.text, c.number, c.chunk.text, quotes),
-                "grounded": citation_is_grounded(c.chunk.text, quotes, alternatives),
-            }
-            for c in answer.citations
-        ]
-        passages = [
-            {"number": n, "file": h.chunk.path, "start": h.chunk.start, "end": h.chunk.end, "text": h.chunk.text}
-            for n, h in enumerate(answer.hits, start=1)
-        ]
-        result = AnswerResult(
-            id=q.id, type=q.type, question=q.question, answerable=q.answerable, answer=answer.text,
-            refused=answer.refused, must_include=list(q.must_include),
-            has_terms=all(found), citations=citations, passages=passages,
-            query=answer.query, unsupported=list(answer.unsupported), factual_sentences=answer.factual_sentences,
-            timings=dict(answer.timings), prompt_tokens=answer.prompt_tokens,
-            completion_tokens=answer.completion_tokens, raw_answer=answer.raw_text,
-            tries=list(answer.tries), groups=[list(g) for g in groups],
-            part_credit=(sum(found) / len(found)) if found else 1.0,
-            terms_anywhere=all(groups_found(answer.text, groups)),
-            answerable_score=getattr(answer, "answerable_score", None),
-        )  # fmt: skip
+        result = score_answer(q, ask_fn(q.question))
         results.append(result)
         if on_progress:
             on_progress(i, len(questions), result)

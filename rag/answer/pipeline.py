@@ -155,7 +155,7 @@ class _Question:
 class _PromptRules:
     """The prompting guards that apply to one question (see rag/guards.py)."""
 
-    several: bool  # asks two things: full prompt, no cached blocks
+    several: bool  # asks two things: full prompt; no cached blocks unless kv_several_cached
     ban_chinese: bool  # English question: no token that writes Chinese
     reminder: bool  # English question: "Answer in English" after it
     figures_in_english: bool  # English question: 亿 figures written in English in the passages
@@ -488,7 +488,8 @@ class Pipeline:
         """Start answering from `hits`: from their stored blocks when `path` allows and all are
         stored, else from the whole prompt (passages trimmed around the `query`'s words)."""
         rules = self._prompt_rules(question, hits)
-        cached = self.get_cached() if path != "ordinary" and not rules.several else None
+        several_ordinary = rules.several and not self.settings.kv_several_cached
+        cached = self.get_cached() if path != "ordinary" and not several_ordinary else None
         if cached:
             attempt = self._cached_attempt(question, hits, cached, rules, stop)
             if attempt is not None:

@@ -275,6 +275,14 @@ def test_a_question_that_asks_two_things_is_answered_from_the_whole_prompt(setti
     assert "《" in ordinary.calls[0]["messages"][1]["content"]  # whole passages with their source line
 
 
+def test_with_kv_several_cached_a_two_part_question_takes_the_blocks(settings) -> None:  # type: ignore[no-untyped-def]
+    settings = replace(settings, kv_several_cached=True)
+    kvstore.build_store(settings, chunks_of(settings), FakeEngine())
+    pipeline, ordinary, cached = cached_pipeline(settings, "DeepSeek-V3 的完整训练仅花费 557.6万美元[3]。")
+    _, answer = answer_of(pipeline, "DeepSeek-V3 的训练成本是多少？用了什么精度？")
+    assert answer.tries[0] == "cached" and len(cached.calls) == 1
+
+
 def test_an_english_question_is_answered_in_english_on_the_cached_path_too(settings) -> None:  # type: ignore[no-untyped-def]
     kvstore.build_store(settings, chunks_of(settings), FakeEngine())
     pipeline, _, cached = cached_pipeline(settings, "DeepSeek-V3 cost 557.6万美元 to train [3].")

@@ -343,23 +343,69 @@ def test_bench_answers_compares_the_identical_tokens(fake_world) -> None:  # typ
 def test_headline_ratios_from_the_sections_details() -> None:
     details = {
         "cached": {"records": [
-            {"ordinary_ttft": 6.0, "cached_ttft": 0.5}, {"ordinary_ttft": 7.0, "cached_ttft": 1.0},
-            {"ordinary_ttft": 9.0, "cached_ttft": 2.0}, {"id": "q4", "skipped": "refused before generation"},
+            {"ordinary_ttft": 6.0, "cached_ttft": 0.5, "path": "cached"},
+            {"ordinary_ttft": 7.0, "cached_ttft": 1.0, "path": "cached"},
+            {"ordinary_ttft": 9.0, "cached_ttft": 2.0, "path": "cached"},
+            {"id": "q4", "skipped": "refused before generation"},
         ]},
         "index": {"product_passages_per_s": 14.0, "raw_passages_per_s": 7.0},
         "page": {"ready_s": 3.5},
     }  # fmt: skip
     got = bench.headline_ratios(details)
     assert got["kv_ttft_ratio"] == pytest.approx(1.0 / 7.0)  # median over median, the refused question left out
+    assert got["kv_served_share"] == 1.0
     assert got["embed_rate_ratio"] == 2.0 and got["page_ready_s"] == 3.5
-    assert bench.headline_ratios({}) == {"kv_ttft_ratio": None, "embed_rate_ratio": None, "page_ready_s": None}
+    assert set(bench.headline_ratios({}).values()) == {None}
+
+
+def test_kv_ttft_ratio_counts_every_generated_question_whichever_path_served_it() -> None:
+    # Two questions served cached, three sent to the ordinary path by the store-on pipeline: their
+    # first token counts as it came (the whole prompt read again), not left out of the median.
+    records = [
+        {"ordinary_ttft": 10.0, "cached_ttft": 0.5, "path": "cached"},
+        {"ordinary_ttft": 12.0, "cached_ttft": 0.7, "path": "cached"},
+        {"ordinary_ttft": 11.0, "cached_ttft": 11.5, "path": "ordinary"},
+        {"ordinary_ttft": 13.0, "cached_ttft": 12.5, "path": "ordinary"},
+        {"ordinary_ttft": 14.0, "cached_ttft": 14.5, "path": "ordinary"},
+        {"ordinary_ttft": None, "cached_ttft": 0.4, "path": "cached"},  # no ordinary side: not a pair
+    ]  # fmt: skip
+    got = bench.headline_ratios({"cached": {"records": records}})
+    assert got["kv_ttft_ratio"] == pytest.approx(11.5 / 12.0)  # median 11.5 of the store on / median 12.0
+    assert got["kv_served_share"] == pytest.approx(2 / 5)
+
+
+def test_kv_quality_deltas_are_cached_minus_ordinary() -> None:
+    quality = {"ordinary": {"key_term_accuracy": 0.85, "citation_precision_independent": 1.0},
+               "cached": {"key_term_accuracy": 0.82, "citation_precision_independent": 0.99}}  # fmt: skip
+    got = bench.headline_ratios({"cached": {"records": [], "quality": quality}})
+    assert got["kv_key_terms_delta"] == pytest.approx(-0.03)
+    assert got["kv_citation_precision_delta"] == pytest.approx(-0.01)
+    assert got["kv_ttft_ratio"] is None and got["kv_served_share"] is None
+
+
+def test_path_quality_scores_answers_like_eval_answers() -> None:
+    from rag.schema import Answer
+    from rag_eval.metrics import parse_question, score_answer
+
+    q_ok = parse_question({"id": "a", "question": "多少钱？", "must_include": ["557.6万美元"], "type": "factoid",
+                           "evidence": [{"doc": "d.md", "quote": "557.6万美元"}]})  # fmt: skip
+    q_none = parse_question({"id": "b", "question": "谁？", "must_include": [], "type": "unanswerable", "evidence": []})
+    right = Answer("多少钱？", "多少钱？", "花费 557.6万美元[1]。", [], [])
+    wrong = Answer("多少钱？", "多少钱？", "花费 600万美元[1]。", [], [])
+    refused = Answer("谁？", "谁？", "资料中没有相关信息。", [], [], refused=True)
+    good = bench._path_quality([score_answer(q_ok, right), score_answer(q_none, refused)])
+    bad = bench._path_quality([score_answer(q_ok, wrong), score_answer(q_none, refused)])
+    assert good["key_term_accuracy"] == 1.0 and bad["key_term_accuracy"] == 0.0
+    assert good["refusal_accuracy"] == 1.0 and good["questions"] == 2
+    assert good["citation_precision_independent"] is None  # no citations to judge
 
 
 def test_the_report_json_carries_the_ratios() -> None:
     report = bench.BenchReport(machine={}, models={}, questions_file="q.jsonl", n_questions=0,
                                details={"page": {"ready_s": 2.0}, "index": {"product_passages_per_s": 3.0}})  # fmt: skip
     ratios = json.loads(json.dumps(report.to_dict()))["ratios"]
-    assert ratios == {"kv_ttft_ratio": None, "embed_rate_ratio": None, "page_ready_s": 2.0}  # no raw rate: no ratio
+    assert ratios["page_ready_s"] == 2.0 and ratios["embed_rate_ratio"] is None  # no raw rate: no ratio
+    assert {"kv_ttft_ratio", "kv_served_share", "kv_key_terms_delta", "kv_citation_precision_delta"} <= set(ratios)
 
 
 def test_wait_for_page_polls_until_the_page_answers() -> None:
