@@ -432,7 +432,7 @@ def test_wait_for_page_polls_until_the_page_answers() -> None:
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
         assert bench.wait_for_page(url, lambda: True, timeout=60, poll=0.01) is not None and answered.is_set()
-        assert Page.calls == 3
+        assert Page.calls >= 3  # more when a poll timed out under load and was made again
         assert bench.wait_for_page(url, lambda: False, timeout=60) is None  # the server process died: give up
     finally:
         server.shutdown()
