@@ -115,5 +115,5 @@ def test_bench_measures_both_paths(small_world, tmp_path: Path) -> None:  # type
         assert 0 < record["cached_prompt_tokens"] < record["ordinary_prompt_tokens"]
     assert record["cached_ttft"] > 0 and record["ordinary_ttft"] > 0
     names = {s.name for s in report.stats if s.section == "cached"}
-    assert "  TTFT cached / ordinary" in names and any("KB per token" in n for n in names)
+    assert "  TTFT cached / ordinary, served cached" in names and any("KB per token" in n for n in names)
     assert "TTFT cached" in bench.format_table(report.stats)
