@@ -500,12 +500,6 @@ def _claimed(terms: set[str], asked: set[str], text: str) -> set[str]:
     return kept if any(len(t) >= 2 or t.isdigit() for t in kept - asked) else set()
 
 
-def _as_english_reader_sees(passage: str) -> str:
-    """A Chinese passage as an English answer may restate it: its figures in 亿 written out
-    ("405 billion", as the English prompt showed them), added after the passage as written."""
-    return f"{passage}\n{english_figures(passage)}"
-
-
 def check(
     answer: str,
     hits: Sequence[Hit],
@@ -531,10 +525,13 @@ def check(
     everywhere = passages + [h.chunk.text for h in further]
     asked = {t for t in key_terms(question) if not _NUMBER.fullmatch(t)} if guards.on("question_words") else set()
     # Once per passage, not per sentence: the text _claimed and _support_in read, and which passages are Chinese.
+    # An English answer may restate a Chinese passage's 亿 figures written out ("405 billion", as the
+    # English prompt showed them): that reading is checked too, after the passage as written.
     glossed = lang == "en" and guards.on("english_figures")
-    seen = [_as_english_reader_sees(p) if glossed else p for p in passages]
-    if glossed and any(english_figures(p) != p for p in passages):
+    figures = [english_figures(p) for p in passages] if glossed else passages
+    if figures != passages:
         guards.fired("english_figures")  # counted wherever it changes what is checked (ablation asks again there)
+    seen = [f"{p}\n{f}" for p, f in zip(passages, figures)] if glossed else passages
     normed = [_norm(clean_text(p)) for p in seen]
     solid = [re.sub(r"\s+", "", t) for t in normed]
     chinese = [language_of(p) == "zh" for p in passages]
