@@ -419,9 +419,8 @@ class Pipeline:
         further = ranked[len(shown) : self.settings.conflict_depth]
         # Each sentence said once before it is checked (hygiene.drop_repeats); loops are judged on `raw`.
         checked = citations.check(hygiene.drop_repeats(raw), shown, q.lang, q.text, further, guards=self.guards)
-        if rejection(q.text, raw, checked, shown, self.guards):
-            return None
-        return None if self._unanswered(q, checked, shown) else checked
+        refused = rejection(q.text, raw, checked, shown, self.guards) or self._unanswered(q, checked, shown)
+        return None if refused else checked
 
     def _unanswered(self, q: _Question, checked: citations.CheckedAnswer, shown: list[Hit]) -> bool:
         """The answerable_check: no cited passage (else the first passage shown) is judged by the chat

@@ -6,6 +6,7 @@ tabs) queue for it instead of interleaving tokens.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import weakref
@@ -141,7 +142,6 @@ class LlamaGenerator:
                 usage.prompt_tokens = max(self._llm.n_tokens - usage.completion_tokens, 0)
                 self._usage = usage
 
-
     def yes_probability(self, messages: list[dict[str, str]]) -> float:
         """P(yes) / (P(yes) + P(no)) of the reply's first token, from one forward pass (no sampling).
 
@@ -164,19 +164,19 @@ class LlamaGenerator:
             llm.eval(tokens[keep:])
             # one output row (logits_all is off): the last token's
             logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
-        yes, no = self._yes_no_ids()
+        yes, no = self._yes_no_ids
         top = logits.max()
         p_yes, p_no = np.exp(logits[yes] - top).sum(), np.exp(logits[no] - top).sum()
         return float(p_yes / (p_yes + p_no)) if p_yes + p_no > 0 else 0.5
 
+    @functools.cached_property
     def _yes_no_ids(self) -> tuple[list[int], list[int]]:
         """The first tokens of the spellings of yes and of no (English and Chinese)."""
-        if not hasattr(self, "_yes_no"):
-            def first(words: tuple[str, ...]) -> list[int]:
-                return sorted({self._llm.tokenize(w.encode("utf-8"), add_bos=False, special=False)[0] for w in words})
 
-            self._yes_no = (first(("yes", "Yes", " yes", " Yes", "YES", "是")), first(("no", "No", " no", " No", "NO", "否", "不")))
-        return self._yes_no
+        def first(words: tuple[str, ...]) -> list[int]:
+            return sorted({self._llm.tokenize(w.encode("utf-8"), add_bos=False, special=False)[0] for w in words})
+
+        return first(("yes", "Yes", " yes", " Yes", "YES", "是")), first(("no", "No", " no", " No", "NO", "否", "不"))
 
 
 def load_generator(name: str, models_dir: Path, n_ctx: int, n_threads: int, n_batch: int, temperature: float) -> LlamaGenerator:
