@@ -2,7 +2,7 @@
 
 The structure is kept in the Document, not flattened away: a heading starts a `Section` whose
 heading path the chunker gives its chunks; a table row becomes one line that names its columns
-("名称: 苹果; 数量: 3"), so a passage can quote a row with its header; a slide or sheet starts a
+("名称: 螺栓; 数量: 3"), so a passage can quote a row with its header; a slide or sheet starts a
 page, so a citation says "slide 3" or "sheet 2". Each library is imported inside its loader, so a
 corpus of markdown never loads them. A file a library cannot open raises DocumentError saying what
 to do; the build skips it and indexes the rest.
@@ -59,8 +59,8 @@ def row_lines(rows: Iterable[Sequence[str]]) -> Iterator[str]:
     """A table as lines a passage can quote: the first non-empty row is the header, each later row one
     line "header: value; header: value" (empty cells left out). A table of one row is that row.
 
-    >>> list(row_lines([["名称", "数量", ""], ["苹果", "3", "x"], ["", "", ""]]))
-    ['名称: 苹果; 数量: 3; C: x']
+    >>> list(row_lines([["名称", "数量", ""], ["螺栓", "3", "x"], ["", "", ""]]))
+    ['名称: 螺栓; 数量: 3; C: x']
     """
     header: list[str] | None = None
     body = False
