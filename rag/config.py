@@ -225,6 +225,7 @@ class Settings:
 
 
 def _coerce(name: str, raw: object, typ: type) -> object:
+    """A setting from TOML or the environment as its declared type, refused with the expected form when it does not parse."""
     if name == "collections":
         return _collection_specs(raw)
     try:

@@ -215,6 +215,7 @@ def _timing_label(key: str, lang: str) -> str:
 
 
 def exchange_html(ex: Exchange, lang: str, show_details: bool, latest: bool) -> str:
+    """The sources panel for one question: cited passages first, then related ones, then (if asked) retrieval details."""
     answer, parts = ex.answer, []
     if answer.citations:
         parts.append(f"<h4>{html.escape(say(lang, 'cited'))}</h4>")

@@ -71,6 +71,7 @@ def load_text(data: bytes, rel_path: str, sha256: str) -> Document:
 
 
 def load_pdf(data: bytes, rel_path: str, sha256: str) -> Document:
+    """A PDF as text with page starts, so citations can name the page; a locked, broken or image-only PDF is refused with the fix."""
     import logging
 
     from pypdf import PdfReader
