@@ -142,6 +142,16 @@ def _serialized_mb(index) -> float:  # type: ignore[no-untyped-def]
     return float(faiss.serialize_index(index).nbytes) / 2**20
 
 
+@dataclass
+class _Synthetic:
+    """The synthetic index and its parts that the timings and the ANN variants reuse."""
+
+    index: Any  # rag.index.reader.Index
+    dense: Any  # the chunks' faiss.IndexFlatIP
+    piece_index: Any  # the pieces' faiss.IndexFlatIP, None without pieces
+    texts: list[str]
+
+
 def run_scale(
     chunks: int = 100_000,
     dim: int = 768,
@@ -153,25 +163,34 @@ def run_scale(
     pieces_per_chunk: int = 0,
 ) -> ScaleReport:
     """Build the synthetic index in memory, time `queries` searches; ann: any of 'hnsw', 'ivf'."""
-    import faiss
-
-    from rag.answer.retrieval import RetrievalParams, Retriever
-    from rag.config import Settings
-    from rag.index.lexical import LexicalIndex, tokenize
-    from rag.index.manifest import FORMAT_VERSION, Manifest
-    from rag.index.reader import Index, Pieces
-    from rag.index.store import FaissStore
-
     unknown = set(ann) - {"hnsw", "ivf"}
     if unknown:
         raise ValueError(f"unknown ANN index type(s) {sorted(unknown)}: use hnsw, ivf")
     rng = np.random.default_rng(seed)
     build: dict[str, float] = {}
+    syn = _build_synthetic(chunks, dim, pieces_per_chunk, rng, progress, build)
+    query_texts, query_vectors = _synthetic_queries(syn, queries, dim, rng)
+    seconds, exact, params = _time_searches(syn.index, query_texts, query_vectors, candidates)
+    pieces = syn.index.pieces
+    report = ScaleReport(chunks, dim, queries, build, _serialized_mb(syn.dense), _latencies(seconds, params, pieces),
+                         pieces_memory_mb=_serialized_mb(syn.piece_index) if pieces is not None else 0.0)  # fmt: skip
+    matrix = np.stack([query_vectors[t] for t in query_texts])
+    report.ann += _time_ann_variants(ann, syn.dense, matrix, exact, report, progress)
+    report.peak_rss_mb = peak_rss_mb()
+    return report
+
+
+def _build_synthetic(chunks: int, dim: int, pieces_per_chunk: int, rng: np.random.Generator, progress: bool,
+                     build: dict[str, float]) -> _Synthetic:  # fmt: skip
+    """The product's `Index` over random vectors and dictionary-word texts; each step's seconds go into `build`."""
+    from rag.index.manifest import FORMAT_VERSION, Manifest
+    from rag.index.reader import Index, Pieces
+    from rag.index.store import FaissStore
 
     t0 = time.perf_counter()
     dense = random_flat_index(chunks, dim, rng, "random vectors -> IndexFlatIP", progress, "chunk")
     build["faiss_flat"] = time.perf_counter() - t0
-    pieces = None
+    pieces, piece_index = None, None
     if pieces_per_chunk > 0:
         t0 = time.perf_counter()
         piece_index = random_flat_index(chunks * pieces_per_chunk, dim, rng, "random piece vectors -> IndexFlatIP",
@@ -182,9 +201,22 @@ def run_scale(
     t0 = time.perf_counter()
     texts = synthetic_texts(chunks, rng)
     build["texts"] = time.perf_counter() - t0
+    lexical = _build_lexical(texts, progress, build)
+
+    rows = [Chunk(id=f"s{i}", path=f"synthetic/{i}.txt", title="", headings=(), start=0, end=len(t), text=t)
+            for i, t in enumerate(texts)]  # fmt: skip
+    manifest = Manifest(FORMAT_VERSION, "synthetic", "", dim, {}, {}, piece_chars=50 if pieces else 0)
+    index = Index(Path("synthetic"), manifest, rows, FaissStore(dense), lexical, pieces)
+    return _Synthetic(index, dense, piece_index, texts)
+
+
+def _build_lexical(texts: list[str], progress: bool, build: dict[str, float]):  # type: ignore[no-untyped-def]
+    """The product's BM25 index of `texts`, tokenizing and indexing timed apart (the tokens are dropped after)."""
+    from rag.index.lexical import LexicalIndex, tokenize
+
     t0 = time.perf_counter()
     tokens = []
-    with progress_bar(chunks, "BM25 tokens (jieba + bigrams)", progress, unit="chunk") as bar:
+    with progress_bar(len(texts), "BM25 tokens (jieba + bigrams)", progress, unit="chunk") as bar:
         for text in texts:
             tokens.append(tokenize(text))
             bar.update(1)
@@ -193,31 +225,39 @@ def run_scale(
     lexical = LexicalIndex.build(tokens)
     del tokens
     build["bm25_index"] = time.perf_counter() - t0
+    return lexical
 
-    rows = [Chunk(id=f"s{i}", path=f"synthetic/{i}.txt", title="", headings=(), start=0, end=len(t), text=t)
-            for i, t in enumerate(texts)]  # fmt: skip
-    manifest = Manifest(FORMAT_VERSION, "synthetic", "", dim, {}, {}, piece_chars=50 if pieces else 0)
-    index = Index(Path("synthetic"), manifest, rows, FaissStore(dense), lexical, pieces)
 
-    picks = rng.choice(chunks, size=queries, replace=False)
+def _synthetic_queries(syn: _Synthetic, queries: int, dim: int,
+                       rng: np.random.Generator) -> tuple[list[str], dict[str, np.ndarray]]:  # fmt: skip
+    """Queries with a true match on both lists: a few words of a random chunk, a vector near that chunk's."""
+    picks = rng.choice(len(syn.texts), size=queries, replace=False)
     query_texts: list[str] = []
     query_vectors: dict[str, np.ndarray] = {}
     for n, i in enumerate(picks):
-        words = texts[i].replace("。", "")
+        words = syn.texts[i].replace("。", "")
         start = int(rng.integers(0, max(1, len(words) - 14)))
         text = f"{words[start : start + 12]}？{n}"  # the counter keeps every query distinct
-        vec = dense.reconstruct(int(i)) + QUERY_NOISE * random_unit_vectors(1, dim, rng)[0]
+        vec = syn.dense.reconstruct(int(i)) + QUERY_NOISE * random_unit_vectors(1, dim, rng)[0]
         query_vectors[text] = (vec / np.linalg.norm(vec)).astype(np.float32)
         query_texts.append(text)
+    return query_texts, query_vectors
+
+
+def _time_searches(index, query_texts: list[str], query_vectors: dict[str, np.ndarray],  # type: ignore[no-untyped-def]
+                   candidates: int | None) -> tuple[dict[str, list[float]], list[list[int]], Any]:  # fmt: skip
+    """Seconds per query of each search the product runs, and the exact top 10 the ANN variants are scored on."""
+    from rag.answer.retrieval import RetrievalParams, Retriever
+    from rag.config import Settings
 
     settings = Settings()
     params = RetrievalParams.from_settings(settings)
     if candidates:
         params = RetrievalParams(candidates, params.rrf_k, params.dense_weight, params.lexical_weight,
                                  params.min_dense_score, piece_candidates=params.piece_candidates)  # fmt: skip
-    if pieces is None:
+    if index.pieces is None:
         params = replace(params, piece_candidates=0)
-    retriever = Retriever(index, _LookupEmbedder(query_vectors, dim), params)
+    retriever = Retriever(index, _LookupEmbedder(query_vectors, index.manifest.dim), params)
     retriever.rank(query_texts[0], settings.top_k)  # loads jieba's dictionary, as a process's first query does
 
     seconds: dict[str, list[float]] = {"dense": [], "pieces": [], "bm25": [], "fused": []}
@@ -228,7 +268,7 @@ def run_scale(
         found = index.dense_search(vec, params.candidates)
         seconds["dense"].append(time.perf_counter() - t0)
         exact.append([r for r, _ in found[:10]])
-        if pieces is not None:
+        if index.pieces is not None:
             t0 = time.perf_counter()
             index.dense_search(vec, params.candidates, params.piece_candidates)
             seconds["pieces"].append(time.perf_counter() - t0)
@@ -238,53 +278,76 @@ def run_scale(
         t0 = time.perf_counter()
         retriever.rank(text, settings.top_k)
         seconds["fused"].append(time.perf_counter() - t0)
+    return seconds, exact, params
 
-    latencies = [
+
+def _latencies(seconds: dict[str, list[float]], params: Any, pieces: Any) -> list[Latency]:
+    """The report's latency rows, named after what each search was (the pieces row only with pieces)."""
+    return [
         Latency.of(f"FAISS IndexFlatIP, top {params.candidates}", seconds["dense"]),
         *([Latency.of(f"… and {len(pieces):,} pieces, top {params.piece_candidates} (dense_search)", seconds["pieces"])]
           if pieces is not None else []),
         Latency.of(f"BM25 (jieba + bigrams on the query), top {params.candidates}", seconds["bm25"]),
         Latency.of("fused: Retriever.rank (query vector given)", seconds["fused"]),
-    ]
-    report = ScaleReport(chunks, dim, queries, build, _serialized_mb(dense), latencies,
-                         pieces_memory_mb=_serialized_mb(piece_index) if pieces is not None else 0.0)  # fmt: skip
+    ]  # fmt: skip
 
-    matrix = np.stack([query_vectors[t] for t in query_texts])
+
+def _time_ann_variants(ann: Sequence[str], dense, matrix: np.ndarray, exact: list[list[int]],  # type: ignore[no-untyped-def]
+                       report: ScaleReport, progress: bool) -> list[AnnResult]:  # fmt: skip
+    """The flat index as the reference row, then each asked-for ANN index at each of its search settings."""
+    results: list[AnnResult] = []
     if ann:
-        report.ann.append(_time_ann("Flat (exact, the product's)", dense, matrix, exact, build["faiss_flat"],
-                                    report.flat_memory_mb))  # fmt: skip
+        results.append(_time_ann("Flat (exact, the product's)", dense, matrix, exact, report.build["faiss_flat"],
+                                 report.flat_memory_mb))  # fmt: skip
     if "hnsw" in ann:
-        t0 = time.perf_counter()
-        hnsw = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        with progress_bar(chunks, f"IndexHNSWFlat M={HNSW_M}", progress, unit="chunk") as bar:
-            for start in range(0, chunks, VECTOR_BATCH):
-                hnsw.add(dense.reconstruct_n(start, min(VECTOR_BATCH, chunks - start)))
-                bar.update(min(VECTOR_BATCH, chunks - start))
-        built = time.perf_counter() - t0
-        size = _serialized_mb(hnsw)
-        for ef in HNSW_EF_SEARCH:
-            hnsw.hnsw.efSearch = ef
-            report.ann.append(_time_ann(f"HNSW M={HNSW_M} efSearch={ef}", hnsw, matrix, exact, built, size))
-        del hnsw
+        results += _time_hnsw(dense, matrix, exact, progress)
     if "ivf" in ann:
-        t0 = time.perf_counter()
-        quantizer = faiss.IndexFlatIP(dim)
-        nlist = max(1, min(IVF_NLIST, chunks // 40))  # k-means wants ~40 training points per list
-        ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = dense.reconstruct_n(0, min(chunks, 40 * nlist))
-        ivf.train(sample)
-        del sample
+        results += _time_ivf(dense, matrix, exact)
+    return results
+
+
+def _time_hnsw(dense, matrix: np.ndarray, exact: list[list[int]], progress: bool) -> list[AnnResult]:  # type: ignore[no-untyped-def]
+    """An HNSW index of the same vectors, built once, searched at each efSearch (freed on return)."""
+    import faiss
+
+    chunks, dim = dense.ntotal, dense.d
+    t0 = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    with progress_bar(chunks, f"IndexHNSWFlat M={HNSW_M}", progress, unit="chunk") as bar:
         for start in range(0, chunks, VECTOR_BATCH):
-            ivf.add(dense.reconstruct_n(start, min(VECTOR_BATCH, chunks - start)))
-        built = time.perf_counter() - t0
-        size = _serialized_mb(ivf)
-        for nprobe in IVF_NPROBE:
-            ivf.nprobe = nprobe
-            report.ann.append(_time_ann(f"IVFFlat nlist={nlist} nprobe={nprobe}", ivf, matrix, exact, built, size))
-        del ivf
-    report.peak_rss_mb = peak_rss_mb()
-    return report
+            hnsw.add(dense.reconstruct_n(start, min(VECTOR_BATCH, chunks - start)))
+            bar.update(min(VECTOR_BATCH, chunks - start))
+    built = time.perf_counter() - t0
+    size = _serialized_mb(hnsw)
+    results = []
+    for ef in HNSW_EF_SEARCH:
+        hnsw.hnsw.efSearch = ef
+        results.append(_time_ann(f"HNSW M={HNSW_M} efSearch={ef}", hnsw, matrix, exact, built, size))
+    return results
+
+
+def _time_ivf(dense, matrix: np.ndarray, exact: list[list[int]]) -> list[AnnResult]:  # type: ignore[no-untyped-def]
+    """An IVF index of the same vectors, trained and filled once, searched at each nprobe (freed on return)."""
+    import faiss
+
+    chunks, dim = dense.ntotal, dense.d
+    t0 = time.perf_counter()
+    quantizer = faiss.IndexFlatIP(dim)
+    nlist = max(1, min(IVF_NLIST, chunks // 40))  # k-means wants ~40 training points per list
+    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = dense.reconstruct_n(0, min(chunks, 40 * nlist))
+    ivf.train(sample)
+    del sample
+    for start in range(0, chunks, VECTOR_BATCH):
+        ivf.add(dense.reconstruct_n(start, min(VECTOR_BATCH, chunks - start)))
+    built = time.perf_counter() - t0
+    size = _serialized_mb(ivf)
+    results = []
+    for nprobe in IVF_NPROBE:
+        ivf.nprobe = nprobe
+        results.append(_time_ann(f"IVFFlat nlist={nlist} nprobe={nprobe}", ivf, matrix, exact, built, size))
+    return results
 
 
 def _time_ann(name: str, index, queries: np.ndarray, exact: list[list[int]], built: float, size: float) -> AnnResult:  # type: ignore[no-untyped-def]
