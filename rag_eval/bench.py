@@ -848,16 +848,11 @@ def bench_cached(settings: Settings, pipeline: Pipeline, llm: Any, questions: Se
     an empty KV cache of the ordinary model, so a question the store-on pipeline answers the
     ordinary way pays that path's whole prompt (not llama.cpp's prefix cache of the run before);
     each answer scored on key terms and citations (rag_eval.metrics.score_answer)."""
-    from rag.answer import kvstore, prompting
-    from rag_eval.metrics import score_answer
+    from rag.answer import kvstore
 
     chunks = pipeline.get_index().readable(settings.join_max_chars)
     st = kvstore.status(settings, chunks)
-    why_not = "" if st.complete else st.line()
-    if not settings.kv_cache:
-        why_not = "the passage KV store is off; set kv_cache = true (or RAG_KV_CACHE=1), then run: rag index --kv"
-    if not why_not and pipeline.get_cached() is None:
-        why_not = f"the cached path cannot run: {pipeline.kv_unavailable}"
+    why_not = _cached_unavailable(settings, pipeline, st)
     if why_not:  # measured when it can be; the other sections stand on their own
         details["cached"] = {"skipped": why_not}
         progress(f"cached: skipped ({why_not})")
@@ -865,6 +860,28 @@ def bench_cached(settings: Settings, pipeline: Pipeline, llm: Any, questions: Se
     store = kvstore.KVStore(kvstore.store_dir(settings))
     keys = {kvstore.block_key(c, settings.kv_block_tokens) for c in chunks}
     store_tokens = sum(store.block_tokens(k) for k in keys)
+    records, scored = _ask_both_paths(pipeline, llm, questions, progress)
+    quality = {path: _path_quality(rs) for path, rs in scored.items()}
+    details["cached"] = {"records": records, "quality": quality,
+                         "store_bytes": st.bytes, "store_tokens": store_tokens, "blocks": st.blocks}  # fmt: skip
+    return _cached_stats(records, quality, headline_ratios(details), st, store_tokens)
+
+
+def _cached_unavailable(settings: Settings, pipeline: Pipeline, st: Any) -> str:
+    """Why the cached section cannot run (store incomplete, kv_cache off, cached path not loadable), or ""."""
+    why_not = "" if st.complete else st.line()
+    if not settings.kv_cache:
+        why_not = "the passage KV store is off; set kv_cache = true (or RAG_KV_CACHE=1), then run: rag index --kv"
+    if not why_not and pipeline.get_cached() is None:
+        why_not = f"the cached path cannot run: {pipeline.kv_unavailable}"
+    return why_not
+
+
+def _ask_both_paths(pipeline: Pipeline, llm: Any, questions: Sequence[EvalQuestion],
+                    progress: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, list[Any]]]:  # fmt: skip
+    """Each question on the ordinary then the cached path: one record per question, and both paths' scores."""
+    from rag_eval.metrics import score_answer
+
     records: list[dict[str, Any]] = []
     scored: dict[str, list[Any]] = {"ordinary": [], "cached": []}
     for i, q in enumerate(questions, start=1):
@@ -880,35 +897,43 @@ def bench_cached(settings: Settings, pipeline: Pipeline, llm: Any, questions: Se
             records.append({"id": qid, "question": q.question, "skipped": "refused before generation"})
             progress(f"[{i}/{len(questions)}] {qid} no generation (refused before the model)")
             continue
-        once = c.tries == ["cached"]
-        rec = {
-            # the path of the first try, whose first token cached_ttft times (a rejected cached
-            # answer is written again on the ordinary path: tries ["cached", "ordinary"])
-            "id": qid, "question": q.question, "type": q.type, "path": (c.tries or [c.path])[0], "tries": c.tries,
-            "several": prompting.asks_several_things(q.question),
-            "ordinary_ttft": o_ttft, "cached_ttft": c_ttft,
-            "ttft_ratio": ratio(c_ttft, o_ttft), "ordinary_prompt_tokens": o.prompt_tokens,
-            # token counts and rate describe the cached generation only when it was the only one
-            "cached_prompt_tokens": c.prompt_tokens if once else None, "cached_tokens": c.cached_tokens if once else None,
-            "ordinary_total": o.timings.get("total"), "cached_total": c.timings.get("total"),
-            "cached_rate": (c.completion_tokens - 1) / (c.timings["generation"] - c_ttft)
-            if once and c.completion_tokens > 1 and c.timings.get("generation", 0) > c_ttft else None,
-            "same_answer": o.raw_text == c.raw_text, "ordinary_answer": o.raw_text, "cached_answer": c.raw_text,
-            "answerable": q.answerable, "ordinary_terms": so.has_terms, "cached_terms": sc.has_terms,
-            "ordinary_refused": so.refused, "cached_refused": sc.refused,
-            "ordinary_citations": [bool(x["grounded"]) for x in so.citations],
-            "cached_citations": [bool(x["grounded"]) for x in sc.citations],
-        }  # fmt: skip
-        records.append(rec)
+        records.append(_cached_record(q, o, o_ttft, so, c, c_ttft, sc))
         progress(f"[{i}/{len(questions)}] {qid} TTFT ordinary {o_ttft:.2f} s ({o.prompt_tokens} tok read), "
                  f"{c.path} {c_ttft:.2f} s ({c.prompt_tokens} tok read, {c.cached_tokens} restored)")  # fmt: skip
+    return records, scored
+
+
+def _cached_record(q: EvalQuestion, o: Any, o_ttft: float, so: Any, c: Any, c_ttft: float, sc: Any) -> dict[str, Any]:
+    """One generated question's record: both paths' timings, token counts, answers and scores side by side."""
+    from rag.answer import prompting
+
+    once = c.tries == ["cached"]
+    return {
+        # the path of the first try, whose first token cached_ttft times (a rejected cached
+        # answer is written again on the ordinary path: tries ["cached", "ordinary"])
+        "id": q.id, "question": q.question, "type": q.type, "path": (c.tries or [c.path])[0], "tries": c.tries,
+        "several": prompting.asks_several_things(q.question),
+        "ordinary_ttft": o_ttft, "cached_ttft": c_ttft,
+        "ttft_ratio": ratio(c_ttft, o_ttft), "ordinary_prompt_tokens": o.prompt_tokens,
+        # token counts and rate describe the cached generation only when it was the only one
+        "cached_prompt_tokens": c.prompt_tokens if once else None, "cached_tokens": c.cached_tokens if once else None,
+        "ordinary_total": o.timings.get("total"), "cached_total": c.timings.get("total"),
+        "cached_rate": (c.completion_tokens - 1) / (c.timings["generation"] - c_ttft)
+        if once and c.completion_tokens > 1 and c.timings.get("generation", 0) > c_ttft else None,
+        "same_answer": o.raw_text == c.raw_text, "ordinary_answer": o.raw_text, "cached_answer": c.raw_text,
+        "answerable": q.answerable, "ordinary_terms": so.has_terms, "cached_terms": sc.has_terms,
+        "ordinary_refused": so.refused, "cached_refused": sc.refused,
+        "ordinary_citations": [bool(x["grounded"]) for x in so.citations],
+        "cached_citations": [bool(x["grounded"]) for x in sc.citations],
+    }  # fmt: skip
+
+
+def _cached_stats(records: list[dict[str, Any]], quality: dict[str, dict[str, float | None]],
+                  ratios: dict[str, float | None], st: Any, store_tokens: int) -> list[Stat]:  # fmt: skip
+    """The cached section's table rows: first-token times, tokens read, quality on both paths, the store's size."""
     done = [r for r in records if "skipped" not in r]
     served = [r for r in done if r["path"] == "cached"]
     per_token = st.bytes / store_tokens / 1000 if store_tokens else None
-    quality = {path: _path_quality(rs) for path, rs in scored.items()}
-    details["cached"] = {"records": records, "quality": quality,
-                         "store_bytes": st.bytes, "store_tokens": store_tokens, "blocks": st.blocks}  # fmt: skip
-    ratios = headline_ratios(details)
 
     def col(key: str, rows: list[dict[str, Any]] = served) -> list[float | None]:
         return [r.get(key) for r in rows]
