@@ -981,31 +981,14 @@ def run_bench(
     skip: Sequence[str] = (),
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> BenchReport:
+    """Every section not in `skip`, in the order that keeps each one's conditions fair; one report."""
     from rag.models import locate
     from rag_eval.metrics import load_questions
 
     t_start = time.perf_counter()
     questions = load_questions(questions_file)[: limit or None]
     chat_path = locate(settings.chat_model, settings.models_dir)
-    report = BenchReport(
-        machine=machine_info(),
-        models={
-            "chat": {
-                "name": settings.chat_model,
-                "file": chat_path.name,
-                "bytes": chat_path.stat().st_size,
-                "n_threads": settings.n_threads,
-                "n_batch": settings.n_batch,
-                "n_ctx": settings.n_ctx,
-                "temperature": settings.temperature,
-                "max_answer_tokens": settings.max_answer_tokens,
-            },
-            "embed": {"name": settings.embed_model},
-        },
-        questions_file=str(questions_file),
-        n_questions=len(questions),
-        started_at=time.strftime("%Y-%m-%d %H:%M:%S"),
-    )
+    report = _new_report(settings, chat_path, questions_file, len(questions))
     stats, details = report.stats, report.details
     asks_model = "answers" not in skip or "conversation" not in skip or "cached" not in skip
 
@@ -1031,30 +1014,59 @@ def run_bench(
         stats += bench_retrieval(settings, loaded.pipeline.get_index(), loaded.pipeline.get_embedder(),
                                  [q.question for q in questions], details)  # fmt: skip
     if asks_model:
-        from llama_cpp import Llama
-
-        pipeline = loaded.pipeline
-        llm = pipeline.get_generator()._llm  # type: ignore[attr-defined]  # the product's Llama, watched by the probe
-        raw = Llama(model_path=str(chat_path), n_ctx=settings.n_ctx, n_threads=settings.n_threads,
-                    n_threads_batch=settings.n_threads, n_batch=settings.n_batch, verbose=False)  # fmt: skip
-        probe = LlamaProbe(llm)
-        try:
-            if "answers" not in skip:
-                progress(f"answering: {len(questions)} questions, each followed by raw llama-cpp-python…")
-                stats += bench_answers(settings, pipeline, llm, probe, raw,
-                                       [(q.id, q.question) for q in questions], details, progress)  # fmt: skip
-            if "conversation" not in skip:
-                answered = [r["question"] for r in details.get("answers", []) if "skipped" not in r]
-                pair = (answered + [q.question for q in questions if q.question not in answered])[:2]
-                if len(pair) == 2:
-                    progress("conversation: a second question after a first…")
-                    stats += bench_conversation(pipeline, llm, probe, pair[0], pair[1], details)
-            if "cached" not in skip:
-                progress(f"cached: {len(questions)} questions, each on the ordinary then the cached path…")
-                stats += bench_cached(settings, pipeline, llm, questions, details, progress)
-        finally:
-            probe.close()
-            raw.close()
+        _bench_generation(settings, loaded.pipeline, chat_path, questions, skip, stats, details, progress)
     report.machine["load_after"] = _loadavg()
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _new_report(settings: Settings, chat_path: Path, questions_file: Path, n_questions: int) -> BenchReport:
+    """An empty report naming the machine (its load now), the models and their settings, and the questions."""
+    return BenchReport(
+        machine=machine_info(),
+        models={
+            "chat": {
+                "name": settings.chat_model,
+                "file": chat_path.name,
+                "bytes": chat_path.stat().st_size,
+                "n_threads": settings.n_threads,
+                "n_batch": settings.n_batch,
+                "n_ctx": settings.n_ctx,
+                "temperature": settings.temperature,
+                "max_answer_tokens": settings.max_answer_tokens,
+            },
+            "embed": {"name": settings.embed_model},
+        },
+        questions_file=str(questions_file),
+        n_questions=n_questions,
+        started_at=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
+
+
+def _bench_generation(settings: Settings, pipeline: Pipeline, chat_path: Path, questions: Sequence[EvalQuestion],
+                      skip: Sequence[str], stats: list[Stat], details: dict[str, Any],
+                      progress: Callable[[str], None]) -> None:  # fmt: skip
+    """The sections that ask the chat model (answers, conversation, cached), their stats appended to `stats`."""
+    from llama_cpp import Llama
+
+    llm = pipeline.get_generator()._llm  # type: ignore[attr-defined]  # the product's Llama, watched by the probe
+    raw = Llama(model_path=str(chat_path), n_ctx=settings.n_ctx, n_threads=settings.n_threads,
+                n_threads_batch=settings.n_threads, n_batch=settings.n_batch, verbose=False)  # fmt: skip
+    probe = LlamaProbe(llm)
+    try:
+        if "answers" not in skip:
+            progress(f"answering: {len(questions)} questions, each followed by raw llama-cpp-python…")
+            stats += bench_answers(settings, pipeline, llm, probe, raw,
+                                   [(q.id, q.question) for q in questions], details, progress)  # fmt: skip
+        if "conversation" not in skip:
+            answered = [r["question"] for r in details.get("answers", []) if "skipped" not in r]
+            pair = (answered + [q.question for q in questions if q.question not in answered])[:2]
+            if len(pair) == 2:
+                progress("conversation: a second question after a first…")
+                stats += bench_conversation(pipeline, llm, probe, pair[0], pair[1], details)
+        if "cached" not in skip:
+            progress(f"cached: {len(questions)} questions, each on the ordinary then the cached path…")
+            stats += bench_cached(settings, pipeline, llm, questions, details, progress)
+    finally:
+        probe.close()
+        raw.close()
