@@ -318,13 +318,34 @@ def _build_pool_index(
     progress: bool,
 ) -> dict[str, float]:
     """Write one build in the product's layout; vectors go into FAISS one batch at a time."""
-    import faiss
-
-    from rag.index.lexical import LexicalIndex, tokenize
-    from rag.index.manifest import DENSE_FILE, FORMAT_VERSION, PIECE_OWNERS_FILE, PIECES_FILE, FileEntry, Manifest
+    from rag.index.manifest import FORMAT_VERSION, Manifest
     from rag.index.publish import new_staging, publish
 
     t0 = time.perf_counter()
+    chunks, files, now = _pool_chunks_and_files(pool, chunker)
+    staging = new_staging(directory)
+
+    t_embed = time.perf_counter()
+    texts = [search_text(c) for c in chunks]
+    _embed_pool(embedder, chunks, texts, piece_chars, staging, progress)
+    embed_seconds = time.perf_counter() - t_embed
+
+    t_bm25 = time.perf_counter()
+    _save_bm25(texts, staging, progress)
+    bm25_seconds = time.perf_counter() - t_bm25
+
+    manifest = Manifest(FORMAT_VERSION, embed_model, embed_sha256, embedder.dim, chunker.as_dict(), files, built_at=now,
+                        piece_chars=piece_chars)  # fmt: skip
+    stats = {"seconds": time.perf_counter() - t0, "embed_seconds": embed_seconds, "bm25_seconds": bm25_seconds}
+    (staging / "rgb.json").write_text(json.dumps({"key": key, "build": stats}, indent=1), encoding="utf-8")
+    publish(directory, staging, manifest, chunks)
+    return stats
+
+
+def _pool_chunks_and_files(pool: PassagePool, chunker: ChunkerSettings) -> tuple[list[Chunk], dict[str, Any], str]:
+    """The pool's chunks in embedding order, the manifest's entry for each passage's file, and their time stamp."""
+    from rag.index.manifest import FileEntry
+
     per_passage = passage_chunks(pool, chunker)
     # Shortest passages first: batches of similar length waste less padding in the embedder.
     order = sorted((pid for pid in range(len(per_passage)) if per_passage[pid]),
@@ -336,28 +357,40 @@ def _build_pool_index(
                                      [c.id for c in per_passage[pid]], now)
         for pid in order
     }  # fmt: skip
+    return chunks, files, now
 
-    staging = new_staging(directory)
 
-    def embed_into_faiss(texts: list[str], name: str, desc: str) -> None:
-        dense = faiss.IndexFlatIP(embedder.dim)
-        with progress_bar(len(texts), desc, progress) as bar:
-            for i in range(0, len(texts), EMBED_BATCH):
-                vectors = embedder.encode_documents(texts[i : i + EMBED_BATCH])
-                dense.add(np.ascontiguousarray(vectors, dtype=np.float32))
-                bar.update(len(vectors))
-        faiss.write_index(dense, str(staging / name))
+def _embed_pool(embedder: Embedder, chunks: list[Chunk], texts: list[str], piece_chars: int, staging: Path,
+                progress: bool) -> None:  # fmt: skip
+    """The chunks' vectors, and with piece_chars their sentence pieces' vectors and owners, as index.build writes them."""
+    from rag.index.manifest import DENSE_FILE, PIECE_OWNERS_FILE, PIECES_FILE
 
-    t_embed = time.perf_counter()
-    texts = [search_text(c) for c in chunks]
-    embed_into_faiss(texts, DENSE_FILE, "embedding RGB passages")
+    _embed_into_faiss(embedder, texts, staging / DENSE_FILE, "embedding RGB passages", progress)
     if piece_chars > 0:  # as the product's index has them (index.build)
         pieces_of = [piece_texts(c, piece_chars) for c in chunks]
-        np.save(staging / PIECE_OWNERS_FILE, np.repeat(np.arange(len(chunks), dtype=np.int64), [len(p) for p in pieces_of]))
-        embed_into_faiss([t for p in pieces_of for t in p], PIECES_FILE, "embedding their sentence pieces")
-    embed_seconds = time.perf_counter() - t_embed
+        owners = np.repeat(np.arange(len(chunks), dtype=np.int64), [len(p) for p in pieces_of])
+        np.save(staging / PIECE_OWNERS_FILE, owners)
+        _embed_into_faiss(embedder, [t for p in pieces_of for t in p], staging / PIECES_FILE,
+                          "embedding their sentence pieces", progress)  # fmt: skip
 
-    t_bm25 = time.perf_counter()
+
+def _embed_into_faiss(embedder: Embedder, texts: list[str], path: Path, desc: str, progress: bool) -> None:
+    """Embed `texts` EMBED_BATCH at a time into an `IndexFlatIP` written to `path` (memory: the index, one batch)."""
+    import faiss
+
+    dense = faiss.IndexFlatIP(embedder.dim)
+    with progress_bar(len(texts), desc, progress) as bar:
+        for i in range(0, len(texts), EMBED_BATCH):
+            vectors = embedder.encode_documents(texts[i : i + EMBED_BATCH])
+            dense.add(np.ascontiguousarray(vectors, dtype=np.float32))
+            bar.update(len(vectors))
+    faiss.write_index(dense, str(path))
+
+
+def _save_bm25(texts: list[str], staging: Path, progress: bool) -> None:
+    """The product's BM25 index of `texts`, saved in the build (the tokens are dropped once it is built)."""
+    from rag.index.lexical import LexicalIndex, tokenize
+
     with progress_bar(len(texts), "BM25 tokens", progress) as bar:
         tokens = []
         for text in texts:
@@ -365,14 +398,6 @@ def _build_pool_index(
             bar.update(1)
     LexicalIndex.build(tokens).save(staging / "bm25")
     del tokens
-    bm25_seconds = time.perf_counter() - t_bm25
-
-    manifest = Manifest(FORMAT_VERSION, embed_model, embed_sha256, embedder.dim, chunker.as_dict(), files, built_at=now,
-                        piece_chars=piece_chars)  # fmt: skip
-    stats = {"seconds": time.perf_counter() - t0, "embed_seconds": embed_seconds, "bm25_seconds": bm25_seconds}
-    (staging / "rgb.json").write_text(json.dumps({"key": key, "build": stats}, indent=1), encoding="utf-8")
-    publish(directory, staging, manifest, chunks)
-    return stats
 
 
 # ---------------------------------------------------------------- retrieval metrics
