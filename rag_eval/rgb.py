@@ -504,7 +504,6 @@ def evaluate_pool_retrieval(
     latency); dense only and BM25 only are the two lists it fuses, each cut at
     the depth.
     """
-    from rag.answer.pipeline import clean_question
     from rag.answer.retrieval import Retriever
 
     ks = sorted(set(ks))
@@ -514,22 +513,7 @@ def evaluate_pool_retrieval(
     seconds: dict[str, list[float]] = {"fused": [], "dense": [], "bm25": []}
     results: list[RowRanks] = []
     for i, (row, positives) in enumerate(zip(rows, pool.positives), start=1):
-        query = clean_question(row.query)
-        t0 = time.perf_counter()
-        fused = retriever.rank(query, depth)  # first: the query embedding is not cached yet
-        seconds["fused"].append(time.perf_counter() - t0)
-        vector = embedder.encode_query(query)
-        t0 = time.perf_counter()
-        dense = index.dense_search(vector, depth, pieces=params.piece_candidates)
-        seconds["dense"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        lexical = index.lexical_search(query, depth)
-        seconds["bm25"].append(time.perf_counter() - t0)
-        paths = {
-            MODES[0]: [index.chunks[r].path for r, _ in lexical],
-            MODES[1]: [index.chunks[r].path for r, _ in dense],
-            MODES[2]: [h.chunk.path for h in fused],
-        }
+        paths = _rank_three_ways(row.query, retriever, index, embedder, params, depth, seconds)
         result = RowRanks(
             id=row.id, query=row.query, positives=len(positives),
             first_rank={m: first_positive_rank(p, positives) for m, p in paths.items()},
@@ -539,14 +523,41 @@ def evaluate_pool_retrieval(
         if on_progress:
             on_progress(i, len(rows), result)
     modes = [ModeMetrics.of(m, [r.first_rank[m] for r in results], ks) for m in MODES]
-    latencies = [
-        Latency.of("query embedding", timed.seconds),
+    return RetrievalReport(list(ks), modes, _pool_latencies(timed.seconds, seconds), info, results)
+
+
+def _rank_three_ways(question: str, retriever: Any, index: Index, embedder: Embedder, params: RetrievalParams,
+                     depth: int, seconds: dict[str, list[float]]) -> dict[str, list[str]]:  # fmt: skip
+    """One query's ranked chunk paths per mode (MODES), each search's seconds appended to `seconds`."""
+    from rag.answer.pipeline import clean_question
+
+    query = clean_question(question)
+    t0 = time.perf_counter()
+    fused = retriever.rank(query, depth)  # first: the query embedding is not cached yet
+    seconds["fused"].append(time.perf_counter() - t0)
+    vector = embedder.encode_query(query)
+    t0 = time.perf_counter()
+    dense = index.dense_search(vector, depth, pieces=params.piece_candidates)
+    seconds["dense"].append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    lexical = index.lexical_search(query, depth)
+    seconds["bm25"].append(time.perf_counter() - t0)
+    return {
+        MODES[0]: [index.chunks[r].path for r, _ in lexical],
+        MODES[1]: [index.chunks[r].path for r, _ in dense],
+        MODES[2]: [h.chunk.path for h in fused],
+    }
+
+
+def _pool_latencies(embedding: list[float], seconds: dict[str, list[float]]) -> list[Latency]:
+    """The report's latency rows: query embedding, each search alone, fused with and without the embedding."""
+    return [
+        Latency.of("query embedding", embedding),
         Latency.of("FAISS search (dense only, vector given)", seconds["dense"]),
         Latency.of("BM25 search (incl. jieba on the query)", seconds["bm25"]),
         Latency.of("fused: Retriever.rank, embedding included", seconds["fused"]),
-        Latency.of("fused minus query embedding", [f - e for f, e in zip(seconds["fused"], timed.seconds)]),
+        Latency.of("fused minus query embedding", [f - e for f, e in zip(seconds["fused"], embedding)]),
     ]
-    return RetrievalReport(list(ks), modes, latencies, info, results)
 
 
 # ---------------------------------------------------------------- tables
