@@ -17,12 +17,16 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rag.errors import DocumentError
 from rag.ingest import formats
 from rag.ingest.chunking import first_heading
 from rag.ingest.encoding import decode_text
 from rag.schema import Document, location_unit
+
+if TYPE_CHECKING:
+    from pypdf import PdfReader
 
 __all__ = ["FORMATS", "SUPPORTED_SUFFIXES", "decode_text", "load_file", "location_unit"]
 
@@ -72,6 +76,24 @@ def load_text(data: bytes, rel_path: str, sha256: str) -> Document:
 
 def load_pdf(data: bytes, rel_path: str, sha256: str) -> Document:
     """A PDF as text with page starts, so citations can name the page; a locked, broken or image-only PDF is refused with the fix."""
+    reader, pages = _read_pdf(data, rel_path)
+    joined, page_starts = _join_pages(pages)
+    if not joined.strip():
+        raise DocumentError(
+            f"{rel_path} has no extractable text (a scanned PDF?).",
+            "Run OCR on it (e.g. ocrmypdf) and add the result instead.",
+        )
+    return Document(
+        path=rel_path,
+        title=_pdf_title(reader) or Path(rel_path).stem,
+        text=joined,
+        sha256=sha256,
+        page_starts=page_starts,
+    )
+
+
+def _read_pdf(data: bytes, rel_path: str) -> tuple[PdfReader, list[str]]:
+    """(reader, each page's text); pypdf's many failure types become one DocumentError that says what to do."""
     import logging
 
     from pypdf import PdfReader
@@ -79,16 +101,9 @@ def load_pdf(data: bytes, rel_path: str, sha256: str) -> Document:
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # repairs of damaged files are not news; failures are
     try:
         reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            try:
-                ok = bool(reader.decrypt(""))  # many "protected" PDFs open with an empty password
-            except Exception:  # noqa: BLE001 - pypdf raises various types for crypto it lacks
-                ok = False
-            if not ok:
-                raise DocumentError(
-                    f"{rel_path} is encrypted.", "Save an unencrypted copy of the PDF into the corpus."
-                )
-        pages = [(page.extract_text() or "") for page in reader.pages]
+        if reader.is_encrypted and not _opens_without_password(reader):
+            raise DocumentError(f"{rel_path} is encrypted.", "Save an unencrypted copy of the PDF into the corpus.")
+        return reader, [(page.extract_text() or "") for page in reader.pages]
     except DocumentError:
         raise
     except Exception as exc:
@@ -97,6 +112,17 @@ def load_pdf(data: bytes, rel_path: str, sha256: str) -> Document:
             "Re-export or re-download the PDF, then run `rag index` again.",
         ) from exc
 
+
+def _opens_without_password(reader: PdfReader) -> bool:
+    """Many "protected" PDFs open with an empty password; those are read like any other."""
+    try:
+        return bool(reader.decrypt(""))
+    except Exception:  # noqa: BLE001 - pypdf raises various types for crypto it lacks
+        return False
+
+
+def _join_pages(pages: list[str]) -> tuple[str, tuple[int, ...]]:
+    """The pages' text joined by blank lines, and where each page starts in it (for "p. N" in citations)."""
     page_starts, parts, offset = [], [], 0
     for raw in pages:
         # Broken font maps can yield NULs and lone surrogates, which no file or JSON can hold.
@@ -104,25 +130,17 @@ def load_pdf(data: bytes, rel_path: str, sha256: str) -> Document:
         page_starts.append(offset)
         parts.append(text)
         offset += len(text) + 2
-    joined = "\n\n".join(parts)
-    if not joined.strip():
-        raise DocumentError(
-            f"{rel_path} has no extractable text (a scanned PDF?).",
-            "Run OCR on it (e.g. ocrmypdf) and add the result instead.",
-        )
-    meta_title = None
+    return "\n\n".join(parts), tuple(page_starts)
+
+
+def _pdf_title(reader: PdfReader) -> str | None:
+    """The PDF's own title, if its metadata has one; broken metadata must not lose the text."""
     try:
         meta = reader.metadata
-        meta_title = meta.get("/Title") if meta is not None else None
-    except Exception:  # noqa: BLE001 - broken metadata must not lose the text
-        meta_title = None
-    return Document(
-        path=rel_path,
-        title=str(meta_title) if meta_title else Path(rel_path).stem,
-        text=joined,
-        sha256=sha256,
-        page_starts=tuple(page_starts),
-    )
+        title = meta.get("/Title") if meta is not None else None
+    except Exception:  # noqa: BLE001
+        return None
+    return str(title) if title else None
 
 
 @dataclass(frozen=True)
