@@ -363,6 +363,7 @@ def search_cmd(
 
 
 def answer_to_dict(answer) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The `--json` form of an answer: one object scripts can read, citations with their passages and offsets."""
     return {
         "question": answer.question,
         "query": answer.query,

@@ -301,6 +301,10 @@ def read_feedback(path: Path) -> list[Feedback]:
 # ---------------------------------------------------------------- export
 
 
+# How the export names a chunk's location, by what its `page` counts (rag.schema.location_unit).
+_LOCATION = {"page": "p. {n}", "slide": "slide {n}", "sheet": "sheet {n}"}
+
+
 def to_markdown(conversation: Conversation, messages: list[Message]) -> str:
     """The conversation as Markdown: each question, its answer, and the passages it cites (file, heading, page, text)."""
     started = time.strftime("%Y-%m-%d %H:%M", time.localtime(conversation.created))
@@ -312,9 +316,8 @@ def to_markdown(conversation: Conversation, messages: list[Message]) -> str:
         if m.rating:
             lines += [f"Feedback: {'👍' if m.rating > 0 else '👎'}", ""]
         for c in m.answer.citations:
-            where = " · ".join(
-                p for p in (c.chunk.path, c.chunk.heading, f"p. {c.chunk.page}" if c.chunk.page else "") if p
-            )
+            location = _LOCATION[c.chunk.unit].format(n=c.chunk.page) if c.chunk.page else ""  # p. 3, slide 3, sheet 3
+            where = " · ".join(p for p in (c.chunk.path, c.chunk.heading, location) if p)
             lines += [f"**[{c.number}]** {where}", ""]
             lines += ["> " + line if line else ">" for line in c.chunk.text.strip().splitlines()]
             lines.append("")

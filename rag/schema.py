@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
+
+# What a chunk's `page` counts, by file suffix, where it is not a page: the slides of a deck, the
+# sheets of a workbook. Here in the core, not beside the loaders, so that every layer can name a
+# location from the path alone (the chat page, the Markdown export), for chunks saved long ago too.
+LOCATION_UNITS: dict[str, str] = {".pptx": "slide", ".xlsx": "sheet"}
+
+
+def location_unit(path: str) -> str:
+    """What a chunk's `page` number counts in this file: 'deck.PPTX' -> 'slide', 'a.xlsx' -> 'sheet', else 'page'."""
+    return LOCATION_UNITS.get(PurePosixPath(path).suffix.lower(), "page")
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,11 @@ class Chunk:
     @property
     def heading(self) -> str:
         return " > ".join(self.headings)
+
+    @property
+    def unit(self) -> str:
+        """What `page` counts: "page", "slide" or "sheet" (see LOCATION_UNITS)."""
+        return location_unit(self.path)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -876,7 +876,7 @@ def bench_cached(settings: Settings, pipeline: Pipeline, llm: Any, questions: Se
         so, sc = score_answer(q, o), score_answer(q, c)
         scored["ordinary"].append(so)
         scored["cached"].append(sc)
-        if o_ttft is None or c_ttft is None:
+        if o_ttft is None or c_ttft is None or not o.tries:  # a refusal before the model streams its text at once
             records.append({"id": qid, "question": q.question, "skipped": "refused before generation"})
             progress(f"[{i}/{len(questions)}] {qid} no generation (refused before the model)")
             continue

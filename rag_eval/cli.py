@@ -445,6 +445,8 @@ def rgb_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
     without: Annotated[str, typer.Option("--without", help="--answers: " + WITHOUT_HELP, metavar="NAME[,NAME]")] = "",
+    stores: Annotated[str, typer.Option("--stores", help="Instead of the three modes: these vector stores on the "
+                                        "pooled index's chunk vectors (faiss,milvus; build, hit@5, MRR@10, p50/p95).")] = "",
 ) -> None:
     """RGB (zh): pooled-passage retrieval (BM25, dense, fused), or with --answers the paper's noise robustness."""
     from dataclasses import replace
@@ -454,6 +456,9 @@ def rgb_cmd(
     settings = _settings(ctx)
     try:
         settings = _with_guards_off(settings, without)
+        kinds = _store_kinds(stores)
+        if answers and kinds:
+            raise ConfigError("--stores compares retrieval stores; --answers measures answers.", "Leave out one of them.")
         if answers:
             from rag.answer.pipeline import Pipeline
 
@@ -483,7 +488,6 @@ def rgb_cmd(
             data = report.to_dict()
         else:
             from rag.answer.pipeline import Pipeline
-            from rag.answer.retrieval import RetrievalParams
             from rag.models import get_spec
             from rag_eval.metrics import parse_ks
 
@@ -499,21 +503,11 @@ def rgb_cmd(
                 pool, root, pipeline.get_embedder, settings.embed_model, get_spec(settings.embed_model).sha256,
                 chunker, settings.piece_chars, progress=not quiet,
             )  # fmt: skip
-
-            def progress(i: int, n: int, r) -> None:  # type: ignore[no-untyped-def]
-                if not quiet and (i % 25 == 0 or i == n):
-                    sys.stderr.write(f"\r[{i}/{n}] queries ranked")
-                    sys.stderr.flush()
-
-            report = rgb.evaluate_pool_retrieval(
-                data_rows, pool, index, pipeline.get_embedder(), RetrievalParams.from_settings(settings), info, ks,
-                on_progress=progress,
-            )  # fmt: skip
-            if not quiet:
-                sys.stderr.write("\n")
-            typer.echo(f"RGB retrieval on {rgb_file} ({len(data_rows)} queries; embedder {settings.embed_model})\n")
-            typer.echo(rgb.format_retrieval_report(report))
-            data = report.to_dict()
+            if kinds:
+                data = _rgb_stores(data_rows, pool, index, pipeline.get_embedder(), kinds, f"{rgb_file}", settings)
+            else:
+                data = _rgb_modes(data_rows, pool, index, pipeline.get_embedder(), info, ks, f"{rgb_file}", settings,
+                                  quiet)  # fmt: skip
     except RagError as exc:
         _fail(exc)
         return
@@ -521,6 +515,48 @@ def rgb_cmd(
         data.update(rgb_file=str(rgb_file), embed_model=settings.embed_model, chat_model=settings.chat_model,
                     peak_rss_mb=rgb.peak_rss_mb())  # fmt: skip
         save_report(json_out, data)
+
+
+def _rgb_modes(rows, pool, index, embedder, info, ks, source: str, settings, quiet: bool) -> dict:  # type: ignore[no-untyped-def]
+    """`rag eval rgb FILE`: BM25, dense and fused over the pooled index (rgb.evaluate_pool_retrieval)."""
+    from rag.answer.retrieval import RetrievalParams
+    from rag_eval import rgb
+
+    def progress(i: int, n: int, r) -> None:  # type: ignore[no-untyped-def]
+        if not quiet and (i % 25 == 0 or i == n):
+            sys.stderr.write(f"\r[{i}/{n}] queries ranked")
+            sys.stderr.flush()
+
+    report = rgb.evaluate_pool_retrieval(rows, pool, index, embedder, RetrievalParams.from_settings(settings), info,
+                                         ks, on_progress=progress)  # fmt: skip
+    if not quiet:
+        sys.stderr.write("\n")
+    typer.echo(f"RGB retrieval on {source} ({len(rows)} queries; embedder {settings.embed_model})\n")
+    typer.echo(rgb.format_retrieval_report(report))
+    return report.to_dict()
+
+
+def _rgb_stores(rows, pool, index, embedder, kinds: list[str], source: str, settings) -> dict:  # type: ignore[no-untyped-def]
+    """`rag eval rgb FILE --stores ...`: the vector stores on the pooled index's own vectors (rag_eval/stores.py)."""
+    from rag_eval.stores import format_store_report, run_rgb_store_compare
+
+    report = run_rgb_store_compare(rows, pool, index, embedder, kinds)
+    typer.echo(f"RGB vector stores on {source} ({len(rows)} queries; embedder {settings.embed_model})\n")
+    typer.echo(format_store_report(report))
+    return report.to_dict()
+
+
+def _store_kinds(text: str) -> list[str]:
+    """'faiss, milvus' -> ['faiss', 'milvus'] ('' -> []); an unknown kind is a ConfigError, before anything slow."""
+    from rag_eval.stores import STORES, check_stores
+
+    kinds = [s for s in text.replace(" ", "").split(",") if s]
+    try:
+        if kinds:
+            check_stores(kinds)
+    except ValueError as exc:
+        raise ConfigError(f"Unknown --stores {text!r}: {exc}.", f"Use {','.join(STORES)}.") from None
+    return kinds
 
 
 @eval_app.command("corpus-from-rgb")

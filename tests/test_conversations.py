@@ -116,6 +116,19 @@ def test_markdown_export_has_each_answer_and_its_cited_passages(store: Conversat
     assert "Feedback: 👍" in md and "采用混合专家" not in md  # passages given but not cited are left out
 
 
+@pytest.mark.parametrize(
+    ("path", "location"),
+    [("deck.pptx", "slide 4"), ("budget.XLSX", "sheet 4"), ("report.pdf", "p. 4")],
+)
+def test_markdown_export_names_the_unit_a_location_counts(store: ConversationStore, path: str, location: str) -> None:
+    chunk = Chunk("c9", path, "Budget", ("Q3",), 0, 20, "bolts: 40; price: 2", page=4)
+    answer = Answer("how many bolts?", "how many bolts?", "40 bolts[1].", [Citation(1, chunk)], [Hit(chunk, 0.9)])
+    conv = store.create("bolts", "default")
+    store.add_message(conv.id, 1, "how many bolts?", answer, "default")
+    md = to_markdown(conv, store.messages(conv.id))  # read back from the store, as the export does
+    assert f"**[1]** {path} · Q3 · {location}\n" in md
+
+
 def test_a_file_from_a_newer_version_is_refused_not_misread(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
     ConversationStore(path).close()

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from rag.answer.citations import key_terms, sentences_citing, support
 from rag.answer.hygiene import UNSUPPORTED_NOTE
-from rag.ingest.loaders import location_unit
 from rag.schema import Answer, Chunk, Hit
 from ui.text import TEXT, lang_or_default, say
 
@@ -155,7 +154,7 @@ def _where(chunk: Chunk, lang: str) -> str:
     if heading:
         parts.append(f'<span class="heading">{html.escape(heading)}</span>')
     if chunk.page:
-        where = say(lang, location_unit(chunk.path), n=chunk.page)  # page 3, slide 3 or sheet 3
+        where = say(lang, chunk.unit, n=chunk.page)  # page 3, slide 3 or sheet 3
         parts.append(f'<span class="page">{html.escape(where)}</span>')
     parts.append(f'<span class="chars">{html.escape(say(lang, "chars", start=chunk.start, end=chunk.end))}</span>')
     return " · ".join(parts)
@@ -215,6 +214,7 @@ def _timing_label(key: str, lang: str) -> str:
 
 
 def exchange_html(ex: Exchange, lang: str, show_details: bool, latest: bool) -> str:
+    """The sources panel for one question: cited passages first, then related ones, then (if asked) retrieval details."""
     answer, parts = ex.answer, []
     if answer.citations:
         parts.append(f"<h4>{html.escape(say(lang, 'cited'))}</h4>")

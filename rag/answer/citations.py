@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rag.answer.prompting import ENGLISH_FULL_STOP, english_figures, language_of
 from rag.guards import ALL, Guards
@@ -500,6 +500,153 @@ def _claimed(terms: set[str], asked: set[str], text: str) -> set[str]:
     return kept if any(len(t) >= 2 or t.isdigit() for t in kept - asked) else set()
 
 
+@dataclass(frozen=True)
+class _Passages:
+    """The passages as the sentence check reads them, prepared once per answer rather than once per sentence."""
+
+    texts: list[str]  # as shown to the model: numbered [1]..[n], and quoted by a conflict note
+    everywhere: list[str]  # texts, then the further passages: another source may date a release differently
+    normed: list[str]  # cleaned and normalised (with the English figures, if glossed): what support reads
+    solid: list[str]  # normed without whitespace: what _figures_agree reads
+    chinese: list[bool]  # which passages are Chinese: an English sentence is checked by its figures and names
+
+
+def _prepare(hits: Sequence[Hit], further: Sequence[Hit], lang: str, guards: Guards) -> _Passages:
+    """Read the passages once. An English answer may restate a Chinese passage's 亿 figures written
+    out ("405 billion", as the English prompt showed them): that reading is checked too, after the
+    passage as written (the "english_figures" guard, counted here whenever it changes what is checked)."""
+    passages = [h.chunk.text for h in hits]
+    glossed = lang == "en" and guards.on("english_figures")
+    figures = [english_figures(p) for p in passages] if glossed else passages
+    if figures != passages:
+        guards.fired("english_figures")  # counted wherever it changes what is checked (ablation asks again there)
+    seen = [f"{p}\n{f}" for p, f in zip(passages, figures)] if glossed else passages
+    normed = [_norm(clean_text(p)) for p in seen]
+    return _Passages(
+        texts=passages,
+        everywhere=passages + [h.chunk.text for h in further],
+        normed=normed,
+        solid=[re.sub(r"\s+", "", t) for t in normed],
+        chinese=[language_of(p) == "zh" for p in passages],
+    )
+
+
+@dataclass
+class _Draft:
+    """What `check` builds up sentence by sentence, and `_finish` turns into a CheckedAnswer."""
+
+    parts: list[str] = field(default_factory=list)  # the answer's sentences, markers repaired
+    unsupported: list[str] = field(default_factory=list)
+    cited: list[int] = field(default_factory=list)  # passage numbers, in the order the markers appear
+    factual: int = 0
+    # passages giving another figure or date (may grow past MAX_CONFLICTS; only that many are shown)
+    disagreements: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _support_scores(core: str, passages: _Passages, asked: set[str], guards: Guards) -> tuple[list[float], list[float]]:
+    """How well each passage supports the sentence `core`: (support for its claim, support for all its words).
+
+    The claim leaves out words taken over from the question that the passage does not use
+    (the "question_words" guard). The claim's own words may be in several passages (a bare
+    year: "是2023年"); then the one that also names what the sentence is about (the question's
+    words too), the higher second score, is its source. A passage that writes one of the
+    sentence's figures with another magnitude or measure word supports nothing ("figures_agree").
+    """
+    terms, cross = key_terms(core), checkable_terms(core)
+    names = versioned_names(core)
+    agree = [_figures_agree(core, text) if guards.on("figures_agree") else True for text in passages.solid]
+    own = [cross if zh else terms for zh in passages.chinese]
+    claims = [_claimed(t, asked, text) for t, text in zip(own, passages.normed)]
+    if claims != own:
+        guards.fired("question_words")
+    scores = [_support_in(c, text, names) if ok else 0.0 for c, text, ok in zip(claims, passages.normed, agree)]
+    whole = [_support_in(terms, text, names) if ok else 0.0 for text, ok in zip(passages.normed, agree)]
+    if any(not ok and (_support_in(c, text, names) or _support_in(terms, text, names))
+           for c, text, ok in zip(claims, passages.normed, agree)):  # fmt: skip
+        guards.fired("figures_agree")  # it zeroed a passage's support: the markers may differ without it
+    return scores, whole
+
+
+def _kept_markers(written: list[int], scores: list[float], whole: list[float], guards: Guards) -> list[int]:
+    """The passage numbers a sentence keeps, given `written`, the in-range markers the model wrote there.
+
+    "repair_markers": a marker whose passage does not support the sentence goes; a lone one moves
+    to the passage that supports it better; none left, the best passage is cited if it supports the
+    sentence. "attach_markers": a sentence the model left unmarked gets the best passage when it
+    clears the stricter ATTACH bar. Examples (scores [0.9, 0.2]): [2] -> [1]; [] -> [1].
+    """
+    best = max(range(len(scores)), key=lambda i: (scores[i], whole[i])) if scores else -1
+    repair = guards.on("repair_markers")
+    kept = [n for n in written if scores[n - 1] >= SUPPORTS] if repair else written
+    if repair and len(kept) == 1 and (scores[best], whole[best]) > (scores[kept[0] - 1], whole[kept[0] - 1]):
+        kept = [best + 1]
+    if not kept and best >= 0 and scores[best] >= (SUPPORTS if written else ATTACH) and guards.on(
+        "repair_markers" if written else "attach_markers"
+    ):
+        kept = [best + 1]  # repaired, or attached where the model wrote none
+    if kept != written:
+        guards.fired("repair_markers" if written else "attach_markers")
+    return kept
+
+
+def _note_conflicts(core: str, kept: list[int], passages: _Passages, draft: _Draft, guards: Guards) -> None:
+    """Add to `draft.disagreements` the uncited passages that give another figure for the sentence's
+    fact ("conflict_note") or date its model's release in another year ("date_conflict_note"), one
+    entry per passage; a guard is counted for the first MAX_CONFLICTS entries, the ones shown."""
+    if not kept or len(draft.disagreements) >= MAX_CONFLICTS:
+        return
+    figures = conflicts(core, kept, passages.texts) if guards.on("conflict_note") else []
+    found = [(o, "conflict_note") for o in figures]
+    if guards.on("date_conflict_note"):
+        found += [(o, "date_conflict_note") for o in date_conflicts(core, kept, passages.everywhere)]
+    for other, rule in found:
+        if other[0] not in {d[0] for d in draft.disagreements}:
+            draft.disagreements.append(other)
+            if len(draft.disagreements) <= MAX_CONFLICTS:
+                guards.fired(rule)
+
+
+def _check_sentence(sentence: str, passages: _Passages, asked: set[str], draft: _Draft, guards: Guards) -> None:
+    """Add one sentence of the answer to `draft` with its markers checked and repaired.
+
+    A sentence with no checkable fact is kept as written, markers removed, unless it only points
+    at the sources ("根据资料中的描述。": "drop_filler"). A factual one is reported unsupported
+    when no passage supports it, whichever markers it keeps.
+    """
+    written = list(dict.fromkeys(n for n in parse_markers(sentence) if 1 <= n <= len(passages.texts)))
+    body = _MARKER.sub("", sentence)
+    tail = re.search(r"[。！？!?.\n]*$", body)
+    end = tail.group(0) if tail else ""
+    core = body[: len(body) - len(end)] if end else body
+    if not core.strip() or not _is_factual(core):
+        if not guards.when("drop_filler", bool(_FILLER.match(core.strip()))):
+            draft.parts.append(body)
+        return
+    draft.factual += 1
+    scores, whole = _support_scores(core, passages, asked, guards)
+    kept = _kept_markers(written, scores, whole, guards)
+    if max(scores, default=0.0) < SUPPORTS:  # then no kept marker's passage supports it either
+        draft.unsupported.append(core.strip())
+    draft.cited.extend(kept)
+    draft.parts.append(core.rstrip() + "".join(f"[{n}]" for n in kept) + end)
+    _note_conflicts(core, kept, passages, draft, guards)
+
+
+def _finish(draft: _Draft, sources: Sequence[Hit], lang: str) -> CheckedAnswer:
+    """The checked text, with a note naming the passages that disagree (the model tends to pick one
+    source; the reader should see that another disagrees), and a Citation per passage cited.
+    `sources`: the hits then the further passages, so that [n] is sources[n - 1]."""
+    text = "".join(draft.parts).strip()
+    shown = draft.disagreements[:MAX_CONFLICTS]
+    cited = list(draft.cited)
+    if shown:
+        refs = ("；" if lang == "zh" else "; ").join(CONFLICT_REF[lang].format(n=n, quote=q[:80]) for n, q in shown)
+        text += ("\n\n" if text else "") + CONFLICT_NOTE[lang].format(refs=refs)
+        cited.extend(n for n, _ in shown)
+    citations = [Citation(number=n, chunk=sources[n - 1].chunk) for n in sorted(set(cited))]
+    return CheckedAnswer(text, citations, draft.unsupported, draft.factual, conflicts=len(shown))
+
+
 def check(
     answer: str,
     hits: Sequence[Hit],
@@ -521,87 +668,9 @@ def check(
         if tidied != answer:
             guards.fired("tidy_figures")
         answer = tidied
-    passages = [h.chunk.text for h in hits]
-    everywhere = passages + [h.chunk.text for h in further]
+    passages = _prepare(hits, further, lang, guards)
     asked = {t for t in key_terms(question) if not _NUMBER.fullmatch(t)} if guards.on("question_words") else set()
-    # Once per passage, not per sentence: the text _claimed and _support_in read, and which passages are Chinese.
-    # An English answer may restate a Chinese passage's 亿 figures written out ("405 billion", as the
-    # English prompt showed them): that reading is checked too, after the passage as written.
-    glossed = lang == "en" and guards.on("english_figures")
-    figures = [english_figures(p) for p in passages] if glossed else passages
-    if figures != passages:
-        guards.fired("english_figures")  # counted wherever it changes what is checked (ablation asks again there)
-    seen = [f"{p}\n{f}" for p, f in zip(passages, figures)] if glossed else passages
-    normed = [_norm(clean_text(p)) for p in seen]
-    solid = [re.sub(r"\s+", "", t) for t in normed]
-    chinese = [language_of(p) == "zh" for p in passages]
-    out_parts: list[str] = []
-    unsupported: list[str] = []
-    cited: list[int] = []
-    factual = 0
-    disagreements: list[tuple[int, str]] = []
-
+    draft = _Draft()
     for sentence in _sentences(answer):
-        numbers = [n for n in parse_markers(sentence) if 1 <= n <= len(passages)]
-        body = _MARKER.sub("", sentence)
-        tail = re.search(r"[。！？!?.\n]*$", body)
-        end = tail.group(0) if tail else ""
-        core = body[: len(body) - len(end)] if end else body
-        if not core.strip() or not _is_factual(core):
-            if not guards.when("drop_filler", bool(_FILLER.match(core.strip()))):
-                out_parts.append(body)  # a filler sentence ("根据资料中的描述。") is dropped
-            continue
-        factual += 1
-        terms, cross = key_terms(core), checkable_terms(core)
-        names = versioned_names(core)
-        agree = [_figures_agree(core, text) if guards.on("figures_agree") else True for text in solid]
-        own = [cross if zh else terms for zh in chinese]
-        claims = [_claimed(t, asked, text) for t, text in zip(own, normed)]
-        if claims != own:
-            guards.fired("question_words")
-        scores = [_support_in(c, text, names) if ok else 0.0 for c, text, ok in zip(claims, normed, agree)]
-        # The claim's own words may be in several passages (a bare year: "是2023年"); then the one
-        # that also names what the sentence is about (the question's words too) is its source.
-        whole = [_support_in(terms, text, names) if ok else 0.0 for text, ok in zip(normed, agree)]
-        if any(not ok and (_support_in(c, text, names) or _support_in(terms, text, names))
-               for c, text, ok in zip(claims, normed, agree)):  # fmt: skip
-            guards.fired("figures_agree")  # it zeroed a passage's support: the markers may differ without it
-        best = max(range(len(scores)), key=lambda i: (scores[i], whole[i])) if scores else -1
-        written = list(dict.fromkeys(numbers))
-        repair = guards.on("repair_markers")
-        kept = [n for n in written if scores[n - 1] >= SUPPORTS] if repair else written
-        if repair and len(kept) == 1 and (scores[best], whole[best]) > (scores[kept[0] - 1], whole[kept[0] - 1]):
-            kept = [best + 1]
-        if not kept and best >= 0 and scores[best] >= (SUPPORTS if numbers else ATTACH) and guards.on(
-            "repair_markers" if numbers else "attach_markers"
-        ):
-            kept = [best + 1]  # repaired, or attached where the model wrote none
-        if kept != written:
-            guards.fired("repair_markers" if written else "attach_markers")
-        if not any(scores[n - 1] >= SUPPORTS for n in kept) and (best < 0 or scores[best] < SUPPORTS):
-            unsupported.append(core.strip())
-        markers = "".join(f"[{n}]" for n in kept)
-        cited.extend(kept)
-        out_parts.append(core.rstrip() + markers + end)
-        if kept and len(disagreements) < MAX_CONFLICTS:
-            figures = conflicts(core, kept, passages) if guards.on("conflict_note") else []
-            found = [(o, "conflict_note") for o in figures]
-            if guards.on("date_conflict_note"):
-                found += [(o, "date_conflict_note") for o in date_conflicts(core, kept, everywhere)]
-            for other, rule in found:
-                if other[0] not in {d[0] for d in disagreements}:
-                    disagreements.append(other)
-                    if len(disagreements) <= MAX_CONFLICTS:
-                        guards.fired(rule)
-
-    text = "".join(out_parts).strip()
-    if disagreements:
-        # The model tends to pick one source; the reader should see that another disagrees.
-        refs = "；" if lang == "zh" else "; "
-        refs = refs.join(CONFLICT_REF[lang].format(n=n, quote=quote[:80]) for n, quote in disagreements[:MAX_CONFLICTS])
-        text += ("\n\n" if text else "") + CONFLICT_NOTE[lang].format(refs=refs)
-        cited.extend(n for n, _ in disagreements[:MAX_CONFLICTS])
-    order = list(dict.fromkeys(cited))
-    sources = [*hits, *further]
-    citations = [Citation(number=n, chunk=sources[n - 1].chunk) for n in sorted(order)]
-    return CheckedAnswer(text, citations, unsupported, factual, conflicts=len(disagreements[:MAX_CONFLICTS]))
+        _check_sentence(sentence, passages, asked, draft, guards)
+    return _finish(draft, [*hits, *further], lang)

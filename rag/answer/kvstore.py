@@ -521,6 +521,7 @@ class BackgroundBuild:
         return self._stop.is_set()
 
     def _run(self) -> None:
+        """The background thread: build the missing blocks at low priority, pausing while a question waits."""
         from rag.errors import RagError
         from rag.priority import lower_this_thread
 

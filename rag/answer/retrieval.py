@@ -166,6 +166,7 @@ class Retriever:
         return hits[:k] if self.has_evidence(hits) else []
 
     def rank(self, query: str, k: int) -> list[Hit]:
+        """Dense and lexical candidates fused into one ranking, so exact terms and paraphrases both find their passage."""
         p = self.params
         dense = self.index.dense_search(self.embedder.encode_query(query), p.candidates, p.piece_candidates)
         lexical = self.index.lexical_search(query, p.candidates)

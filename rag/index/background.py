@@ -178,6 +178,7 @@ class BackgroundIndex:
             self._set(stage="failed", error=f"{type(exc).__name__}: {exc}")
 
     def _run_low_priority(self) -> BuildReport:
+        """Run the build in a thread at a lower priority, so questions asked meanwhile keep the CPU."""
         outcome: dict[str, object] = {}
 
         def work() -> None:

@@ -81,6 +81,7 @@ class SentenceTransformerEmbedder:
         return embed_distinct(texts, self._encode_all, progress)
 
     def _encode_all(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Embed texts in length-sorted batches (a batch pads to its longest) and return them in input order."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         # Texts of similar length share a batch: a batch is padded to its longest text, and
         # sentence pieces (~40 characters) batched with whole chunks (~300) would cost as much as chunks.
@@ -270,6 +271,7 @@ class OnnxDocumentEmbedder:
         return embed_distinct(texts, self._encode_all, progress)
 
     def _encode_all(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Embed texts in length-sorted batches (a batch pads to its longest) and return them in input order."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         encoded = self._tokenizer.encode_batch([self._prompt + t for t in texts])
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i].ids))  # a batch pads to its longest

@@ -131,6 +131,7 @@ def _sections(doc: Document) -> list[tuple[tuple[str, ...], int, int]]:
 
 
 def _markdown_sections(text: str, start: int) -> list[tuple[tuple[str, ...], int, int]]:
+    """Markdown sections with their heading paths; `#` lines inside code fences are not headings."""
     fences = _fenced_ranges(text)
     headings = [
         m
@@ -203,6 +204,7 @@ def chunk_id(path: str, start: int, end: int, text: str) -> str:
 
 
 def chunk_document(doc: Document, settings: ChunkerSettings) -> list[Chunk]:
+    """Cut a document into passages along its sections and paragraphs, so a chunk holds whole facts under its heading path."""
     text, chunks = doc.text, []
     for headings, s_start, s_end in _sections(doc):
         sentences = _sentences(text, s_start, s_end, settings.size)

@@ -22,7 +22,7 @@ from rag.errors import DocumentError
 from rag.ingest import formats
 from rag.ingest.chunking import first_heading
 from rag.ingest.encoding import decode_text
-from rag.schema import Document
+from rag.schema import Document, location_unit
 
 __all__ = ["FORMATS", "SUPPORTED_SUFFIXES", "decode_text", "load_file", "location_unit"]
 
@@ -71,6 +71,7 @@ def load_text(data: bytes, rel_path: str, sha256: str) -> Document:
 
 
 def load_pdf(data: bytes, rel_path: str, sha256: str) -> Document:
+    """A PDF as text with page starts, so citations can name the page; a locked, broken or image-only PDF is refused with the fix."""
     import logging
 
     from pypdf import PdfReader
@@ -129,7 +130,6 @@ class Format:
     """How files of one suffix are read."""
 
     load: Callable[[bytes, str, str], Document]  # (bytes, corpus-relative path, sha256) -> Document
-    unit: str = "page"  # what Document.page_starts counts for this format: "page", "slide" or "sheet"
 
 
 # The loader registry. A new format is a loader function (in formats.py, importing its library
@@ -140,19 +140,13 @@ FORMATS: dict[str, Format] = {
     ".markdown": Format(load_text),
     ".pdf": Format(load_pdf),
     ".docx": Format(formats.load_docx),
-    ".pptx": Format(formats.load_pptx, unit="slide"),
-    ".xlsx": Format(formats.load_xlsx, unit="sheet"),
+    ".pptx": Format(formats.load_pptx),  # pages are slides, sheets: see rag.schema.LOCATION_UNITS
+    ".xlsx": Format(formats.load_xlsx),
     ".csv": Format(formats.load_csv),
     ".html": Format(formats.load_html),
     ".htm": Format(formats.load_html),
 }
 SUPPORTED_SUFFIXES = tuple(FORMATS)
-
-
-def location_unit(path: str) -> str:
-    """What a chunk's `page` number counts in this file: "page", "slide" or "sheet"."""
-    fmt = FORMATS.get(Path(path).suffix.lower())
-    return fmt.unit if fmt else "page"
 
 
 def size_problem(size: int, rel_path: str, max_bytes: int | None) -> DocumentError | None:

@@ -132,6 +132,7 @@ def chat_model(service: Service, name: str | None) -> str:
 
 
 def new_job(service: Service, req: wire.ChatRequest) -> Job:
+    """Check a chat request and queue it, turning every bad input into a 4xx the client can act on."""
     try:
         question, history = wire.conversation(req.messages)
     except ValueError as exc:

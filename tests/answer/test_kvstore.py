@@ -267,7 +267,8 @@ def test_an_accepted_cached_answer_is_the_only_try(settings) -> None:  # type: i
     assert answer.tries == ["cached"] and not ordinary.calls and not answer.unsupported
 
 
-def test_a_question_that_asks_two_things_is_answered_from_the_whole_prompt(settings) -> None:  # type: ignore[no-untyped-def]
+def test_without_kv_several_cached_a_two_part_question_gets_the_whole_prompt(settings) -> None:  # type: ignore[no-untyped-def]
+    settings = replace(settings, kv_several_cached=False)
     kvstore.build_store(settings, chunks_of(settings), FakeEngine())
     pipeline, ordinary, cached = cached_pipeline(settings)
     _, answer = answer_of(pipeline, "DeepSeek-V3 的训练成本是多少？用了什么精度？")
@@ -275,8 +276,8 @@ def test_a_question_that_asks_two_things_is_answered_from_the_whole_prompt(setti
     assert "《" in ordinary.calls[0]["messages"][1]["content"]  # whole passages with their source line
 
 
-def test_with_kv_several_cached_a_two_part_question_takes_the_blocks(settings) -> None:  # type: ignore[no-untyped-def]
-    settings = replace(settings, kv_several_cached=True)
+def test_a_two_part_question_takes_the_blocks_by_default(settings) -> None:  # type: ignore[no-untyped-def]
+    assert settings.kv_several_cached
     kvstore.build_store(settings, chunks_of(settings), FakeEngine())
     pipeline, ordinary, cached = cached_pipeline(settings, "DeepSeek-V3 的完整训练仅花费 557.6万美元[3]。")
     _, answer = answer_of(pipeline, "DeepSeek-V3 的训练成本是多少？用了什么精度？")

@@ -14,7 +14,7 @@ from rag.errors import DocumentError
 from rag.ingest.chunking import ChunkerSettings, chunk_document
 from rag.ingest.formats import cell_text, column_name, row_lines
 from rag.ingest.loaders import FORMATS, SUPPORTED_SUFFIXES, load_file, location_unit
-from rag.schema import Chunk
+from rag.schema import LOCATION_UNITS, Chunk
 from tests.documents import docx_bytes, encrypted, html_page, pptx_bytes, xlsx_bytes
 
 SETTINGS = ChunkerSettings(size=480, overlap=100)
@@ -41,6 +41,7 @@ def test_every_suffix_has_one_loader_and_a_location_unit() -> None:
     assert set(SUPPORTED_SUFFIXES) == set(FORMATS) >= {".docx", ".html", ".htm", ".xlsx", ".csv", ".pptx"}
     assert all(s == s.lower() and s.startswith(".") for s in FORMATS)
     assert [location_unit(p) for p in ("a.pdf", "b.PPTX", "c.xlsx", "d.md")] == ["page", "slide", "sheet", "page"]
+    assert set(LOCATION_UNITS) <= set(FORMATS)  # a unit is named only for a format that is read
 
 
 def test_row_lines_cell_text_and_column_names() -> None:
