@@ -616,7 +616,12 @@ def scale_cmd(
         typer.secho(f"Error: --chunks ({chunks}) must be at least --queries ({queries}).", fg="red", err=True)
         raise typer.Exit(1)
     if stores:
-        _compare_stores(chunks, dim, queries, [s for s in stores.replace(" ", "").split(",") if s], seed, json_out)
+        try:
+            kinds = _store_kinds(stores)
+        except RagError as exc:
+            _fail(exc)
+            return
+        _compare_stores(chunks, dim, queries, kinds, seed, json_out)
         return
     try:
         report = run_scale(chunks, dim, queries, kinds, seed, progress=not quiet, pieces_per_chunk=pieces)

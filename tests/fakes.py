@@ -7,10 +7,12 @@ owned elsewhere and fixtures here are plain helpers.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -187,3 +189,9 @@ TINY_CORPUS: dict[str, str] = {
         "Season with salt and a little sugar.\n"
     ),
 }
+
+
+def write_rgb_rows(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """RGB rows as the benchmark ships them (one JSON object per line), for tests that need a file."""
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path

@@ -419,10 +419,10 @@ def test_wait_for_page_polls_until_the_page_answers() -> None:
         def do_GET(self) -> None:  # the http.server name
             Page.calls += 1
             ready = Page.calls >= 3  # the first two polls find the page still starting
+            if ready:  # before the reply: the poller may return before this thread runs again
+                answered.set()
             self.send_response(200 if ready else 503)
             self.end_headers()
-            if ready:
-                answered.set()
 
         def log_message(self, *_args: object) -> None:
             pass

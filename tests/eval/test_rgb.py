@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from rag.answer.retrieval import RetrievalParams
 from rag.ingest.chunking import ChunkerSettings
 from rag_eval import rgb
-from tests.fakes import FakeEmbedder, FakeGenerator, isolate
+from tests.fakes import FakeEmbedder, FakeGenerator, isolate, write_rgb_rows
 
 CHUNKER = ChunkerSettings(480, 100)
 
@@ -33,8 +33,7 @@ ROWS_JSON = [
 @pytest.fixture
 def rgb_file(tmp_path: Path) -> Path:
     path = tmp_path / "zh_refine.json"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS_JSON), encoding="utf-8")
-    return path
+    return write_rgb_rows(path, ROWS_JSON)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from rag.errors import RagError
 from rag.schema import Answer, Chunk, Citation, Hit
 from rag_eval import rgb, rgb_corpus
 from rag_eval.metrics import EvalQuestion, evaluate_answers, load_questions
-from tests.fakes import FakeEmbedder, isolate
+from tests.fakes import FakeEmbedder, isolate, write_rgb_rows
 
 ROWS = [
     {"id": 0, "query": "桥梁事故死亡人数", "answer": [["12人", "十二人"]],
@@ -31,7 +31,7 @@ ROWS = [
 @pytest.fixture
 def rows(tmp_path: Path) -> list[rgb.RgbRow]:
     path = tmp_path / "zh_refine.json"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS), encoding="utf-8")
+    write_rgb_rows(path, ROWS)
     return rgb.load_rows(path)
 
 
@@ -130,7 +130,7 @@ def test_corpus_from_rgb_then_retrieval_on_that_corpus(rows: list[rgb.RgbRow], t
     monkeypatch.setattr(rag.index.embedding, "load_document_embedder", lambda *a, **k: FakeEmbedder())
     monkeypatch.setattr(rag.index.embedding, "load_embedder", lambda *a, **k: FakeEmbedder())
     source = tmp_path / "zh_refine.json"
-    source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS), encoding="utf-8")
+    write_rgb_rows(source, ROWS)
     made = CliRunner().invoke(app, ["eval", "corpus-from-rgb", str(tmp_path / "rgb"), "--rgb-file", str(source),
                                     "--rows", "2", "--unanswerable", "1", "--noise", "1"])  # fmt: skip
     assert made.exit_code == 0, made.output

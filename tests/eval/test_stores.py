@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from rag.answer.retrieval import RetrievalParams
 from rag.ingest.chunking import ChunkerSettings
 from rag_eval import rgb
-from tests.fakes import FakeEmbedder, isolate
+from tests.fakes import FakeEmbedder, isolate, write_rgb_rows
 
 # Two rows sharing a passage (row 1's positive is row 0's negative), so relevance is per row, not per passage.
 RGB_ROWS = [
@@ -28,8 +28,7 @@ RGB_ROWS = [
 @pytest.fixture
 def rgb_file(tmp_path: Path) -> Path:
     path = tmp_path / "zh_refine.json"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RGB_ROWS), encoding="utf-8")
-    return path
+    return write_rgb_rows(path, RGB_ROWS)
 
 
 def test_store_comparison_prints_both_stores_on_the_same_vectors(tmp_path: Path) -> None:
