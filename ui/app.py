@@ -146,6 +146,73 @@ def _examples(settings: Settings, lang: str) -> list[str]:
         names = []
     return example_questions(Path(settings.corpus_dir), names, lang)
 
+@dataclass
+class _Answering:
+    """One answer on its way into the chat: the messages it writes into and the sources panel beside them."""
+
+    question: Question
+    history: list[dict[str, Any]]
+    conv: list[Exchange]
+    lang: str
+    details: bool
+    tab: _Tab
+    status: str = ""  # shown above the sources while the answer streams
+    text: str = ""  # the answer's words so far
+    earlier: list[Turn] = field(init=False)  # the chat's turns before this question, for follow-ups
+    number: int = field(init=False)  # this exchange's turn number in the sources panel
+
+    def __post_init__(self) -> None:
+        self.earlier = history_turns(self.history[:-2])  # before the answer's placeholder rewrites the last message
+        self.number = self.conv[-1].number + 1 if self.conv else 1
+
+    def ours(self) -> bool:
+        """False once "clear chat" gave the tab's turn away: the answer must stop writing."""
+        return self.tab.current == self.question.id
+
+    def show(self, status: str = "", message: str | None = None) -> tuple[list[dict[str, Any]], str, list[Exchange]]:
+        """(chat, sources panel, exchanges) with `message` as the answer's text (if given) and `status` above the sources."""
+        if message is not None:
+            self.history[-1] = _bot(message)
+        return self.history, render.sources_html(self.conv, self.lang, self.details, status), self.conv
+
+
+def _wait_turn(ticket: Any, turn: _Answering) -> Iterator[tuple[list[dict[str, Any]], str, list[Exchange]]]:
+    """Show the place in the generating line until the ticket's turn comes (or the reader stops or clears)."""
+    while not ticket.wait(0.5):  # API clients (rag/serve) that asked first answer first
+        if turn.tab.stop.is_set() or not turn.ours():
+            return
+        yield turn.show(say(turn.lang, "waiting", n=ticket.ahead))
+
+
+def _follow(events: Iterator[Any], turn: _Answering) -> Iterator[tuple[list[dict[str, Any]], str, list[Exchange]]]:
+    """The pipeline's events as chat updates: the status, the words as they come, a restart, the final answer."""
+    lang, stop = turn.lang, turn.tab.stop
+    for event in events:
+        if not turn.ours():
+            stop.set()
+            return
+        if isinstance(event, Retrieved):
+            turn.status = say(lang, "generating", n=len(event.hits)) if event.hits else say(lang, "searching")
+            yield turn.show(turn.status)
+        elif isinstance(event, Token):
+            turn.text += event.text
+            yield turn.show(turn.status, render.streaming_text(turn.text))
+        elif isinstance(event, Restart):
+            turn.text, turn.status = "", say(lang, "again")  # the first try is not the answer
+            yield turn.show(turn.status, PENDING)
+        elif isinstance(event, Done):
+            yield _finished(event, turn)
+
+
+def _finished(event: Done, turn: _Answering) -> tuple[list[dict[str, Any]], str, list[Exchange]]:
+    """The final answer in the chat and as the tab's newest exchange (stopped before its first word: neither)."""
+    stopped = turn.tab.stop.is_set()
+    if stopped and not event.answer.raw_text:  # no answer (not a refusal) and no sources
+        return turn.show(message=render.answer_html_stopped(turn.lang))
+    exchange = Exchange(turn.number, turn.question.text, event.answer, stopped)
+    turn.conv = [*turn.conv, exchange][-render.KEEP_TURNS :]
+    return turn.show(message=render.answer_html(event.answer, turn.number, turn.lang, stopped))
+
 
 class _Page:
     """What the page's event handlers share: the models, the collections, the store and every tab's turn."""
@@ -175,80 +242,49 @@ class _Page:
         self, question: Question, history: list[dict[str, Any]], conv: list[Exchange], k: float, details: bool,
         model: str | None, lang: str, request: gr.Request | None, collection: str | None = None,
     ) -> Iterator[tuple[list[dict[str, Any]], str, list[Exchange]]]:  # fmt: skip
-        """Stream one answer into the last chat message; yields (chat, sources panel, exchanges)."""
-        tab = self.tabs.get(request)
-        stop = tab.stop
-        turns = history_turns(history[:-2])
-        number = conv[-1].number + 1 if conv else 1
+        """Stream one answer into the last chat message; yields (chat, sources panel, exchanges).
 
-        def panel(status: str = "") -> str:
-            return render.sources_html(conv, lang, details, status)
-
-        def still_ours() -> bool:  # "clear chat" gives the tab's turn away
-            return tab.current == question.id
-
+        The page waits its turn in the shared generating line first, so API clients that asked
+        earlier answer earlier; what it shows meanwhile is `_wait_turn`'s, the answer `_generate`'s.
+        """
+        turn = _Answering(question, history, conv, lang, details, self.tabs.get(request))
         building = self.first_build(collection)
-        if building is not None and building.stage != "failed":  # nothing indexed yet: say so at once, with the progress, rather than wait
-            history[-1] = _bot(render.streaming_text(say(lang, "ask_while_building", progress=_first_build_text(building, lang))))
-            yield history, panel(), conv
+        if building is not None and building.stage != "failed":  # nothing indexed yet: say so at once, not wait
+            progress = _first_build_text(building, lang)
+            yield turn.show(message=render.streaming_text(say(lang, "ask_while_building", progress=progress)))
             return
         ticket = self.line.join(refusable=False)  # the page never refuses: Gradio's queue already holds the rest
         try:
-            while not ticket.wait(0.5):  # API clients (rag/serve) that asked first answer first
-                if stop.is_set() or not still_ours():
-                    break
-                yield history, panel(say(lang, "waiting", n=ticket.ahead)), conv
-            if stop.is_set():
-                history[-1] = _bot(render.answer_html_stopped(lang))
-                yield history, panel(), conv
-                return
-            if not still_ours():
-                return
-            model = model or self.settings.chat_model
-            if not self.models.is_loaded(model):
-                yield history, panel(say(lang, "loading_model", name=model)), conv
-            answering = self.collections.for_answer(collection, model)
-            yield history, panel(say(lang, "searching")), conv
-            text, status = "", say(lang, "searching")
-            events = answering.ask(question.text, turns, k=int(k), stop=stop)
-            try:
-                for event in events:
-                    if not still_ours():
-                        stop.set()
-                        return
-                    if isinstance(event, Retrieved):
-                        status = say(lang, "generating", n=len(event.hits)) if event.hits else say(lang, "searching")
-                        yield history, panel(status), conv
-                    elif isinstance(event, Token):
-                        text += event.text
-                        history[-1] = _bot(render.streaming_text(text))
-                        yield history, panel(status), conv
-                    elif isinstance(event, Restart):
-                        text, status = "", say(lang, "again")  # the first try is not the answer
-                        history[-1] = _bot(PENDING)
-                        yield history, panel(status), conv
-                    elif isinstance(event, Done):
-                        stopped = stop.is_set()
-                        if stopped and not event.answer.raw_text:
-                            # Stopped before the first word: no answer (not a refusal) and no sources.
-                            history[-1] = _bot(render.answer_html_stopped(lang))
-                            yield history, panel(), conv
-                            return
-                        conv = [*conv, Exchange(number, question.text, event.answer, stopped)][-render.KEEP_TURNS :]
-                        history[-1] = _bot(render.answer_html(event.answer, number, lang, stopped))
-                        yield history, panel(), conv
-            finally:
-                if isinstance(events, Generator):
-                    events.close()  # releases the model at once when the answer ends early
+            yield from _wait_turn(ticket, turn)
+            if turn.tab.stop.is_set():
+                yield turn.show(message=render.answer_html_stopped(lang))
+            elif turn.ours():
+                yield from self._generate(turn, model, collection, int(k))
         except RagError as exc:
-            history[-1] = _bot(f"⚠️ {render.streaming_text(exc.message)}\n\n{render.streaming_text(exc.hint)}")
-            yield history, panel(), conv
+            yield turn.show(message=f"⚠️ {render.streaming_text(exc.message)}\n\n{render.streaming_text(exc.hint)}")
         except Exception as exc:  # the page must say something, not hang on "…"
             log.exception("answering failed")
-            history[-1] = _bot("⚠️ " + render.streaming_text(say(lang, "error", message=f"{type(exc).__name__}: {exc}")))
-            yield history, panel(), conv
+            failed = say(lang, "error", message=f"{type(exc).__name__}: {exc}")
+            yield turn.show(message="⚠️ " + render.streaming_text(failed))
         finally:
             ticket.release()
+
+    def _generate(
+        self, turn: _Answering, model: str | None, collection: str | None, k: int
+    ) -> Iterator[tuple[list[dict[str, Any]], str, list[Exchange]]]:
+        """Load the model if needed, then follow the pipeline's events into the chat."""
+        lang = turn.lang
+        model = model or self.settings.chat_model
+        if not self.models.is_loaded(model):
+            yield turn.show(say(lang, "loading_model", name=model))
+        answering = self.collections.for_answer(collection, model)
+        yield turn.show(say(lang, "searching"))
+        events = answering.ask(turn.question.text, turn.earlier, k=k, stop=turn.tab.stop)
+        try:
+            yield from _follow(events, turn)
+        finally:
+            if isinstance(events, Generator):
+                events.close()  # releases the model at once when the answer ends early
 
     def prepare(self, text: str, history: list[dict[str, Any]], request: gr.Request):  # type: ignore[no-untyped-def]
         """Show the question at once and take the tab's turn (not queued)."""
