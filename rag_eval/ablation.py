@@ -88,6 +88,8 @@ class AblationReport:
     questions: int = 0
     fired_on: list[dict[str, int]] = field(default_factory=list)  # per question: guard -> times it fired
     changed: dict[str, list[int]] = field(default_factory=dict)  # guard -> questions whose result it changed
+    # every question's result with every guard on: a replay (scripts/refusal_sweep.py) needs the answers themselves
+    baseline_results: list[Any] = field(default_factory=list, repr=False)
 
     def touched(self, name: str) -> list[int]:
         """The questions where `name` fired with every guard on: the only ones it can change."""
@@ -144,7 +146,7 @@ def run_ablation(
         base.append(answer(everything, i))
         fired_on.append({n: c for n, c in (everything.counts - before).items() if c})
     report = AblationReport(score(base), {n: everything.counts[n] for n in GUARDS}, questions=questions,
-                            fired_on=fired_on)  # fmt: skip
+                            fired_on=fired_on, baseline_results=base)  # fmt: skip
     if on_run:
         on_run("", report.baseline, everything, time.perf_counter() - t)
     for name in guards:

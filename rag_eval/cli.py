@@ -332,7 +332,7 @@ def ablation_cmd(
 
     Only the questions a guard fired on are answered again without it (answers are greedy, so
     the others cannot change); every other question keeps its all-guards-on result."""
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from rag.guards import GUARDS, parse_names
     from rag_eval.ablation import format_ablation, format_scores, run_ablation
@@ -364,6 +364,8 @@ def ablation_cmd(
     if json_out is not None:
         data = report.to_dict()
         data.update(eval_file=str(eval_file), chat_model=settings.chat_model, embed_model=settings.embed_model)
+        if not rgb_rows:  # each answer with every guard on, as `rag eval answers --json` writes them
+            data["questions"] = [asdict(r) for r in report.baseline_results]
         save_report(json_out, data)
 
 

@@ -166,3 +166,28 @@ def test_answers_without_a_guard_prints_what_fired(
     assert "guards off: echo, focus_retry; guards fired: invented 1" in result.output
     data = json.loads(out.read_text(encoding="utf-8"))
     assert data["disabled_guards"] == ["echo", "focus_retry"] and data["guards_fired"] == {"invented": 1}
+
+
+def test_the_ablation_report_keeps_each_answer_with_every_guard_on(
+    question_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replay at other thresholds (scripts/refusal_sweep.py) reads the answers, not only the scores."""
+    from rag.answer import pipeline as pipeline_module
+    from rag_eval.cli import eval_app
+
+    class Scripted(pipeline_module.Pipeline):
+        def get_generator(self):  # type: ignore[no-untyped-def]
+            return None
+
+        def ask(self, question, history=(), k=None, stop=None, path="auto"):  # type: ignore[no-untyped-def]
+            self.guards.fired("invented")
+            yield pipeline_module.Done(Answer(question, question, "它重 12 公斤。", [], []))
+
+    monkeypatch.setattr(pipeline_module, "Pipeline", Scripted)
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(eval_app, ["ablation", str(question_file), "-q", "--json", str(out)],
+                                catch_exceptions=False)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert [q["answer"] for q in data["questions"]] == ["它重 12 公斤。"]
+    assert "answerable_score" in data["questions"][0]
