@@ -313,6 +313,20 @@ def build_store(
     """
     t0 = time.perf_counter()
     report = StoreReport()
+    store = _open_store(settings, engine, report)
+    keys = {block_key(c, settings.kv_block_tokens): c for c in chunks}
+    report.removed = store.prune(set(keys))
+    present = store.keys()
+    todo = [(k, c) for k, c in keys.items() if k not in present]
+    report.kept = len(keys) - len(todo)
+    _compute_missing(settings, store, engine, todo, report, on_progress, should_stop)
+    report.bytes = store.size_bytes()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _open_store(settings: Settings, engine: BlockComputer, report: StoreReport) -> KVStore:
+    """The collection's store, emptied first when its blocks were made by another recipe (model, prefix, sizes)."""
     store = KVStore(store_dir(settings))
     want = expected_meta(settings, engine.prefix_sha256, engine.n_prefix)
     have = store.meta()
@@ -320,11 +334,19 @@ def build_store(
         if have is not None:
             report.rebuilt = _why_different(have, want)
         store.reset(replace_created(want))
-    keys = {block_key(c, settings.kv_block_tokens): c for c in chunks}
-    report.removed = store.prune(set(keys))
-    present = store.keys()
-    todo = [(k, c) for k, c in keys.items() if k not in present]
-    report.kept = len(keys) - len(todo)
+    return store
+
+
+def _compute_missing(
+    settings: Settings,
+    store: KVStore,
+    engine: BlockComputer,
+    todo: Sequence[tuple[str, Chunk]],
+    report: StoreReport,
+    on_progress: Callable[[int, int], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    """Compute and save the blocks of `todo`, one at a time under the engine's lock, up to the store's size limit."""
     if on_progress:
         on_progress(0, len(todo))
     size, limit = store.size_bytes(), settings.kv_store_max_mb * 1_000_000
@@ -344,9 +366,6 @@ def build_store(
         report.tokens += len(block.tokens)
         if on_progress:
             on_progress(i + 1, len(todo))
-    report.bytes = store.size_bytes()
-    report.seconds = time.perf_counter() - t0
-    return report
 
 
 def replace_created(meta: StoreMeta) -> StoreMeta:
