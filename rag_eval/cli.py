@@ -431,6 +431,30 @@ def _rgb_scorer(path: Path, settings, limit: int | None, noise: str, quiet: bool
     return answer, Scores.of_rgb, len(pairs), f"{len(rows)} RGB rows at noise {noise}"
 
 
+@eval_app.command("refusal-sweep")
+def refusal_sweep_cmd(
+    report: Annotated[Path, typer.Argument(help="What `rag eval answers --json` or `rag eval ablation --json` wrote, "
+                                           "run with RAG_ANSWERABLE_MIN=0.", metavar="REPORT.json")],
+    terms: Annotated[bool, typer.Option("--terms", help="Also replay the model-free key-term check: refuse when a "
+                                        "number, Latin word, 《title》 or proper noun of the question is not cited.")] = False,
+) -> None:
+    """Replay a report's answers at other answerable_min thresholds: accuracy, refusal, false refusal at each."""
+    from rag_eval.refusal_sweep import SCORED_HINT, format_sweep, format_term_check, load_rows, sweep, term_check
+
+    try:
+        try:
+            data = json.loads(report.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"Cannot read {report} as JSON: {exc}.", SCORED_HINT) from None
+        rows = load_rows(data)
+    except RagError as exc:
+        _fail(exc)
+        return
+    typer.echo(format_sweep(rows, sweep(rows)))
+    if terms:
+        typer.echo(format_term_check(term_check(rows)))
+
+
 @eval_app.command("rgb")
 def rgb_cmd(
     ctx: typer.Context,
