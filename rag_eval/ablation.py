@@ -88,7 +88,7 @@ class AblationReport:
     questions: int = 0
     fired_on: list[dict[str, int]] = field(default_factory=list)  # per question: guard -> times it fired
     changed: dict[str, list[int]] = field(default_factory=dict)  # guard -> questions whose result it changed
-    # every question's result with every guard on: a replay (scripts/refusal_sweep.py) needs the answers themselves
+    # every question's result with every guard on: a replay (rag eval refusal-sweep) needs the answers themselves
     baseline_results: list[Any] = field(default_factory=list, repr=False)
 
     def touched(self, name: str) -> list[int]:

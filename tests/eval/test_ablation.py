@@ -171,7 +171,7 @@ def test_answers_without_a_guard_prints_what_fired(
 def test_the_ablation_report_keeps_each_answer_with_every_guard_on(
     question_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A replay at other thresholds (scripts/refusal_sweep.py) reads the answers, not only the scores."""
+    """A replay at other thresholds (rag eval refusal-sweep) reads the answers, not only the scores."""
     from rag.answer import pipeline as pipeline_module
     from rag_eval.cli import eval_app
 
