@@ -391,7 +391,7 @@ class _Page:
         return [], render.sources_html([], lang), [], None, {}, None, self.saved_list_update(None)
 
     def open_saved(self, conv_id: str | None, lang: str, details: bool, request: gr.Request | None):  # type: ignore[no-untyped-def]
-        """Show a saved conversation; also (chat, sources, ..., collection) of `restore_saved`."""
+        """Show a saved conversation: (chat, sources, exchanges, conversation id, message ids, browser's id, list, collection)."""
         conversation = self.store.get(conv_id)
         if conversation is None:
             return (*self.fresh_chat(lang, request), gr.skip())
@@ -404,6 +404,16 @@ class _Page:
             gr.update(value=r.history, feedback_value=r.feedback), render.sources_html(r.exchanges, lang, details),
             r.exchanges, conversation.id, r.message_ids, conversation.id, self.saved_list_update(conversation.id), collection,
         )  # fmt: skip
+
+    def restore_saved(self, conv_id: str | None, lang: str, details: bool, request: gr.Request | None):  # type: ignore[no-untyped-def]
+        """On load: the chat the browser kept, as before a reload (the outputs of `open_saved`).
+
+        Nothing is touched when there is nothing to restore or the reader has already asked: on a
+        slow machine the load can finish after the first question, which it must not clear.
+        """
+        if self.store.get(conv_id) is None or self.tabs.get(request).current:
+            return (gr.skip(),) * 8
+        return self.open_saved(conv_id, lang, details, request)
 
     def delete_saved(self, conv_id: str | None, lang: str, request: gr.Request | None):  # type: ignore[no-untyped-def]
         if conv_id:
@@ -800,7 +810,7 @@ def _wire_language(page: _Page, v: _View, demo: gr.Blocks) -> None:
         queue=False,
         api_visibility="private",
     ).then(
-        page.open_saved, [v.saved_id, v.lang, v.details], [*_fresh_outputs(v), v.collection], **_PRIVATE
+        page.restore_saved, [v.saved_id, v.lang, v.details], [*_fresh_outputs(v), v.collection], **_PRIVATE
     )  # as before a reload
     v.lang.change(
         page.apply_language, [v.lang, v.conv, v.details, v.collection], language_outputs, queue=False,

@@ -79,3 +79,32 @@ def test_an_unbuilt_collection_says_so_and_builds_on_rebuild(two_collections: Wo
     _, summary, _ = client.predict("en", "empty-yet", api_name="/rebuild")
     assert "1 documents" in summary or "1 document" in summary, summary
     assert (tmp_path / "index" / "collections" / "empty-yet" / "current").exists()
+
+
+def test_a_page_load_that_finishes_after_the_first_question_leaves_it_alone(tmp_path: Path) -> None:
+    """On a slow machine the load's restore of the kept chat can arrive after the reader asked."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from rag.answer.pipeline import Pipeline
+    from ui.app import _Page
+
+    settings = fake_world(tmp_path, FakeEmbedder())
+    store = ConversationStore(tmp_path / "chats.sqlite3")
+    page = _Page(Pipeline(settings), None, None, store, None, None, None)
+    request = SimpleNamespace(session_hash="tab-1")
+    question = page.tabs.start(request, "What is the lighthouse made of?")
+    assert question is not None
+
+    nothing_kept = page.restore_saved(None, "en", False, request)
+    assert nothing_kept == (gr.skip(),) * 8
+    assert page.tabs.get(request).current == question.id and not page.tabs.get(request).stop.is_set()
+
+    kept = store.create("an earlier question", page.collections.home).id
+    page.restore_saved(kept, "en", False, request)  # the reader has asked since: the new question wins
+    assert page.tabs.get(request).current == question.id
+
+    page.tabs.get(request).current = 0
+    restored = page.restore_saved(kept, "en", False, request)  # nothing asked yet: the kept chat comes back
+    assert restored[3] == kept
