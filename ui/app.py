@@ -33,7 +33,7 @@ from rag.answer.pipeline import MAX_QUESTION_CHARS, Done, Pipeline, Restart, Ret
 from rag.answer.turns import GenerationQueue
 from rag.collections import for_collection
 from rag.config import Settings
-from rag.conversations import ConversationStore
+from rag.conversations import Conversation, ConversationStore
 from rag.errors import RagError
 from rag.index.background import BackgroundIndex, BuildProgress, format_eta
 from rag.index.reader import index_exists
@@ -395,6 +395,21 @@ class _Page:
         conversation = self.store.get(conv_id)
         if conversation is None:
             return (*self.fresh_chat(lang, request), gr.skip())
+        return self._show_saved(conversation, lang, details, request)
+
+    def restore_saved(self, conv_id: str | None, lang: str, details: bool, request: gr.Request | None):  # type: ignore[no-untyped-def]
+        """On load: the chat the browser kept, as before a reload (the outputs of `open_saved`).
+
+        Nothing is touched when the reader has already asked or there is nothing to restore: on a
+        slow machine the load can finish after the first question, which it must not clear.
+        """
+        conversation = None if self.tabs.get(request).current else self.store.get(conv_id)
+        if conversation is None:
+            return (gr.skip(),) * 8
+        return self._show_saved(conversation, lang, details, request)
+
+    def _show_saved(self, conversation: Conversation, lang: str, details: bool, request: gr.Request | None):  # type: ignore[no-untyped-def]
+        """The outputs of `open_saved` for a stored conversation; the tab's answer in progress, if any, stops."""
         tab = self.tabs.get(request)
         tab.stop.set()
         tab.current = 0
@@ -404,16 +419,6 @@ class _Page:
             gr.update(value=r.history, feedback_value=r.feedback), render.sources_html(r.exchanges, lang, details),
             r.exchanges, conversation.id, r.message_ids, conversation.id, self.saved_list_update(conversation.id), collection,
         )  # fmt: skip
-
-    def restore_saved(self, conv_id: str | None, lang: str, details: bool, request: gr.Request | None):  # type: ignore[no-untyped-def]
-        """On load: the chat the browser kept, as before a reload (the outputs of `open_saved`).
-
-        Nothing is touched when there is nothing to restore or the reader has already asked: on a
-        slow machine the load can finish after the first question, which it must not clear.
-        """
-        if self.store.get(conv_id) is None or self.tabs.get(request).current:
-            return (gr.skip(),) * 8
-        return self.open_saved(conv_id, lang, details, request)
 
     def delete_saved(self, conv_id: str | None, lang: str, request: gr.Request | None):  # type: ignore[no-untyped-def]
         if conv_id:
