@@ -48,6 +48,26 @@ def tidy_figures(text: str) -> str:
     return _FIGURE_SPACE.sub(lambda m: m.group(1) or "", text)
 
 
+_UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_NUMBER_WORD = re.compile(
+    r"\b(?:(" + "|".join(_TENS) + r")(?:[- ](" + "|".join(_UNITS[1:10]) + r"))?|(" + "|".join(_UNITS) + r"))\b"
+)
+
+
+def spelled_out_as_digits(text: str) -> str:
+    """English number words under a hundred written as digits, so a passage that spells a count
+    ("eleven layers") grounds the answer that writes it ("11 layers"). Text is normalised (lower case).
+    Examples: 'eleven layers' -> '11 layers'; 'twenty-one days' -> '21 days'."""
+
+    def digits(m: re.Match[str]) -> str:
+        if m.group(3):
+            return str(_UNITS.index(m.group(3)))
+        return str(10 * (_TENS.index(m.group(1)) + 2) + (_UNITS.index(m.group(2)) if m.group(2) else 0))
+
+    return _NUMBER_WORD.sub(digits, text)
+
+
 SUPPORTS = 0.5  # share of key terms a passage must contain to support a sentence
 ATTACH = 0.6  # stricter bar for adding a marker the model did not write
 
@@ -455,7 +475,7 @@ def invented_reason(
 
 def _gives_what_no_passage_gives(unsupported: Sequence[str], hits: Sequence[Hit]) -> bool:
     """An unsupported sentence writes a magnitude, a count, a versioned name or a figure that no passage gives."""
-    texts = [_norm(clean_text(h.chunk.text)) for h in hits]
+    texts = [spelled_out_as_digits(_norm(clean_text(h.chunk.text))) for h in hits]
     solid = "\n".join(re.sub(r"\s+", "", t) for t in texts)
     for sentence in unsupported:
         if not _figures_agree(sentence, solid):

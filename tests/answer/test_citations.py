@@ -331,6 +331,17 @@ def test_answer_with_only_unsupported_invented_figures_is_invented() -> None:
     assert is_invented(check(made_up, hits, "en"), made_up, hits)
 
 
+def test_a_count_the_passage_spells_out_grounds_the_answer_that_writes_digits() -> None:
+    from rag.answer.citations import is_invented, spelled_out_as_digits
+
+    assert spelled_out_as_digits("eleven layers, twenty-one days, forty two") == "11 layers, 21 days, 42"
+    hits = _hits("The Brass Lantern Company employed eleven clockmakers in its first workshop.")
+    written = "It employed 11 clockmakers in its first workshop."
+    assert not is_invented(check(written, hits, "en"), written, hits)
+    made_up = "It employed 12 clockmakers in its first workshop."
+    assert is_invented(check(made_up, hits, "en"), made_up, hits)
+
+
 @pytest.mark.parametrize(
     "answer",
     ["OpenAI 的创始人是伯克利大学的杰克·多尔西（Jeffrey Dorr）。", "Mistral 公司总部位于美国。", "这家公司叫 OpenAI，做了很多研究。"],
