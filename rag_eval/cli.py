@@ -324,6 +324,8 @@ def ablation_cmd(
     rgb_rows: Annotated[bool, typer.Option("--rgb", help=RGB_ROWS_HELP)] = False,
     noise: Annotated[str, typer.Option("--noise", help="--rgb: noise rates; 1.0 rows are unanswerable.")] = "0.4,1.0",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every run's scores here.")] = None,
+    replay: Annotated[bool, typer.Option("--replay/--no-replay", help="Reuse a generation whose input is "
+                                         "unchanged (greedy answers: rag_eval/replay.py).")] = True,  # fmt: skip
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
     corpus: CorpusOpt = None,
     index_dir: IndexDirOpt = None,
@@ -331,11 +333,14 @@ def ablation_cmd(
     """What each answer guard adds: the answers evaluation with every guard on, then with each one off.
 
     Only the questions a guard fired on are answered again without it (answers are greedy, so
-    the others cannot change); every other question keeps its all-guards-on result."""
+    the others cannot change); every other question keeps its all-guards-on result. With
+    --replay (the default) a re-asked question whose prompt is unchanged gets the generation
+    it had, so a guard that acts after the model has written costs no generation."""
     from dataclasses import asdict, replace
 
     from rag.guards import GUARDS, parse_names
     from rag_eval.ablation import format_ablation, format_scores, run_ablation
+    from rag_eval.replay import Replay
 
     try:
         names = parse_names(guards) if guards else tuple(GUARDS)
@@ -347,7 +352,9 @@ def ablation_cmd(
         settings = on_corpus(settings, corpus, index_dir, quiet)
         if not quiet:
             typer.echo(f"Loading {settings.chat_model}…", err=True)
-        answer, score, n, size = (_rgb_scorer if rgb_rows else _answers_scorer)(eval_file, settings, limit, noise, quiet)
+        replayed = Replay() if replay else None
+        scorer = _rgb_scorer if rgb_rows else _answers_scorer
+        answer, score, n, size = scorer(eval_file, settings, limit, noise, quiet, replayed)
 
         def on_run(name: str, scores, g, seconds: float) -> None:  # type: ignore[no-untyped-def]
             if not quiet:
@@ -361,6 +368,8 @@ def ablation_cmd(
     typer.echo(f"Guard ablation on {eval_file} ({size}; chat model {settings.chat_model}, "
                f"embedder {settings.embed_model}; {report.seconds:.0f} s)\n")  # fmt: skip
     typer.echo(format_ablation(report, names))
+    if replayed is not None:
+        typer.echo(f"\nGenerations: {replayed.computed} computed, {replayed.replayed} replayed (prompt unchanged).")
     if json_out is not None:
         data = report.to_dict()
         data.update(eval_file=str(eval_file), chat_model=settings.chat_model, embed_model=settings.embed_model)
@@ -374,8 +383,9 @@ def _same_answer(a, b) -> bool:  # type: ignore[no-untyped-def]
     return (a.answer, a.refused, a.raw_answer) == (b.answer, b.refused, b.raw_answer)
 
 
-def _answers_scorer(path: Path, settings, limit: int | None, noise: str, quiet: bool = True):  # type: ignore[no-untyped-def]
-    """(guards, i) -> the AnswerResult of question i; results -> Scores; the question count; '<n> questions'."""
+def _answers_scorer(path: Path, settings, limit: int | None, noise: str, quiet: bool = True, replay=None):  # type: ignore[no-untyped-def]
+    """(guards, i) -> the AnswerResult of question i; results -> Scores; the question count; '<n> questions'.
+    With a `replay` (rag_eval/replay.py) the pipeline's generators are wrapped by it."""
     from rag.answer.pipeline import Done, Pipeline
     from rag_eval.ablation import Scores
     from rag_eval.metrics import AnswerMetrics, evaluate_answers, load_questions
@@ -383,6 +393,8 @@ def _answers_scorer(path: Path, settings, limit: int | None, noise: str, quiet: 
     questions = _questions(path, load_questions)[:limit]
     pipeline = Pipeline(settings)
     pipeline.get_generator()  # load time is not part of any run
+    if replay is not None:
+        replay.install(pipeline)
 
     def ask(question: str):  # type: ignore[no-untyped-def]
         for event in pipeline.ask(question):
@@ -407,8 +419,9 @@ def _answers_scorer(path: Path, settings, limit: int | None, noise: str, quiet: 
     return answer, score, len(questions), f"{len(questions)} questions"
 
 
-def _rgb_scorer(path: Path, settings, limit: int | None, noise: str, quiet: bool = True):  # type: ignore[no-untyped-def]
-    """(guards, i) -> the NoiseResult of (rate, row) pair i; results -> Scores; the pair count; a description."""
+def _rgb_scorer(path: Path, settings, limit: int | None, noise: str, quiet: bool = True, replay=None):  # type: ignore[no-untyped-def]
+    """(guards, i) -> the NoiseResult of (rate, row) pair i; results -> Scores; the pair count; a description.
+    RGB rows are answered with the generator alone: `replay` is not used."""
     from rag.answer.pipeline import Pipeline
     from rag_eval import rgb
     from rag_eval.ablation import Scores

@@ -185,7 +185,7 @@ def test_the_ablation_report_keeps_each_answer_with_every_guard_on(
 
     monkeypatch.setattr(pipeline_module, "Pipeline", Scripted)
     out = tmp_path / "report.json"
-    result = CliRunner().invoke(eval_app, ["ablation", str(question_file), "-q", "--json", str(out)],
+    result = CliRunner().invoke(eval_app, ["ablation", str(question_file), "-q", "--no-replay", "--json", str(out)],
                                 catch_exceptions=False)  # fmt: skip
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text(encoding="utf-8"))
