@@ -608,6 +608,8 @@ def corpus_from_rgb_cmd(
     noise: Annotated[int, typer.Option("--noise", help="Negative passages of each row put in the corpus.")] = 5,
     max_positive: Annotated[int, typer.Option("--max-positive", help="Positive passages of each row put in.")] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Which rows: the file shuffled with this seed.")] = 0,
+    pairs: Annotated[int, typer.Option("--pairs", help="Also write OUT_DIR/pairs.jsonl: this many two-part "
+                                       "questions, each two answerable ones asked at once.")] = 0,  # fmt: skip
 ) -> None:
     """Write an RGB corpus folder (one .txt per passage) and its question file with answer groups.
 
@@ -623,7 +625,7 @@ def corpus_from_rgb_cmd(
         corpus = rgb_corpus.build_corpus(data, rows, unanswerable, noise, max_positive, seed, lang)
         provenance = {"source": str(source.resolve()), "lang": lang, "rows": rows, "unanswerable_rows": unanswerable,
                       "noise": noise, "max_positive": max_positive, "seed": seed}  # fmt: skip
-        questions = rgb_corpus.write_corpus(corpus, out_dir, lang, provenance)
+        questions = rgb_corpus.write_corpus(corpus, out_dir, lang, provenance, pairs)
     except RagError as exc:
         _fail(exc)
         return

@@ -134,8 +134,33 @@ def build_corpus(
     return corpus
 
 
-def write_corpus(corpus: RgbCorpus, out: Path, lang: str, provenance: dict[str, object]) -> Path:
+def paired_questions(questions: Sequence[dict[str, object]], pairs: int, seed: int = 0) -> list[dict[str, object]]:
+    """Two-part questions made of two answerable ones ("A？B？"): every group of both must appear.
+
+    Users ask several things at once; each part's passage may sit anywhere in the corpus, so
+    this measures whether retrieval and the answer find both. Parts come from a seeded shuffle,
+    each question used at most once.
+    """
+    answerable = [q for q in questions if q["groups"]]
+    random.Random(seed).shuffle(answerable)
+    out = []
+    for a, b in zip(answerable[0:2 * pairs:2], answerable[1:2 * pairs:2], strict=False):
+        out.append({
+            "id": f"{a['id']}+{b['id']}", "question": _as_question(str(a["question"])) + _as_question(str(b["question"])),
+            "answer": f"{a['answer']}；{b['answer']}", "groups": [*a["groups"], *b["groups"]],  # type: ignore[misc]
+            "must_include": [], "evidence": [*a["evidence"], *b["evidence"]], "type": "rgb-pair",  # type: ignore[misc]
+        })  # fmt: skip
+    return out
+
+
+def _as_question(text: str) -> str:
+    """'乌镇峰会举办时间' -> '乌镇峰会举办时间？': each part ends with its own question mark."""
+    return text.strip().rstrip("？?。") + "？"
+
+
+def write_corpus(corpus: RgbCorpus, out: Path, lang: str, provenance: dict[str, object], pairs: int = 0) -> Path:
     """Write OUT/corpus/*.txt, OUT/questions.jsonl and OUT/corpus.json; the question file's path.
+    With `pairs`, also OUT/pairs.jsonl: that many two-part questions (`paired_questions`).
 
     Refuses a folder inside this repository, and a corpus folder holding other files (an index
     built over it would mix them in).
@@ -156,10 +181,16 @@ def write_corpus(corpus: RgbCorpus, out: Path, lang: str, provenance: dict[str, 
         if not path.exists() or path.read_text(encoding="utf-8") != text + "\n":
             path.write_text(text + "\n", encoding="utf-8")  # unchanged files keep their time: `rag index` skips them
     questions = out / "questions.jsonl"
-    questions.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in corpus.questions), encoding="utf-8")
+    _write_jsonl(questions, corpus.questions)
+    if pairs:
+        _write_jsonl(out / "pairs.jsonl", paired_questions(corpus.questions, pairs, int(provenance.get("seed", 0))))  # type: ignore[arg-type]
     meta = {**provenance, **corpus.counts(), "skipped": corpus.skipped}
     (out / "corpus.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     return questions
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict[str, object]]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def summary(corpus: RgbCorpus) -> str:

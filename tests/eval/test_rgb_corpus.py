@@ -65,6 +65,16 @@ def test_written_corpus_is_a_folder_and_a_question_file(rows: list[rgb.RgbRow], 
     assert json.loads((tmp_path / "out" / "corpus.json").read_text())["passages"] == len(files)
 
 
+def test_two_part_questions_ask_two_answerable_ones_at_once(rows: list[rgb.RgbRow], tmp_path: Path) -> None:
+    corpus = rgb_corpus.build_corpus(rows, answerable=3, unanswerable=0, noise=1)
+    rgb_corpus.write_corpus(corpus, tmp_path / "out", "zh", {"seed": 0}, pairs=1)
+    (pair,) = load_questions(tmp_path / "out" / "pairs.jsonl")
+    parts = [q for q in corpus.questions if q["id"] in pair.id.split("+")]
+    assert len(parts) == 2 and pair.question.count("？") == 2
+    assert list(pair.groups) == [tuple(g) for q in parts for g in q["groups"]]  # every part's answer is asked for
+    assert len(pair.evidence) == sum(len(q["evidence"]) for q in parts)
+
+
 def test_output_inside_the_repository_is_refused(rows: list[rgb.RgbRow]) -> None:
     corpus = rgb_corpus.build_corpus(rows, answerable=1, unanswerable=0)
     with pytest.raises(rgb_corpus.CorpusOutError, match="inside the repository"):
