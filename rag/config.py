@@ -111,6 +111,10 @@ class Settings:
     # At most this many of the first top_k passages come from one document, so sources that
     # state the same fact (or disagree about it) both reach the answer. 0 = no limit.
     per_doc_cap: int = 2
+    # A query that asks several questions ("…在哪里举行？…是谁？") is ranked part by part and the
+    # passages of the parts taken in turn, so each part's passage reaches the model
+    # (rag/answer/retrieval.py question_parts; docs/measurements.md, "Two-part questions").
+    split_questions: bool = True
     # A chunk cut mid-sentence is given to the model joined with the next chunk of its section
     # when the two span at most this many characters (0: never). Ranking is unchanged; a chunk
     # inside a passage already given is not given again. recall@5 0.925 -> 0.938, passages

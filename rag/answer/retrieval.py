@@ -3,6 +3,7 @@ then spread over documents so one source cannot fill every slot given to the mod
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -112,6 +113,7 @@ class RetrievalParams:
     diverse_depth: int = 5  # the slots per_doc_cap applies to: the passages the model reads
     join_max_chars: int = 0  # see Settings.join_max_chars
     piece_candidates: int = 0  # see Settings.piece_candidates; 0: chunk vectors only
+    split_questions: bool = True  # see Settings.split_questions
 
     @classmethod
     def from_settings(cls, s: Settings) -> RetrievalParams:
@@ -126,6 +128,7 @@ class RetrievalParams:
             diverse_depth=s.top_k,
             join_max_chars=s.join_max_chars,
             piece_candidates=s.piece_candidates if s.piece_chars else 0,
+            split_questions=s.split_questions,
         )
 
 
@@ -152,6 +155,39 @@ def given_once(
     return out
 
 
+_PART_END = re.compile(r"(?<=[？?])\s*")
+MIN_PART_CHARS = 4  # a shorter part ("为什么？", "Why?") is no question of its own: it stays with the one before
+
+
+def question_parts(query: str) -> list[str]:
+    """The questions a query asks, one per question mark: '会议在哪里举行？谁主持？' -> two parts.
+
+    Each part's passages may sit anywhere in the corpus; ranked as one query, the part with more
+    words wins the top places and the other part's passage can fall below the cut.
+    """
+    parts: list[str] = []
+    for piece in _PART_END.split(query.strip()):
+        if not piece:
+            continue
+        if parts and len(piece.strip("？? ")) < MIN_PART_CHARS:
+            parts[-1] += piece
+        else:
+            parts.append(piece)
+    return parts
+
+
+def take_in_turn(rankings: Sequence[Sequence[Hit]], k: int) -> list[Hit]:
+    """The first k distinct passages taking one from each ranking in turn, best first."""
+    out: list[Hit] = []
+    seen: set[str] = set()
+    for rank in range(max((len(r) for r in rankings), default=0)):
+        for ranking in rankings:
+            if rank < len(ranking) and ranking[rank].chunk.id not in seen:
+                seen.add(ranking[rank].chunk.id)
+                out.append(ranking[rank])
+    return out[:k]
+
+
 class Retriever:
     """Hybrid search over one loaded index. The only retrieval path: chat, CLI and eval all use it."""
 
@@ -166,6 +202,17 @@ class Retriever:
         return hits[:k] if self.has_evidence(hits) else []
 
     def rank(self, query: str, k: int) -> list[Hit]:
+        """The k best passages for the query; for one that asks several questions, the best
+        passages of each part taken in turn (see `question_parts`)."""
+        parts = question_parts(query) if self.params.split_questions else [query]
+        whole = self._rank_one(query, k)
+        if len(parts) < 2:
+            return whole
+        # Each part is ranked with the whole query after it, so a part that leans on the one
+        # before ("估值多少？") keeps its subject while its own words weigh twice.
+        return take_in_turn([whole, *(self._rank_one(f"{part} {query}", k) for part in parts)], k)
+
+    def _rank_one(self, query: str, k: int) -> list[Hit]:
         """Dense and lexical candidates fused into one ranking, so exact terms and paraphrases both find their passage."""
         p = self.params
         dense = self.index.dense_search(self.embedder.encode_query(query), p.candidates, p.piece_candidates)

@@ -273,3 +273,38 @@ def test_unknown_entities_are_names_the_mined_vocabulary_and_passages_lack() -> 
     assert unknown_entities("张伟在北京大学读书吗？", vocabulary, knows) == []
     assert unknown_entities("李娜在清华大学读书吗？", vocabulary, knows) != []
     assert unknown_entities("李娜在清华大学读书吗？", {"acme": 2}, knows) == []  # no Chinese names to check against
+
+
+@pytest.mark.parametrize(
+    ("query", "parts"),
+    [
+        ("会议在哪里举行？谁主持了会议？", ["会议在哪里举行？", "谁主持了会议？"]),
+        ("How heavy is it? And how long?", ["How heavy is it?", "And how long?"]),
+        ("它是什么？为什么？", ["它是什么？为什么？"]),  # "为什么？" asks nothing of its own
+        ("一个问题，没有问号", ["一个问题，没有问号"]),
+    ],
+)
+def test_question_parts_one_per_question_mark(query: str, parts: list[str]) -> None:
+    from rag.answer.retrieval import question_parts
+
+    assert question_parts(query) == parts
+
+
+def test_take_in_turn_gives_each_ranking_its_best_first() -> None:
+    from rag.answer.retrieval import take_in_turn
+
+    def hits(*ids: str) -> list[Hit]:
+        return [Hit(Chunk(i, "a.md", "t", (), 0, 1, i), 1.0) for i in ids]
+
+    merged = take_in_turn([hits("a1", "a2", "shared"), hits("shared", "b2")], 4)
+    assert [h.chunk.id for h in merged] == ["a1", "shared", "a2", "b2"]
+
+
+def test_a_two_part_question_finds_the_passage_of_each_part(world) -> None:  # type: ignore[no-untyped-def]
+    _, index = world
+    query = "DeepSeek-V3 的训练花了多少钱？How do I make tomato soup?"
+    paths = {h.chunk.path for h in _retriever(index).rank(query, 2)}
+    assert paths == {"deepseek.md", "cooking.md"}
+    assert _retriever(index).rank("DeepSeek-V3 的训练花了多少钱？", 2) == _retriever(index, split_questions=False).rank(
+        "DeepSeek-V3 的训练花了多少钱？", 2
+    )  # one question: ranked as before
