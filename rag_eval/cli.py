@@ -336,7 +336,7 @@ def ablation_cmd(
     the others cannot change); every other question keeps its all-guards-on result. With
     --replay (the default) a re-asked question whose prompt is unchanged gets the generation
     it had, so a guard that acts after the model has written costs no generation."""
-    from dataclasses import asdict, replace
+    from dataclasses import replace
 
     from rag.guards import GUARDS, parse_names
     from rag_eval.ablation import format_ablation, format_scores, run_ablation
@@ -371,11 +371,18 @@ def ablation_cmd(
     if replayed is not None:
         typer.echo(f"\nGenerations: {replayed.computed} computed, {replayed.replayed} replayed (prompt unchanged).")
     if json_out is not None:
-        data = report.to_dict()
-        data.update(eval_file=str(eval_file), chat_model=settings.chat_model, embed_model=settings.embed_model)
-        if not rgb_rows:  # each answer with every guard on, as `rag eval answers --json` writes them
-            data["questions"] = [asdict(r) for r in report.baseline_results]
-        save_report(json_out, data)
+        _save_ablation(json_out, report, eval_file, settings, rgb_rows)
+
+
+def _save_ablation(path: Path, report, eval_file: Path, settings, rgb_rows: bool) -> None:  # type: ignore[no-untyped-def]
+    """The ablation's --json: every run's scores and, for a question file, each all-on answer."""
+    from dataclasses import asdict
+
+    data = report.to_dict()
+    data.update(eval_file=str(eval_file), chat_model=settings.chat_model, embed_model=settings.embed_model)
+    if not rgb_rows:  # each answer with every guard on, as `rag eval answers --json` writes them
+        data["questions"] = [asdict(r) for r in report.baseline_results]
+    save_report(path, data)
 
 
 def _same_answer(a, b) -> bool:  # type: ignore[no-untyped-def]
