@@ -352,9 +352,11 @@ def ablation_cmd(
         settings = on_corpus(settings, corpus, index_dir, quiet)
         if not quiet:
             typer.echo(f"Loading {settings.chat_model}…", err=True)
-        replayed = Replay() if replay else None
-        scorer = _rgb_scorer if rgb_rows else _answers_scorer
-        answer, score, n, size = scorer(eval_file, settings, limit, noise, quiet, replayed)
+        replayed = Replay() if replay and not rgb_rows else None  # RGB rows reach the generator directly
+        if rgb_rows:
+            answer, score, n, size = _rgb_scorer(eval_file, settings, limit, noise, quiet)
+        else:
+            answer, score, n, size = _answers_scorer(eval_file, settings, limit, quiet, replayed)
 
         def on_run(name: str, scores, g, seconds: float) -> None:  # type: ignore[no-untyped-def]
             if not quiet:
@@ -390,7 +392,7 @@ def _same_answer(a, b) -> bool:  # type: ignore[no-untyped-def]
     return (a.answer, a.refused, a.raw_answer) == (b.answer, b.refused, b.raw_answer)
 
 
-def _answers_scorer(path: Path, settings, limit: int | None, noise: str, quiet: bool = True, replay=None):  # type: ignore[no-untyped-def]
+def _answers_scorer(path: Path, settings, limit: int | None, quiet: bool = True, replay=None):  # type: ignore[no-untyped-def]
     """(guards, i) -> the AnswerResult of question i; results -> Scores; the question count; '<n> questions'.
     With a `replay` (rag_eval/replay.py) the pipeline's generators are wrapped by it."""
     from rag.answer.pipeline import Done, Pipeline
@@ -426,9 +428,8 @@ def _answers_scorer(path: Path, settings, limit: int | None, noise: str, quiet: 
     return answer, score, len(questions), f"{len(questions)} questions"
 
 
-def _rgb_scorer(path: Path, settings, limit: int | None, noise: str, quiet: bool = True, replay=None):  # type: ignore[no-untyped-def]
-    """(guards, i) -> the NoiseResult of (rate, row) pair i; results -> Scores; the pair count; a description.
-    RGB rows are answered with the generator alone: `replay` is not used."""
+def _rgb_scorer(path: Path, settings, limit: int | None, noise: str, quiet: bool = True):  # type: ignore[no-untyped-def]
+    """(guards, i) -> the NoiseResult of (rate, row) pair i; results -> Scores; the pair count; a description."""
     from rag.answer.pipeline import Pipeline
     from rag_eval import rgb
     from rag_eval.ablation import Scores
