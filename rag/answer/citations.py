@@ -399,14 +399,18 @@ def misses_the_count(answer: str, question: str) -> bool:
 
 # One list item three times running: "有三个型号：Qwen3-235B、Qwen3-235B、Qwen3-235B".
 _REPEATED_ITEM = re.compile(r"([^、，,；;。\s]{2,})(?:[、，,；;]\s*\1){2,}")
+_LIST_NUMBER = re.compile(r"(?<![\w.])\d{1,3}[.)、](?!\d)")
 
 
 def is_degenerate(answer: str) -> bool:
-    """The model looped on one or two tokens ("1. 1. 1. 1. 1. 1."), or on one list item: nothing to
-    show or check. Small models do this on prompts they cannot follow (asked for three models where
-    the passages name one); rendered, such text is an empty or a made-up list."""
+    """The model looped on one or two tokens ("1. 1. 1. 1. 1. 1."), on one list item, or wrote list
+    numbers and nothing else ("1. 1. 2. 3. 4."): nothing to show or check. Small models do this on
+    prompts they cannot follow (asked for three models where the passages name one); rendered, such
+    text is an empty or a made-up list."""
     text = _MARKER.sub("", answer)
     tokens = re.findall(r"\w+", _norm(text))
+    if len(_LIST_NUMBER.findall(text)) >= 2 and not re.search(r"\w", _LIST_NUMBER.sub("", text)):
+        return True  # at least two, so that a bare figure ("57.") stays an answer
     return (len(tokens) >= 6 and len(set(tokens)) <= 2) or bool(_REPEATED_ITEM.search(text))
 
 

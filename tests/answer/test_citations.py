@@ -592,6 +592,10 @@ def test_chinese_answer_figures_are_tidied_english_left_alone() -> None:
         ("Qwen3 有三个型号：Qwen3-235B、Qwen3-235B、Qwen3-235B[1]。", True),
         ("代表模型：Llama 3 405B、Qwen3-235B、Qwen3-235B[1]。", False),  # twice may be a slip
         ("模型、模型训练、训练", False),
+        ("1. 1. 1. 2. 3. 4. 5. 6. 7.", True),  # list numbers only: rendered, an empty list
+        ("1. 2.", True),
+        ("57.", False),  # a bare figure is an answer
+        ("1. Wash the tomatoes. 2. Boil them.", False),
     ],
 )
 def test_a_loop_on_one_token_or_one_item_is_degenerate(answer: str, degenerate: bool) -> None:
