@@ -28,7 +28,6 @@ GUARDS: dict[str, str] = {
     # prompting (rag/answer/prompting.py, and what the pipeline asks of the generators)
     "several_things": "a question asking two things gets the full prompt, never the lean one or cached blocks",
     "english_figures": "an English question sees 亿 figures written in English, in the prompt and the check",
-    "english_reminder": "an English question is followed by 'Answer in English' in the prompt",
     "english_tokens": "while answering an English question the model may not write Chinese tokens",
     # the citation check (rag/answer/citations.py)
     "tidy_figures": "a Chinese answer loses the space between a figure and its unit ('1750 亿' -> '1750亿')",

@@ -157,7 +157,6 @@ class _PromptRules:
 
     several: bool  # asks two things: full prompt; no cached blocks unless kv_several_cached
     ban_chinese: bool  # English question: no token that writes Chinese
-    reminder: bool  # English question: "Answer in English" after it
     figures_in_english: bool  # English question: 亿 figures written in English in the passages
 
 
@@ -479,7 +478,6 @@ class Pipeline:
         return _PromptRules(
             several=g.when("several_things", lambda: prompting.asks_several_things(question)),
             ban_chinese=english and g.when("english_tokens", True),
-            reminder=english and g.when("english_reminder", True),
             figures_in_english=g.on("english_figures"),
         )
 
@@ -508,10 +506,10 @@ class Pipeline:
         placed = prompting.block_order(len(blocks), s.kv_order)
         numbered = [hits[i] for i, _ in sorted(placed, key=lambda p: p[1])]  # passage n is numbered[n-1]
         texts, numbers = [blocks[i].text for i, _ in placed], [n for _, n in placed]
-        prompt = prompting.cached_prompt(question, numbered, texts, numbers, reminder=rules.reminder)
+        prompt = prompting.cached_prompt(question, numbered, texts, numbers)
         labels = [prompting.block_label(n, first=j == 0) for j, (_, n) in enumerate(placed)]
         stream = generator.stream_blocks(labels, [blocks[i] for i, _ in placed],
-                                         prompting.question_tail(question, reminder=rules.reminder),
+                                         prompting.question_tail(question),
                                          s.max_answer_tokens, stop, english=rules.ban_chinese)  # fmt: skip
         return _Attempt(prompt, stream, generator, "cached", sum(len(b.tokens) for b in blocks))
 
@@ -530,7 +528,7 @@ class Pipeline:
         first, later = (s.lean_first_chars, s.lean_later_chars) if lean else (s.passage_chars, s.passage_chars)
         prompt = prompting.build_prompt(
             question, hits, generator.count_tokens, s.prompt_token_budget, first, set(words(query)), later,
-            brief_headers=lean, reminder=rules.reminder, figures_in_english=rules.figures_in_english,
+            brief_headers=lean, figures_in_english=rules.figures_in_english,
         )  # fmt: skip
         stream = generator.stream(prompt.messages(), s.max_answer_tokens, stop, english=rules.ban_chinese)
         return _Attempt(prompt, stream, generator, "ordinary")

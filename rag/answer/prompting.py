@@ -200,7 +200,6 @@ def build_prompt(
     terms: set[str] | None = None,
     later_passage_chars: int | None = None,
     brief_headers: bool = False,
-    reminder: bool = True,
     figures_in_english: bool = True,
 ) -> Prompt:
     """Number the passages [1..n] within `budget` tokens (measured with the model's tokenizer).
@@ -209,7 +208,7 @@ def build_prompt(
     `later_passage_chars` (default: the same). A passage that does not fit whole
     is cut at a sentence end; one that does not fit at all is left out, so the
     runtime never truncates mid-passage. `brief_headers`: see passage_header;
-    `reminder`: see question_tail; `figures_in_english`: see english_figures (guards, rag/guards.py).
+    `figures_in_english`: see english_figures (guards, rag/guards.py).
     """
     blocks: list[str] = []
     used: list[Hit] = []
@@ -227,7 +226,7 @@ def build_prompt(
         blocks.append(f"{header}\n{body}")
         used.append(hit)
         remaining -= cost + count_tokens(body)
-    user = PASSAGES_HEADER + "\n\n".join(blocks) + question_tail(question, reminder)
+    user = PASSAGES_HEADER + "\n\n".join(blocks) + question_tail(question)
     return Prompt(SYSTEM_PROMPT, user, used)
 
 
@@ -254,15 +253,13 @@ def block_label(number: int, first: bool | None = None) -> str:
     return f"[{number}] " if first else f"\n\n[{number}] "
 
 
-# After an English question: with only Chinese passages in view, the 1.5B model otherwise
-# answers one English question in three in Chinese, despite rule 4 of the system prompt.
-ENGLISH_REMINDER = "\n(Answer in English; copy names and numbers exactly as the passages write them.)"
+def question_tail(question: str) -> str:
+    """What follows the passages: '\n\n问题：…', or '\n\nQuestion：…' for an English question.
 
-
-def question_tail(question: str, reminder: bool = True) -> str:
-    """What follows the passages: '\n\n问题：…', or '\n\nQuestion：…' and (unless told not to) the English reminder."""
+    (An "Answer in English" reminder after it went: with Chinese tokens banned (english_tokens)
+    it added one dev answer and cost one on eval/english.jsonl; docs/measurements.md, "Guard ablation".)"""
     if language_of(question) == "en":
-        return f"\n\nQuestion：{question.strip()}{ENGLISH_REMINDER if reminder else ''}"
+        return f"\n\nQuestion：{question.strip()}"
     return f"\n\n问题：{question.strip()}"
 
 
@@ -285,9 +282,9 @@ def block_order(n: int, order: str) -> list[tuple[int, int]]:
 
 
 def cached_prompt(
-    question: str, hits: Sequence[Hit], blocks: Sequence[str], numbers: Sequence[int], reminder: bool = True
+    question: str, hits: Sequence[Hit], blocks: Sequence[str], numbers: Sequence[int]
 ) -> Prompt:
     """The Prompt record of an answer served from cached blocks: the text the model read, in placement order;
     `hits` in number order (passage n is hits[n-1], as citations expect)."""
     body = "".join(block_label(n, first=j == 0) + b for j, (n, b) in enumerate(zip(numbers, blocks)))
-    return Prompt(SYSTEM_PROMPT, PASSAGES_HEADER + body + question_tail(question, reminder), list(hits))
+    return Prompt(SYSTEM_PROMPT, PASSAGES_HEADER + body + question_tail(question), list(hits))

@@ -19,7 +19,7 @@ from rag.answer.pipeline import (
     clean_question,
     standalone_query,
 )
-from rag.answer.prompting import ENGLISH_REMINDER, FOCUS_NOTE, REFUSAL, passage_header
+from rag.answer.prompting import FOCUS_NOTE, REFUSAL, passage_header
 from rag.errors import IndexStateError, QuestionError
 from rag.index.build import build
 from rag.models import get_spec
@@ -134,7 +134,7 @@ def test_english_question_gets_english_label_and_refusal(settings) -> None:  # t
     assert answer.refused
     assert answer.text == REFUSAL["en"]
     user = pipeline.generator.calls[0]["messages"][1]["content"]  # type: ignore[union-attr]
-    assert user.endswith("Question：How do I make tomato soup?" + ENGLISH_REMINDER)
+    assert user.endswith("Question：How do I make tomato soup?")
 
 
 def test_only_an_english_question_takes_chinese_away_from_the_model(settings) -> None:  # type: ignore[no-untyped-def]
@@ -481,18 +481,18 @@ def test_the_focus_retry_is_counted_and_can_be_turned_off(settings) -> None:  # 
 
 
 def test_the_english_prompt_rules_are_counted_and_can_be_turned_off(settings) -> None:  # type: ignore[no-untyped-def]
-    rules = ("english_reminder", "english_tokens", "english_figures")
+    rules = ("english_tokens", "english_figures")
     question = "How many parameters does DeepSeek-V3 have?"
     on = make(settings, "It has 671 billion [1].")
     run(on, question)
     call = on.generator.calls[0]  # type: ignore[union-attr]
-    assert call["english"] and call["messages"][1]["content"].endswith(ENGLISH_REMINDER)
+    assert call["english"] and call["messages"][1]["content"].endswith("Question：" + question)
     assert "671 billion" in call["messages"][1]["content"]
     assert all(on.guards.counts[r] >= 1 for r in rules)  # english_figures counts in the prompt and in the check
     off = make(replace(settings, disabled_guards=rules), "It has 671 billion [1].")
     run(off, question)
     call = off.generator.calls[0]  # type: ignore[union-attr]
-    assert not call["english"] and not call["messages"][1]["content"].endswith(ENGLISH_REMINDER)
+    assert not call["english"]
     assert "671 billion" not in call["messages"][1]["content"] and "6710" in call["messages"][1]["content"]
     assert not any(off.guards.counts[r] for r in rules)
 

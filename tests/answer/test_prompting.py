@@ -7,7 +7,6 @@ import re
 import pytest
 
 from rag.answer.prompting import (
-    ENGLISH_REMINDER,
     REFUSAL,
     SYSTEM_PROMPT,
     asks_several_things,
@@ -57,7 +56,7 @@ def test_messages_put_the_fixed_system_prompt_first() -> None:
 
 def test_english_question_label() -> None:
     prompt = build_prompt("  Who proposed the Transformer?  ", HITS, len, 1000)
-    assert prompt.user.endswith("Question：Who proposed the Transformer?" + ENGLISH_REMINDER)
+    assert prompt.user.endswith("Question：Who proposed the Transformer?")
 
 
 @pytest.mark.parametrize(

@@ -90,12 +90,12 @@ def test_a_guard_that_fires_on_every_question_asks_every_question_again() -> Non
 
     def answer(g: Guards, i: int) -> str:
         calls.append((g.disabled, QUESTIONS[i].id))
-        return "fixed" if g.when("english_reminder", True) else "loose"
+        return "fixed" if g.when("english_tokens", True) else "loose"
 
-    report = run_ablation(answer, lambda rs: Scores(rs.count("fixed") / len(rs), None, None, None), 3, ["english_reminder"])
-    assert len(calls) == 6 and report.touched("english_reminder") == [0, 1, 2]
-    assert report.without["english_reminder"].key_terms == 0.0 and report.baseline.key_terms == 1.0
-    assert report.changed == {"english_reminder": [0, 1, 2]}
+    report = run_ablation(answer, lambda rs: Scores(rs.count("fixed") / len(rs), None, None, None), 3, ["english_tokens"])
+    assert len(calls) == 6 and report.touched("english_tokens") == [0, 1, 2]
+    assert report.without["english_tokens"].key_terms == 0.0 and report.baseline.key_terms == 1.0
+    assert report.changed == {"english_tokens": [0, 1, 2]}
 
 
 def test_the_table_names_every_guard_asked_for() -> None:
