@@ -409,7 +409,8 @@ def is_degenerate(answer: str) -> bool:
     text is an empty or a made-up list."""
     text = _MARKER.sub("", answer)
     tokens = re.findall(r"\w+", _norm(text))
-    if len(_LIST_NUMBER.findall(text)) >= 2 and not re.search(r"\w", _LIST_NUMBER.sub("", text)):
+    words, numbers = _LIST_NUMBER.subn("", text)
+    if numbers >= 2 and not re.search(r"\w", words):
         return True  # at least two, so that a bare figure ("57.") stays an answer
     return (len(tokens) >= 6 and len(set(tokens)) <= 2) or bool(_REPEATED_ITEM.search(text))
 
