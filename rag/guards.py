@@ -48,6 +48,7 @@ GUARDS: dict[str, str] = {
     # retries (rag/answer/pipeline.py)
     "cached_retry": "an answer from cached blocks the check rejects is written again from the whole prompt",
     "focus_retry": "a refusal is asked again with the passage most plainly about the question alone",
+    "on_topic_retry": "an answer citing a passage less about the question than another shown is asked again with that one first",
 }
 
 

@@ -369,7 +369,18 @@ class Pipeline:
         if plain is not None:
             yield Restart()
             note = f"{q.text}\n{prompting.FOCUS_NOTE[q.lang]}"
-            tried = yield from self._answer(q, note, [hits[plain]], tried[0].path, ranked)
+            return (yield from self._answer(q, note, [hits[plain]], tried[0].path, ranked))
+        first = self._on_topic_first(q, tried, tried[0].prompt.hits)
+        if first is None:
+            return tried
+        yield Restart()
+        given = tried[0].prompt.hits
+        again = yield from self._answer(q, q.text, [given[first], *given[:first], *given[first + 1 :]], "ordinary", ranked)
+        if again[2] is not None or q.stopped():
+            return again
+        # Reordered, the model refused: the first answer, which passed every check, stands.
+        yield Restart()
+        yield Token(tried[1])
         return tried
 
     def _retry_whole(self, q: _Question, tried: _Tried) -> bool:
@@ -397,6 +408,30 @@ class Pipeline:
         if plain is not None:
             self.guards.fired("focus_retry")
         return plain
+
+    def _on_topic_first(self, q: _Question, tried: _Tried, shown: list[Hit]) -> int | None:
+        """The shown passage to put first when the answer is asked again; None: the answer stands.
+
+        The small model leans on passage [1]: asked for one figure of a thing, it gives another
+        figure of the same thing from [1] (a price for a training cost) while [2] holds the words
+        of the question. When every cited passage holds fewer of the question's words than a
+        shown passage plainly about it, the question is asked again with that passage first and
+        the others after it, so nothing the first answer read is taken away.
+        """
+        checked = tried[2]
+        if q.stopped() or checked is None or not checked.citations or len(shown) <= 1:
+            return None
+        if not self.guards.on("on_topic_retry"):
+            return None
+        best = citations.most_on_topic(q.text, [h.chunk.text for h in shown])
+        if best is None or best == 0:
+            return None
+        share = citations.topic_share
+        cited = max(share(q.text, c.chunk.text) for c in checked.citations)
+        if cited >= share(q.text, shown[best].chunk.text):
+            return None
+        self.guards.fired("on_topic_retry")
+        return best
 
     # ------------------------------------------------------------ prompting and checking steps
 

@@ -505,3 +505,56 @@ def test_a_two_part_question_gets_the_lean_prompt_when_several_things_is_off(set
     whole, lean = (p.generator.calls[0]["messages"][1]["content"] for p in (on, off))  # type: ignore[union-attr]
     assert "《" in whole and "《" not in lean
     assert on.guards.counts["several_things"] == 1 and not off.guards.counts["several_things"]
+
+
+# Passage [1] holds a figure of the thing asked about (its price), passage [2] the question's words.
+OFF_TOPIC_FIRST = {
+    "price.md": "# Acme-7 的成本是多少\n\nAcme-7 的价格为每百万输出标记 2 美元，是多少同类模型成本的一半。\n",
+    "cost.md": "# 训练\n\n据估计，其训练成本约为 500 万美元（Acme-7）。\n",
+}
+
+
+def test_an_answer_from_a_passage_less_on_topic_is_asked_again_with_the_on_topic_one_first(  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    isolate(monkeypatch, tmp_path)
+    s = tiny_settings(tmp_path, OFF_TOPIC_FIRST, top_k=2, candidates=10)
+    build(s, CountingFactory(), get_spec(s.embed_model).sha256)
+    question = "Acme-7 的训练成本是多少？"
+    replies = ("Acme-7 的训练成本为每百万输出标记 2 美元[1]。", "Acme-7 的训练成本约为 500 万美元[1]。")
+
+    pipeline = make(s, *replies)
+    events, answer = run(pipeline, question)
+    assert pipeline.guards.counts["on_topic_retry"] == 1 and any(isinstance(e, Restart) for e in events)
+    second = pipeline.generator.calls[1]["messages"][1]["content"]  # type: ignore[union-attr,index]
+    assert second.index("500 万美元") < second.index("2 美元")  # the on-topic passage is [1], the other still shown
+    assert "500万美元" in answer.text and answer.citations[0].chunk.path == "cost.md"
+
+    off = make(replace(s, disabled_guards=("on_topic_retry",)), *replies)
+    _, kept = run(off, question)
+    assert len(off.generator.calls) == 1 and "2美元" in kept.text  # type: ignore[union-attr]
+
+
+def test_an_answer_citing_the_most_on_topic_passage_is_not_asked_again(  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    isolate(monkeypatch, tmp_path)
+    s = tiny_settings(tmp_path, OFF_TOPIC_FIRST, top_k=2, candidates=10)
+    build(s, CountingFactory(), get_spec(s.embed_model).sha256)
+    pipeline = make(s, "Acme-7 的训练成本约为 500 万美元[2]。")
+    run(pipeline, "Acme-7 的训练成本是多少？")
+    assert len(pipeline.generator.calls) == 1 and not pipeline.guards.counts["on_topic_retry"]  # type: ignore[union-attr]
+
+
+def test_a_refusal_on_the_reordered_passages_keeps_the_first_answer(  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    isolate(monkeypatch, tmp_path)
+    s = tiny_settings(tmp_path, OFF_TOPIC_FIRST, top_k=2, candidates=10)
+    build(s, CountingFactory(), get_spec(s.embed_model).sha256)
+    first = "Acme-7 的训练成本为每百万输出标记 2 美元[1]。"
+    pipeline = make(s, first, "资料中没有相关信息。")
+    events, answer = run(pipeline, "Acme-7 的训练成本是多少？")
+    assert len(pipeline.generator.calls) == 2 and not answer.refused and "2美元" in answer.text  # type: ignore[union-attr]
+    last = max(i for i, e in enumerate(events) if isinstance(e, Restart))
+    assert "".join(e.text for e in events[last:] if isinstance(e, Token)) == first  # the stream ends on the kept answer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -274,7 +275,8 @@ def test_noise_answers_go_through_the_pipeline(rows, tmp_path: Path, monkeypatch
     from tests.fakes import tiny_settings
 
     isolate(monkeypatch, tmp_path)
-    settings = tiny_settings(tmp_path)
+    # One scripted reply a question: the retry that puts the most on-topic passage first would take the next one.
+    settings = replace(tiny_settings(tmp_path), disabled_guards=("on_topic_retry",))
     generator = FakeGenerator([
         "瓦希诺德维寺踩踏事件造成12人死亡[1]。",  # row 0, noise 0: correct
         "事故造成二十三人死亡[1]。",  # row 1, noise 0: correct (an alternative)
